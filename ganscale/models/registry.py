@@ -1,0 +1,299 @@
+"""Names in a study YAML -> models behind the protocols of ganscale.models.base.
+
+Probes: `inception_v1` (Lucid's inception5h), `toy_probe`. Generators: `dcgan`, `biggan`
+(pytorch-pretrained-biggan, local weights directory), `torchscript` (any scripted generator
+file), and `package.module:function` plugins. Segmenters: `toy_segmenter`.
+Add your own with `register_generator` / `register_probe`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ganscale import weights as weights_io
+from ganscale.errors import GanscaleError
+from ganscale.models.base import Generator, Probe, latents_from_seeds
+
+
+class HookedProbe:
+    """Any classifier nn.Module whose forward returns logits, with its named submodules' outputs
+    captured by forward hooks: the Probe protocol for networks that know nothing of ganscale."""
+
+    def __init__(self, module: nn.Module, layers: dict[str, int], input_size: int, num_classes: int):
+        self.module = module.eval()
+        self.layers = layers
+        self.input_size = input_size
+        self.num_classes = num_classes
+        self._captured: dict[str, torch.Tensor] = {}
+        self._wanted = list(layers)
+        submodules = dict(module.named_modules())
+        for name in layers:
+            submodules[name].register_forward_hook(self._hook(name))
+
+    def _hook(self, name: str):
+        def capture(_module, _inputs, output):
+            if name in self._wanted:
+                self._captured[name] = output
+        return capture
+
+    def only(self, layers: list[str]) -> "HookedProbe":
+        """Capture just these layers (the others are computed but not kept)."""
+        self._wanted = list(layers)
+        return self
+
+    def to(self, device) -> "HookedProbe":
+        self.module.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        self._captured = {}
+        logits = self.module(images)
+        acts, self._captured = self._captured, {}
+        return acts, logits
+
+
+@dataclass(frozen=True)
+class ProbeEntry:
+    layers: dict[str, int]
+    input_size: int
+    num_classes: int
+    build: Callable[[], nn.Module]  # () -> the module with random weights
+
+
+def _inception_v1() -> ProbeEntry:
+    from ganscale.models.inception_v1 import InceptionV1
+    return ProbeEntry(InceptionV1.layers, InceptionV1.input_size, InceptionV1.num_classes, InceptionV1)
+
+
+def _toy_probe() -> ProbeEntry:
+    from ganscale.toyworld.models import ToyProbe
+    return ProbeEntry(ToyProbe.layers, ToyProbe.input_size, ToyProbe.num_classes, ToyProbe)
+
+
+PROBES: dict[str, Callable[[], ProbeEntry]] = {"inception_v1": _inception_v1, "toy_probe": _toy_probe}
+
+
+def register_probe(name: str, entry: Callable[[], ProbeEntry]) -> None:
+    PROBES[name] = entry
+
+
+def probe_entry(name: str, field: str = "probe.name") -> ProbeEntry:
+    if name not in PROBES:
+        raise ValueError(f"{field}: unknown probe '{name}' (known: {', '.join(PROBES)})")
+    return PROBES[name]()
+
+
+def build_probe(spec, storage_options: dict | None = None) -> HookedProbe:
+    """The probe a study names, with its weights loaded (strict) and verified."""
+    entry = probe_entry(spec.name)
+    module = entry.build()
+    if spec.weights is None:
+        raise GanscaleError(f"probe.weights: required for probe '{spec.name}' (no weights are downloaded implicitly)")
+    state = weights_io.load_state_dict(spec.weights, spec.sha256, field="probe.weights",
+                                       storage_options=storage_options)
+    load_strict(module, state, "probe.weights")
+    return HookedProbe(module, entry.layers, entry.input_size, entry.num_classes)
+
+
+def load_strict(module: nn.Module, state: dict, field: str) -> None:
+    missing, unexpected = _key_diff(module, state)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:3]}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:3]}")
+        raise GanscaleError(f"{field}: weights do not fit {type(module).__name__}: {'; '.join(parts)}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise GanscaleError(f"{field}: weights do not fit {type(module).__name__}: "
+                            f"{str(e).splitlines()[-1].strip()}") from None
+
+
+def _key_diff(module: nn.Module, state: dict) -> tuple[list[str], list[str]]:
+    own = set(module.state_dict())
+    return sorted(own - set(state)), sorted(set(state) - own)
+
+
+# ---- generators -------------------------------------------------------------------------
+
+
+class LatentGenerator:
+    """A module mapping z [B, z_dim] to images, as a Generator: latents come from the seeds,
+    outputs are mapped from `output_range` to [0, 1]."""
+
+    num_classes = None
+
+    def __init__(self, module: nn.Module | torch.jit.ScriptModule, z_dim: int, resolution: int,
+                 output_range: tuple[float, float] = (-1.0, 1.0)):
+        self.module = module.eval()
+        self.z_dim = z_dim
+        self.resolution = resolution
+        self.low, self.high = output_range
+        self.device = torch.device("cpu")
+
+    def to(self, device) -> "LatentGenerator":
+        self.device = torch.device(device)
+        self.module.to(self.device)
+        return self
+
+    @torch.no_grad()
+    def generate(self, seeds):
+        z = latents_from_seeds(seeds, self.z_dim).to(self.device)
+        images = self.module(z)
+        return (images - self.low) / (self.high - self.low), None
+
+
+class BigGANGenerator:
+    """BigGAN through pytorch-pretrained-biggan, from a local weights directory (config.json and
+    pytorch_model.bin). Noise and class come from the seed; truncation as in the paper."""
+
+    def __init__(self, weights_dir: str, truncation: float = 0.4, classes: list[int] | None = None):
+        try:
+            from pytorch_pretrained_biggan import BigGAN
+        except ImportError:
+            raise GanscaleError("generator 'biggan' needs the biggan extra: pip install 'ganscale[biggan]'") from None
+        self.model = BigGAN.from_pretrained(weights_dir).eval()
+        self.truncation = truncation
+        self.num_classes = self.model.config.num_classes
+        self.resolution = self.model.config.output_dim
+        self.z_dim = self.model.config.z_dim
+        self.classes = classes
+        self.device = torch.device("cpu")
+
+    def to(self, device):
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    @torch.no_grad()
+    def generate(self, seeds):
+        from scipy.stats import truncnorm
+
+        z, labels = [], []
+        for s in seeds:
+            rng = np.random.default_rng(int(s))
+            z.append(self.truncation * truncnorm.rvs(-2, 2, size=self.z_dim, random_state=rng))
+            pool = self.classes or range(self.num_classes)
+            labels.append(int(rng.choice(list(pool))))
+        z = torch.as_tensor(np.stack(z), dtype=torch.float32, device=self.device)
+        labels = torch.as_tensor(labels, device=self.device)
+        one_hot = torch.nn.functional.one_hot(labels, self.num_classes).float()
+        images = self.model(z, one_hot, self.truncation)
+        return (images + 1) / 2, labels
+
+
+def _dcgan(spec, field: str, storage_options=None) -> Generator:
+    from ganscale.models.dcgan import DCGAN
+
+    module = DCGAN(z_dim=spec.z_dim or 64, resolution=spec.resolution or 32, **spec.options)
+    state = weights_io.load_state_dict(spec.weights, spec.sha256, field=f"{field}.weights",
+                                       storage_options=storage_options)
+    load_strict(module, state, f"{field}.weights")
+    return module.eval()
+
+
+def _torchscript(spec, field: str, storage_options=None) -> Generator:
+    path = weights_io.resolve(spec.path, spec.sha256, field=f"{field}.path", storage_options=storage_options)
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise GanscaleError(f"{field}.path: not a TorchScript file: {spec.path} ({type(e).__name__})") from None
+    low, high = spec.options.get("output_range", (-1.0, 1.0))
+    return LatentGenerator(module, spec.z_dim, spec.resolution or 0, (float(low), float(high)))
+
+
+def _biggan(spec, field: str, storage_options=None) -> Generator:
+    directory = weights_io.local_path(spec.weights)
+    if not (directory / "config.json").exists():
+        raise GanscaleError(f"{field}.weights: {spec.weights} is not a BigGAN weights directory (no config.json)")
+    return BigGANGenerator(str(directory), spec.truncation or 0.4, spec.options.get("classes"))
+
+
+GENERATORS: dict[str, Callable[..., Generator]] = {"dcgan": _dcgan, "torchscript": _torchscript, "biggan": _biggan}
+REQUIRED_FIELDS = {"dcgan": ("weights",), "torchscript": ("path", "z_dim"), "biggan": ("weights",)}
+
+
+def register_generator(name: str, build: Callable[..., Generator], required: tuple[str, ...] = ()) -> None:
+    GENERATORS[name] = build
+    REQUIRED_FIELDS[name] = required
+
+
+def check_generator_spec(spec, field: str) -> None:
+    """Static checks (no I/O): the name is known and its required fields are there."""
+    if ":" in spec.name:
+        module, _, func = spec.name.partition(":")
+        if not module or not func:
+            raise ValueError(f"{field}.name: a plugin is written 'package.module:function', got '{spec.name}'")
+        return
+    if spec.name not in GENERATORS:
+        raise ValueError(f"{field}.name: unknown generator '{spec.name}' (known: {', '.join(GENERATORS)}, "
+                         "or a 'package.module:function' plugin)")
+    for required in REQUIRED_FIELDS.get(spec.name, ()):
+        if getattr(spec, required) is None:
+            raise ValueError(f"{field}.{required}: required for generator '{spec.name}'")
+
+
+def build_generator(spec, field: str, storage_options: dict | None = None) -> Generator:
+    if ":" in spec.name:
+        module_name, _, func_name = spec.name.partition(":")
+        try:
+            factory: Any = getattr(importlib.import_module(module_name), func_name)
+        except (ImportError, AttributeError) as e:
+            raise GanscaleError(f"{field}.name: cannot import plugin '{spec.name}': {e}") from None
+        kwargs = dict(spec.options)
+        if spec.weights:
+            kwargs["weights"] = str(weights_io.resolve(spec.weights, spec.sha256, field=f"{field}.weights",
+                                                       storage_options=storage_options))
+        generator = factory(**kwargs)
+    else:
+        generator = GENERATORS[spec.name](spec, field, storage_options)
+    if not callable(getattr(generator, "generate", None)):
+        raise GanscaleError(f"{field}.name: '{spec.name}' did not give a generator (no generate(seeds) method)")
+    return generator
+
+
+# ---- segmenters ---------------------------------------------------------------------------
+
+
+class ModuleSegmenter:
+    """A per-pixel classifier nn.Module (logits [B, K, H, W]) as a Segmenter."""
+
+    def __init__(self, module: nn.Module, class_names: list[str]):
+        self.module = module.eval()
+        self.class_names = class_names
+
+    def to(self, device):
+        self.module.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images).argmax(1)
+
+
+def _toy_segmenter(weights: str | None = None, sha256: str | None = None):
+    from ganscale.toyworld.models import ToySegmenter
+    from ganscale.toyworld.scenes import CLASS_NAMES
+
+    module = ToySegmenter()
+    load_strict(module, weights_io.load_state_dict(weights or "builtin:segmenter.pt", sha256,
+                                                   field="segmenter.weights"), "segmenter.weights")
+    return ModuleSegmenter(module, list(CLASS_NAMES))
+
+
+SEGMENTERS: dict[str, Callable[..., Any]] = {"toy_segmenter": _toy_segmenter}
+
+
+def build_segmenter(name: str, weights: str | None = None, sha256: str | None = None):
+    if name not in SEGMENTERS:
+        raise GanscaleError(f"segmenter: unknown segmenter '{name}' (known: {', '.join(SEGMENTERS)})")
+    return SEGMENTERS[name](weights, sha256)

@@ -1,0 +1,352 @@
+"""Stage 1, sample: generators and the probe on Ray actors write activation samples to the store.
+
+The unit of work is one chunk of one dataset (`sample.chunk_size` samples). A `ChunkSampler`
+actor loads the probe once and each generator when first needed (both on its GPU when there is
+one, so images never leave the device), computes the chunk in fixed-size batches, writes every
+array's chunk and finally marks the chunk done. Chunks are independent and deterministic, so the
+result does not depend on the number of workers or the order in which chunks finish, and a rerun
+only computes chunks not marked done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections import deque
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ganscale import __version__, schema, sources
+from ganscale.errors import GanscaleError
+from ganscale.models import registry
+from ganscale.progress import Progress
+from ganscale.study import Study, digest
+
+log = logging.getLogger("ganscale.sample")
+
+
+def fingerprint(study: Study, dataset: str) -> str:
+    """Everything that determines a dataset's stored samples. batch_size and workers are left out
+    on purpose: they do not change the result."""
+    return digest({
+        "layout": schema.LAYOUT_VERSION,
+        "dataset": study.datasets[dataset].model_dump(mode="json"),
+        "name": dataset,
+        "probe": study.probe.model_dump(mode="json"),
+        "layers": study.layers,
+        "seed": study.seed,
+        "chunk_size": study.sample.chunk_size,
+    })
+
+
+def layout_for(study: Study, dataset: str) -> schema.DatasetLayout:
+    entry = registry.probe_entry(study.probe.name)
+    return schema.DatasetLayout(
+        samples=study.datasets[dataset].samples, chunk_size=study.sample.chunk_size,
+        num_classes=entry.num_classes, layer_channels={layer: entry.layers[layer] for layer in study.layers})
+
+
+@dataclasses.dataclass
+class DatasetPlan:
+    name: str
+    layout: schema.DatasetLayout
+    pending: list[int]
+    files: list[str] | None = None  # image datasets: the file of each sample
+
+
+def plan(study: Study, root, *, check_inputs: bool = True) -> list[DatasetPlan]:
+    """Which chunks are left to compute. Creates missing dataset groups and recreates those whose
+    fingerprint changed (a changed study never reuses stale samples). Inputs are checked first, so
+    a bad input fails before anything in the store is touched."""
+    files_of: dict[str, list[str]] = {}
+    if check_inputs:
+        from ganscale import weights
+
+        def verify(uri: str | None, sha256: str | None, field: str) -> None:
+            if uri and sha256:  # fetch once and check the hash here, before any worker starts
+                weights.resolve(uri, sha256, field=field, storage_options=study.storage_options)
+            elif uri:
+                weights.check_exists(uri, field, study.storage_options)
+
+        verify(study.probe.weights, study.probe.sha256, "probe.weights")
+        for name, spec in study.datasets.items():
+            if spec.kind == "images":
+                found = sources.list_images(spec.path, study.storage_options, f"datasets.{name}.path")
+                files_of[name] = sources.choose_files(found, spec.samples, study.seed, name, f"datasets.{name}")
+            elif spec.kind == "generator" and spec.name != "biggan":  # biggan's weights are a directory
+                verify(spec.weights, spec.sha256, f"datasets.{name}.weights")
+                verify(spec.path, spec.sha256, f"datasets.{name}.path")
+
+    root.attrs.update({"ganscale_version": __version__, "layout_version": schema.LAYOUT_VERSION,
+                       "study": study.model_dump(mode="json"), "config_hash": study.config_hash()})
+    plans = []
+    for name, spec in study.datasets.items():
+        layout = layout_for(study, name)
+        fp = fingerprint(study, name)
+        path = schema.dataset_path(name)
+        group = root.get(path)
+        if group is None or group.attrs.get("fingerprint") != fp:
+            if group is not None:
+                log.warning("dataset %s: its configuration changed since it was sampled; resampling it", name)
+            entry = registry.probe_entry(study.probe.name)
+            schema.create_dataset_group(root, name, layout, {
+                "fingerprint": fp, "kind": spec.kind, "samples": spec.samples, "chunk_size": layout.chunk_size,
+                "n_chunks": layout.n_chunks, "probe": study.probe.name, "input_size": entry.input_size,
+                "resize": sources.RESIZE_NOTE, "spec": spec.model_dump(mode="json")})
+            pending = list(range(layout.n_chunks))
+        else:
+            pending = [int(i) for i in np.flatnonzero(~schema.done_chunks(group))]
+        plans.append(DatasetPlan(name, layout, pending, files_of.get(name)))
+    return plans
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise GanscaleError("sample.device: 'cuda' requested but this worker has no GPU")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class ChunkSampler:
+    """Computes and writes chunks. Used as a Ray actor (one per GPU), or directly in one process."""
+
+    def __init__(self, study_json: dict, files: dict[str, list[str]] | None = None, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.study = Study.model_validate(study_json)
+        self.files = files or {}
+        self.device = pick_device(self.study.sample.device)
+        self.probe = registry.build_probe(self.study.probe, self.study.storage_options).only(self.study.layers)
+        self.probe.to(self.device)
+        self.generators: dict[str, object] = {}
+        self.root = schema.open_store(self.study.store, self.study.storage_options)
+        self._seeds: dict[str, np.ndarray] = {}
+        self._draws: dict[tuple[str, str], np.ndarray] = {}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def _generator(self, dataset: str):
+        if dataset not in self.generators:
+            spec = self.study.datasets[dataset]
+            self.generators[dataset] = registry.build_generator(
+                spec, f"datasets.{dataset}", self.study.storage_options).to(self.device)
+        return self.generators[dataset]
+
+    def _seeds_of(self, dataset: str) -> np.ndarray:
+        if dataset not in self._seeds:
+            n = self.study.datasets[dataset].samples
+            self._seeds[dataset] = sources.dataset_seeds(self.study.seed, dataset, n)
+        return self._seeds[dataset]
+
+    def _images(self, dataset: str, index: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Images [B, 3, S, S] on the device at the probe's input size, labels [B], sources [B]."""
+        spec = self.study.datasets[dataset]
+        field = f"datasets.{dataset}"
+        size = self.probe.input_size
+        no_labels = np.full(len(index), -1, dtype=np.int32)
+        if spec.kind == "images":
+            paths = [self.files[dataset][i] for i in index]
+            images = sources.read_images(paths, size, self.study.storage_options, field).to(self.device)
+            return images, no_labels, np.asarray(paths, dtype=object)
+        seeds = self._seeds_of(dataset)[index].tolist()
+        if spec.kind == "toyworld":
+            from ganscale.toyworld.scenes import render_batch
+
+            images, _, labels = render_batch(seeds, exclude=tuple(spec.exclude))
+            images, labels = images.to(self.device), labels.numpy().astype(np.int32)
+        else:
+            images, labels = self._generator(dataset).generate(seeds)
+            images = sources.check_images(images, len(seeds), field)
+            labels = no_labels if labels is None else labels.cpu().numpy().astype(np.int32)
+        return sources.resize_square(images, size), labels, np.full(len(index), "", dtype=object)
+
+    def _draws_of(self, dataset: str, layer: str) -> np.ndarray:
+        if (dataset, layer) not in self._draws:
+            n = self.study.datasets[dataset].samples
+            self._draws[dataset, layer] = sources.position_draws(self.study.seed, dataset, layer, n)
+        return self._draws[dataset, layer]
+
+    @torch.inference_mode()
+    def compute(self, dataset: str, chunk: int) -> dict[str, np.ndarray]:
+        """All arrays of one chunk, without writing them. Every forward pass has exactly batch_size
+        rows (the last batch is padded by repeating its last sample), so a sample's numbers do not
+        depend on which batch it fell into."""
+        layout = layout_for(self.study, dataset)
+        start, stop = layout.chunk_range(chunk)
+        batch_size = self.study.sample.batch_size
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "source", "logits")}
+        acts: dict[str, list[np.ndarray]] = {layer: [] for layer in self.study.layers}
+        positions: dict[str, list[np.ndarray]] = {layer: [] for layer in self.study.layers}
+        for b0 in range(start, stop, batch_size):
+            index = np.arange(b0, min(b0 + batch_size, stop))
+            padded = np.concatenate([index, np.full(batch_size - len(index), index[-1])])
+            images, labels, names = self._images(dataset, padded)
+            layer_maps, logits = self.probe(images)
+            keep = len(index)
+            rows = torch.arange(keep, device=self.device)
+            for layer in self.study.layers:
+                fmap = layer_maps[layer]
+                pos = sources.positions_for(self._draws_of(dataset, layer)[index], fmap.shape[2], fmap.shape[3])
+                pos_t = torch.as_tensor(pos, device=self.device)
+                vectors = fmap[rows, :, pos_t[:, 0], pos_t[:, 1]]
+                acts[layer].append(vectors.float().cpu().numpy())
+                positions[layer].append(pos.astype(schema.POSITION_DTYPE))
+            parts["logits"].append(logits[:keep].float().cpu().numpy())
+            parts["label"].append(labels[:keep])
+            parts["source"].append(names[:keep])
+        return {
+            "seed": (self._seeds_of(dataset)[start:stop] if self.study.datasets[dataset].kind != "images"
+                     else np.full(stop - start, -1, dtype=np.int64)),
+            **{k: np.concatenate(v) for k, v in parts.items()},
+            "activations": {layer: np.concatenate(v) for layer, v in acts.items()},
+            "positions": {layer: np.concatenate(v) for layer, v in positions.items()},
+        }
+
+    def run_chunk(self, dataset: str, chunk: int) -> tuple[str, int, int, int]:
+        arrays = self.compute(dataset, chunk)
+        group = self.root[schema.dataset_path(dataset)]
+        schema.write_chunk(group, layout_for(self.study, dataset), chunk, **arrays)
+        return dataset, chunk, len(arrays["seed"]), os.getpid()
+
+
+@dataclasses.dataclass
+class SampleResult:
+    computed_chunks: int
+    skipped_chunks: int
+    samples_written: int
+    seconds: float
+    workers: int
+
+
+def worker_resources(study: Study, workers: int | None) -> tuple[int, dict]:
+    """How many ChunkSampler actors, and what each reserves: one per GPU when the cluster has
+    GPUs (and the study does not force the CPU), else CPU workers sharing the cluster's CPUs."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus = int(total.get("GPU", 0))
+    if gpus and study.sample.device != "cpu":
+        n = workers or study.sample.workers or gpus
+        return n, {"num_gpus": 1, "num_cpus": 1}
+    if study.sample.device == "cuda":
+        raise GanscaleError("sample.device: 'cuda' requested but the Ray cluster has no GPUs")
+    cpus = max(1, int(total.get("CPU", 1)))
+    n = workers or study.sample.workers or max(1, cpus // 4)
+    return n, {"num_cpus": max(1, cpus // n) if n <= cpus else cpus / n}
+
+
+def init_ray(address: str | None = None) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+
+
+def run(study: Study, *, address: str | None = None, workers: int | None = None,
+        on_chunk: Callable[[str, int, int], None] | None = None) -> SampleResult:
+    """Sample every dataset of the study into its store, on the Ray cluster at `address` (or the
+    one this process is attached to, or a new local one)."""
+    import ray
+
+    t0 = time.time()
+    root = schema.open_store(study.store, study.storage_options)
+    plans = plan(study, root)
+    total_chunks = sum(p.layout.n_chunks for p in plans)
+    queue = deque((p.name, c) for p in plans for c in p.pending)
+    skipped = total_chunks - len(queue)
+    sizes = {p.name: p.layout for p in plans}
+    if not queue:
+        log.info("sample: all %d chunks already done", total_chunks)
+        return SampleResult(0, skipped, 0, time.time() - t0, 0)
+
+    init_ray(address)
+    n_workers, resources = worker_resources(study, workers)
+    n_workers = min(n_workers, len(queue))
+    threads = max(1, int(resources["num_cpus"]))
+    files = ray.put({p.name: p.files for p in plans if p.files is not None})
+    actor_cls = ray.remote(max_restarts=3, max_task_retries=3)(ChunkSampler)
+    actors = [actor_cls.options(**resources).remote(study.model_dump(mode="json"), files, threads)
+              for _ in range(n_workers)]
+
+    def samples_in(task):
+        start, stop = sizes[task[0]].chunk_range(task[1])
+        return stop - start
+
+    pending_samples = sum(samples_in(t) for t in queue)
+    progress = Progress("sample", pending_samples, unit="samples")
+    in_flight: dict = {}
+
+    def submit(actor):
+        if queue:
+            task = queue.popleft()
+            in_flight[actor.run_chunk.remote(*task)] = (actor, task)
+
+    for actor in actors:
+        submit(actor)
+    written = computed = 0
+    try:
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            actor, task = in_flight.pop(ready[0])
+            try:
+                dataset, chunk, n, pid = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, GanscaleError):
+                    raise GanscaleError(str(cause)) from None
+                raise GanscaleError(f"sample: chunk {task[1]} of dataset {task[0]} failed: "
+                                    f"{str(cause or e).strip().splitlines()[-1]}") from None
+            except ray.exceptions.RayActorError as e:
+                raise GanscaleError(_actor_failure(e, task)) from None
+            written += n
+            computed += 1
+            progress.advance(n)
+            if on_chunk:
+                on_chunk(dataset, chunk, pid)
+            submit(actor)
+    finally:
+        progress.close()
+        for actor in actors:
+            ray.kill(actor)
+    seconds = time.time() - t0
+    stages = dict(root.attrs.get("stages", {}))
+    stages["sample"] = {"config_hash": study.config_hash(), "seconds": round(seconds, 2),
+                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    root.attrs["stages"] = stages
+    return SampleResult(computed, skipped, written, seconds, n_workers)
+
+
+def _actor_failure(error: Exception, task: tuple[str, int]) -> str:
+    """One line for a worker that could not start or died for good: the GanscaleError its
+    constructor raised (bad weights, say) when there was one."""
+    for line in str(error).splitlines():
+        if "GanscaleError: " in line:
+            return line.split("GanscaleError: ", 1)[1].strip()
+    return (f"sample: a worker died for good on chunk {task[1]} of dataset {task[0]} "
+            f"({type(error).__name__}); rerun to resume")
+
+
+def status(study: Study) -> list[dict]:
+    """Per dataset: chunks done of total, and whether the stored samples match the study."""
+    try:
+        root = schema.open_store(study.store, study.storage_options, mode="r")
+    except FileNotFoundError:
+        root = None
+    out = []
+    for name in study.datasets:
+        layout = layout_for(study, name)
+        group = root.get(schema.dataset_path(name)) if root is not None else None
+        if group is None:
+            out.append({"dataset": name, "done": 0, "chunks": layout.n_chunks, "state": "not started"})
+            continue
+        stale = group.attrs.get("fingerprint") != fingerprint(study, name)
+        done = int(schema.done_chunks(group).sum())
+        state = "stale (study changed)" if stale else ("complete" if done == layout.n_chunks else "partial")
+        out.append({"dataset": name, "done": 0 if stale else done, "chunks": layout.n_chunks, "state": state})
+    return out

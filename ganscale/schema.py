@@ -1,0 +1,112 @@
+"""The store layout, written down once. Every stage reads and writes through these names.
+
+One zarr v3 hierarchy per study (a local folder or s3://bucket/prefix.zarr):
+
+    /                                    attrs: ganscale_version, layout_version, study, config_hash
+    datasets/{dataset}/                  attrs: fingerprint, kind, samples, chunk_size, n_chunks,
+                                                probe, input_size, resize, spec
+        seed        int64   [N]          the integer seed the image came from (-1 for image files)
+        source      string  [N]          image file path ("" for seeded datasets)
+        label       int32   [N]          class label of a conditional generator / toy scene (-1: none)
+        logits      float32 [N, K]       probe logits
+        done        uint8   [n_chunks]   1 once chunk i of every array above and below is written
+        layers/{layer}/activations  float32 [N, C]  the probe's activation at one spatial position
+        layers/{layer}/position     int16   [N, 2]  that position (y, x) in the layer's featuremap
+
+Every per-sample array is chunked along samples with `chunk_size` rows, so chunk i of every array
+holds samples [i*chunk_size, (i+1)*chunk_size) and exactly one worker writes it. Arrays carry
+dimension names (sample, channel, ...) so xarray can open each group.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+
+LAYOUT_VERSION = 1
+
+ACTIVATION_DTYPE = np.float32
+LOGITS_DTYPE = np.float32
+POSITION_DTYPE = np.int16
+
+
+def dataset_path(dataset: str) -> str:
+    return f"datasets/{dataset}"
+
+
+def layer_path(dataset: str, layer: str) -> str:
+    return f"datasets/{dataset}/layers/{layer}"
+
+
+def open_store(url: str, storage_options: dict | None = None, mode: str = "a") -> zarr.Group:
+    """The study's root group, local or on any fsspec filesystem (s3:// via s3fs). Credentials come
+    from the environment / AWS configuration: never pass them in storage_options."""
+    if "://" in url and not url.startswith("file://"):
+        store = zarr.storage.FsspecStore.from_url(url, storage_options={**(storage_options or {}), "asynchronous": True},
+                                                  read_only=mode == "r")
+    else:
+        store = zarr.storage.LocalStore(url.removeprefix("file://"), read_only=mode == "r")
+    return zarr.open_group(store, mode=mode, zarr_format=3)
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    samples: int
+    chunk_size: int
+    num_classes: int
+    layer_channels: dict[str, int]
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.samples // self.chunk_size)
+
+    def chunk_range(self, chunk: int) -> tuple[int, int]:
+        start = chunk * self.chunk_size
+        return start, min(start + self.chunk_size, self.samples)
+
+
+def create_dataset_group(root: zarr.Group, dataset: str, layout: DatasetLayout, attrs: dict) -> zarr.Group:
+    """Create (overwriting) the dataset's group and all its arrays, empty. Metadata only: the
+    workers fill the chunks."""
+    n, c = layout.samples, layout.chunk_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr warns that variable-length strings are not in the v3 core spec yet
+        group = root.create_group(dataset_path(dataset), overwrite=True, attributes=attrs)
+        group.create_array("seed", shape=(n,), chunks=(c,), dtype=np.int64, fill_value=-1, dimension_names=("sample",))
+        group.create_array("source", shape=(n,), chunks=(c,), dtype=str, dimension_names=("sample",))
+        group.create_array("label", shape=(n,), chunks=(c,), dtype=np.int32, fill_value=-1, dimension_names=("sample",))
+        group.create_array("logits", shape=(n, layout.num_classes), chunks=(c, layout.num_classes),
+                           dtype=LOGITS_DTYPE, dimension_names=("sample", "class"))
+        group.create_array("done", shape=(layout.n_chunks,), chunks=(1,), dtype=np.uint8, fill_value=0,
+                           dimension_names=("chunk",))
+        for layer, channels in layout.layer_channels.items():
+            lg = group.create_group(f"layers/{layer}")
+            lg.create_array("activations", shape=(n, channels), chunks=(c, channels), dtype=ACTIVATION_DTYPE,
+                            dimension_names=("sample", "channel"))
+            lg.create_array("position", shape=(n, 2), chunks=(c, 2), dtype=POSITION_DTYPE, fill_value=-1,
+                            dimension_names=("sample", "yx"))
+    return group
+
+
+def write_chunk(group: zarr.Group, layout: DatasetLayout, chunk: int, *, seed: np.ndarray, source: np.ndarray,
+                label: np.ndarray, logits: np.ndarray, activations: dict[str, np.ndarray],
+                positions: dict[str, np.ndarray]) -> None:
+    """Write chunk `chunk` of every array, then mark it done (last, so a crash leaves it undone)."""
+    start, stop = layout.chunk_range(chunk)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        group["seed"][start:stop] = seed
+        group["source"][start:stop] = source
+        group["label"][start:stop] = label
+        group["logits"][start:stop] = logits
+        for layer in layout.layer_channels:
+            group[f"layers/{layer}/activations"][start:stop] = activations[layer]
+            group[f"layers/{layer}/position"][start:stop] = positions[layer]
+    group["done"][chunk] = 1
+
+
+def done_chunks(group: zarr.Group) -> np.ndarray:
+    return group["done"][:].astype(bool)

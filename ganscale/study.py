@@ -1,0 +1,226 @@
+"""The study: one YAML file that says what to sample, with what, and where to store it.
+
+Validated with pydantic; every problem becomes a one-line GanscaleError naming the field.
+Local paths in a study are relative to the study file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+
+from ganscale.errors import GanscaleError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+CREDENTIAL_KEYS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
+                   "aws_session_token", "session_token", "access_key", "secret_key"}
+PROBE_DEFAULT_WEIGHTS = {"toy_probe": "builtin:probe.pt"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProbeSpec(_Strict):
+    name: str = "inception_v1"
+    weights: str | None = None  # local path, builtin:NAME, s3:// or https://
+    sha256: str | None = None
+
+    @model_validator(mode="after")
+    def _default_weights(self):
+        if self.weights is None and self.name in PROBE_DEFAULT_WEIGHTS:
+            object.__setattr__(self, "weights", PROBE_DEFAULT_WEIGHTS[self.name])
+        return self
+
+
+class ImagesDataset(_Strict):
+    """Real images from a folder (local or s3://), center-cropped and resized to the probe's input."""
+    kind: Literal["images"]
+    path: str
+    samples: PositiveInt
+
+
+class ToyWorldDataset(_Strict):
+    """Real scenes of the built-in toy world, rendered from seeds."""
+    kind: Literal["toyworld"]
+    samples: PositiveInt
+    exclude: list[Literal["sun", "box", "tree", "ball"]] = []
+
+
+class GeneratorDataset(_Strict):
+    """Images from a generator in the registry (dcgan, biggan, torchscript) or a `module:function` plugin."""
+    kind: Literal["generator"]
+    name: str
+    samples: PositiveInt
+    weights: str | None = None  # checkpoint (dcgan), weights directory (biggan)
+    sha256: str | None = None
+    path: str | None = None  # TorchScript file
+    z_dim: PositiveInt | None = None
+    resolution: PositiveInt | None = None
+    truncation: float | None = Field(default=None, gt=0, le=1)
+    options: dict[str, Any] = {}  # passed to the generator's builder (plugins)
+
+
+Dataset = Annotated[Union[ImagesDataset, ToyWorldDataset, GeneratorDataset], Field(discriminator="kind")]
+
+
+class SampleSettings(_Strict):
+    chunk_size: PositiveInt = 1024  # samples per zarr chunk = one unit of work
+    batch_size: PositiveInt = 128  # images per forward pass
+    workers: PositiveInt | None = None  # default: one per GPU, else one per 4 CPUs
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _batch_fits_chunk(self):
+        if self.batch_size > self.chunk_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must not exceed chunk_size ({self.chunk_size})")
+        return self
+
+
+class Study(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    store: str
+    storage_options: dict[str, Any] = {}  # fsspec options (endpoint_url, ...); never credentials
+    probe: ProbeSpec = ProbeSpec()
+    layers: list[str] = Field(min_length=1)
+    datasets: dict[str, Dataset] = Field(min_length=1)
+    seed: int = 0
+    sample: SampleSettings = SampleSettings()
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, v: dict) -> dict:
+        def walk(d):
+            for k, val in d.items():
+                if k.lower() in CREDENTIAL_KEYS:
+                    raise ValueError(f"'{k}' looks like a credential: credentials come from the environment "
+                                     "or the AWS configuration, never from the study")
+                if isinstance(val, dict):
+                    walk(val)
+        walk(v)
+        return v
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names(cls, v: dict) -> dict:
+        import re
+
+        for name in v:
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"dataset name '{name}' must match {NAME_PATTERN}")
+        return v
+
+    @model_validator(mode="after")
+    def _known_models(self):
+        from ganscale.models import registry
+
+        probe = registry.probe_entry(self.probe.name, field="probe.name")
+        unknown = [layer for layer in self.layers if layer not in probe.layers]
+        if unknown:
+            raise ValueError(f"layers: unknown layer '{unknown[0]}' for probe {self.probe.name} "
+                             f"(known: {', '.join(probe.layers)})")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError("layers: listed twice")
+        for name, ds in self.datasets.items():
+            if ds.kind == "generator":
+                registry.check_generator_spec(ds, field=f"datasets.{name}")
+        return self
+
+    def config_hash(self) -> str:
+        return digest(self.model_dump(mode="json"))
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _is_local(p: str) -> bool:
+    return "://" not in p and not p.startswith("builtin:")
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    """Make local paths in the raw study absolute, relative to the study file's folder."""
+    def fix(d: dict, keys: tuple[str, ...]):
+        for k in keys:
+            if isinstance(d.get(k), str) and _is_local(d[k]):
+                d[k] = str((base / Path(d[k]).expanduser()).resolve())
+
+    fix(raw, ("store",))
+    if isinstance(raw.get("probe"), dict):
+        fix(raw["probe"], ("weights",))
+    if isinstance(raw.get("datasets"), dict):
+        for ds in raw["datasets"].values():
+            if isinstance(ds, dict):
+                fix(ds, ("path", "weights"))
+    return raw
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = list(first["loc"])
+    if len(loc) > 2 and loc[0] == "datasets" and loc[2] in ("images", "toyworld", "generator"):
+        del loc[2]  # the discriminator tag pydantic inserts
+    loc = ".".join(str(p) for p in loc)
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required field missing"
+    more = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    where = f"{loc}: " if loc else ""
+    return f"{source}: {where}{msg}{more}"
+
+
+def parse_study(raw: Any, source: str = "study", base: Path | None = None) -> Study:
+    if not isinstance(raw, dict):
+        raise GanscaleError(f"{source}: a study must be a YAML mapping, got {type(raw).__name__}")
+    raw = _resolve_paths(json.loads(json.dumps(raw)), base or Path.cwd())
+    try:
+        return Study.model_validate(raw)
+    except ValidationError as e:
+        raise GanscaleError(_format_validation_error(source, e)) from None
+
+
+def load_study(path: str | Path, check_files: bool = True) -> Study:
+    path = Path(path)
+    if not path.is_file():
+        raise GanscaleError(f"{path}: study file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise GanscaleError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
+    study = parse_study(raw, str(path), path.parent)
+    if check_files:
+        check_local_inputs(study, str(path))
+    return study
+
+
+def check_local_inputs(study: Study, source: str = "study") -> None:
+    """Local files a study names must exist (remote ones are checked when the stage starts)."""
+    from ganscale import weights
+
+    if study.probe.weights:
+        _check(weights, study.probe.weights, f"{source}: probe.weights")
+    for name, ds in study.datasets.items():
+        field = f"{source}: datasets.{name}"
+        if ds.kind == "images" and _is_local(ds.path) and not Path(ds.path).is_dir():
+            raise GanscaleError(f"{field}.path: image folder not found: {ds.path}")
+        if ds.kind == "generator":
+            if ds.weights:
+                _check(weights, ds.weights, f"{field}.weights", directory_ok=True)
+            if ds.path:
+                _check(weights, ds.path, f"{field}.path")
+
+
+def _check(weights, uri: str, field: str, directory_ok: bool = False) -> None:
+    if weights.is_remote(uri):
+        return
+    if not weights.local_path(uri).exists():
+        raise GanscaleError(f"{field}: file not found: {uri}")

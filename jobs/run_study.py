@@ -1,0 +1,39 @@
+"""Entrypoint for `ray job submit`: runs a study on the cluster the job runs in.
+
+    ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/run_study.py STUDY.yaml [--stages sample]
+
+Exits 0 when every stage finished, 2 on bad input (one line on stderr), 1 on other failures.
+Ray does not retry jobs: rerunning the same command resumes, skipping completed work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study")
+    parser.add_argument("--stages", default=None, help="comma-separated stages (default: all)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+
+    from ganscale.errors import GanscaleError
+    from ganscale.pipeline import run_study
+    from ganscale.study import load_study
+
+    try:
+        study = load_study(args.study)
+        results = run_study(study, args.stages.split(",") if args.stages else None)
+    except GanscaleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, result in results.items():
+        print(f"{name}: {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The sample stage on real local Ray and real zarr stores (local and moto's S3 server)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from conftest import toy_study
+from ganscale import sample, schema, sources
+from ganscale.errors import GanscaleError
+from ganscale.models import registry
+from ganscale.study import load_study
+
+ARRAYS = ["seed", "source", "label", "logits", "done"]
+
+
+def all_arrays(store: str, storage_options=None) -> dict[str, np.ndarray]:
+    root = schema.open_store(store, storage_options, mode="r")
+    out = {}
+    for name, group in root["datasets"].groups():
+        for key in ARRAYS:
+            out[f"{name}/{key}"] = group[key][:]
+        for layer, lg in group["layers"].groups():
+            for key in ("activations", "position"):
+                out[f"{name}/{layer}/{key}"] = lg[key][:]
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, tmp_path_factory):
+    """The toy study sampled once with one worker: the arrays every other run must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    study = load_study(toy_study(tmp))
+    result = sample.run(study, workers=1)
+    return study, result, all_arrays(study.store)
+
+
+def test_toy_study_shapes_dtypes_and_metadata(reference):
+    study, result, arrays = reference
+    assert result.computed_chunks == 4 + 3 and result.samples_written == 350
+    probe = registry.probe_entry("toy_probe")
+    sizes = {"block1": 16, "block2": 8, "block3": 4}
+    for name, n in (("real", 200), ("full", 150)):
+        assert arrays[f"{name}/done"].tolist() == [1] * -(-n // 64)
+        assert arrays[f"{name}/seed"].dtype == np.int64
+        np.testing.assert_array_equal(arrays[f"{name}/seed"], sources.dataset_seeds(7, name, n))
+        assert arrays[f"{name}/logits"].shape == (n, 4) and arrays[f"{name}/logits"].dtype == np.float32
+        for layer, channels in probe.layers.items():
+            acts = arrays[f"{name}/{layer}/activations"]
+            pos = arrays[f"{name}/{layer}/position"]
+            assert acts.shape == (n, channels) and acts.dtype == np.float32
+            assert pos.shape == (n, 2) and pos.dtype == np.int16
+            assert pos.min() >= 1 and pos.max() <= sizes[layer] - 2  # away from the border
+            assert np.isfinite(acts).all() and (acts >= 0).all()  # post-ReLU
+        assert (arrays[f"{name}/source"] == "").all()
+    assert set(np.unique(arrays["real/label"])) <= {0, 1, 2, 3}  # toy scenes carry their class
+    assert (arrays["full/label"] == -1).all()  # unconditional generator
+    root = zarr.open_group(study.store, mode="r")
+    assert root.attrs["config_hash"] == study.config_hash()
+    assert root["datasets/real"].attrs["resize"] == sources.RESIZE_NOTE
+    assert root["datasets/real/layers/block2/activations"].metadata.dimension_names == ("sample", "channel")
+
+
+def test_stored_vectors_are_the_probe_activations_at_the_stored_positions(reference):
+    """Recompute a few samples by hand, outside the stage, and compare."""
+    study, _, arrays = reference
+    probe = registry.build_probe(study.probe)
+    generator = registry.build_generator(study.datasets["full"], "datasets.full")
+    index = [0, 77, 149]
+    seeds = arrays["full/seed"][index].tolist()
+    images, _ = generator.generate(seeds)
+    maps, logits = probe(images)
+    np.testing.assert_allclose(arrays["full/logits"][index], logits.numpy(), rtol=1e-5, atol=1e-5)
+    for layer in study.layers:
+        pos = arrays[f"full/{layer}/position"][index]
+        expected = maps[layer][torch.arange(3), :, pos[:, 0], pos[:, 1]].numpy()
+        np.testing.assert_allclose(arrays[f"full/{layer}/activations"][index], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_one_and_two_workers_give_bit_identical_arrays(reference, tmp_path):
+    _, _, expected = reference
+    study = load_study(toy_study(tmp_path))
+    result = sample.run(study, workers=2)
+    assert result.workers == 2
+    assert_same(all_arrays(study.store), expected)
+
+
+def test_batch_size_does_not_change_the_arrays(reference, tmp_path):
+    _, _, expected = reference
+    study = load_study(toy_study(tmp_path, sample={"chunk_size": 64, "batch_size": 16}))
+    sample.run(study, workers=1)
+    assert_same(all_arrays(study.store), expected)
+
+
+def test_rerun_skips_completed_chunks_and_changed_dataset_is_resampled(reference, tmp_path):
+    path = toy_study(tmp_path)
+    study = load_study(path)
+    first = sample.run(study, workers=1)
+    again = sample.run(study, workers=1)
+    assert (again.computed_chunks, again.skipped_chunks) == (0, first.computed_chunks)
+    changed = load_study(toy_study(tmp_path, datasets={
+        "real": {"kind": "toyworld", "samples": 200},
+        "full": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_no_tree.pt", "samples": 150}}))
+    before = all_arrays(study.store)
+    result = sample.run(changed, workers=1)
+    assert result.computed_chunks == 3 and result.skipped_chunks == 4  # only the changed dataset
+    after = all_arrays(study.store)
+    np.testing.assert_array_equal(after["real/block2/activations"], before["real/block2/activations"])
+    assert not np.array_equal(after["full/block2/activations"], before["full/block2/activations"])
+    assert [row["state"] for row in sample.status(study)] == ["complete", "stale (study changed)"]
+
+
+def test_a_killed_actor_is_restarted_and_every_sample_is_written_once(reference, tmp_path):
+    _, _, expected = reference
+    study = load_study(toy_study(tmp_path))
+    killed = []
+
+    def kill_once(dataset, chunk, pid):
+        if not killed:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    result = sample.run(study, workers=1, on_chunk=kill_once)
+    assert killed and result.computed_chunks == 7
+    assert_same(all_arrays(study.store), expected)
+
+
+def test_a_stopped_driver_resumes_with_only_unfinished_chunks(ray_local, tmp_path):
+    slow = {"kind": "generator", "name": "plugins:slow_dcgan", "options": {"delay": 0.3}, "samples": 640}
+    path = toy_study(tmp_path, datasets={"real": {"kind": "toyworld", "samples": 64}, "slow": slow},
+                     sample={"chunk_size": 32, "batch_size": 32})
+    study = load_study(path)
+    address = ray_local.get_runtime_context().gcs_address
+    driver = subprocess.Popen([sys.executable, "-m", "ganscale.cli", "run", str(path), "--address", address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = np.zeros(0)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                done = zarr.open_group(study.store, mode="r")["datasets/slow/done"][:]
+            except (FileNotFoundError, KeyError):
+                done = np.zeros(0)
+            if done.sum() >= 4:
+                break
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.wait(timeout=60)
+    done_before = int(zarr.open_group(study.store, mode="r")["datasets/slow/done"][:].sum())
+    real_done = int(zarr.open_group(study.store, mode="r")["datasets/real/done"][:].sum())
+    assert 4 <= done_before < 20, "the driver should have been stopped midway"
+    result = sample.run(study, workers=2)
+    assert result.computed_chunks == (20 - done_before) + (2 - real_done)
+    arrays = all_arrays(study.store)
+    assert arrays["slow/done"].all()
+    np.testing.assert_array_equal(arrays["slow/seed"], sources.dataset_seeds(7, "slow", 640))
+    # every sample exactly once: the slow plugin wraps the full generator, so a fresh run of the full
+    # generator on the same seeds must give the same arrays
+    fresh = load_study(toy_study(tmp_path / "fresh", datasets={
+        "real": {"kind": "toyworld", "samples": 64},
+        "slow": {"kind": "generator", "name": "plugins:slow_dcgan", "options": {"delay": 0.0}, "samples": 640}},
+        sample={"chunk_size": 32, "batch_size": 32}))
+    sample.run(fresh, workers=2)
+    assert_same(arrays, all_arrays(fresh.store))
+
+
+def test_s3_store_equals_local_store(reference, s3_endpoint, tmp_path):
+    _, _, expected = reference
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    study = load_study(toy_study(tmp_path, store="s3://ganscale-test/studies/toy.zarr", storage_options=options))
+    result = sample.run(study, workers=2)
+    assert result.computed_chunks == 7
+    assert_same(all_arrays(study.store, options), expected)
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    metadata = fs.cat("ganscale-test/studies/toy.zarr/zarr.json").decode()
+    assert "testing" not in metadata  # credentials never reach the store
+    assert sample.run(study, workers=1).computed_chunks == 0
+
+
+def test_image_folder_dataset(ray_local, tmp_path):
+    from ganscale.toyworld.scenes import save_image_folder
+
+    folder = tmp_path / "scenes"
+    save_image_folder(folder, range(40))
+    path = toy_study(tmp_path, datasets={"photos": {"kind": "images", "path": str(folder), "samples": 30}})
+    study = load_study(path)
+    sample.run(study, workers=1)
+    root = zarr.open_group(study.store, mode="r")
+    group = root["datasets/photos"]
+    names = group["source"][:]
+    assert len(set(names)) == 30 and all(str(folder) in n and n.endswith(".png") for n in names)
+    assert list(names) == sorted(names) and (group["seed"][:] == -1).all()
+    assert group["layers/block3/activations"].shape == (30, 128) and group["done"][:].all()
+
+
+# ---- bad inputs: one clear line, and nothing already written is damaged ----------------------
+
+
+GOOD = {"full": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_full.pt", "samples": 64}}
+
+
+def add_bad_dataset(tmp_path, dataset: dict) -> str:
+    """Sample a good study, then add a bad dataset: the error is one line naming it, and the good
+    dataset's arrays are untouched."""
+    study = load_study(toy_study(tmp_path, datasets=GOOD))
+    sample.run(study, workers=1)
+    before = all_arrays(study.store)
+    with pytest.raises(GanscaleError) as info:
+        sample.run(load_study(toy_study(tmp_path, datasets={**GOOD, "bad": dataset})), workers=1)
+    after = all_arrays(study.store)
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+    message = str(info.value)
+    assert "\n" not in message and "datasets.bad" in message
+    return message
+
+
+def test_generator_returning_nan(ray_local, tmp_path):
+    message = add_bad_dataset(tmp_path, {"kind": "generator", "name": "plugins:nan_dcgan", "samples": 10})
+    assert "NaN" in message
+
+
+def test_generator_returning_wrong_shape(ray_local, tmp_path):
+    message = add_bad_dataset(tmp_path, {"kind": "generator", "name": "plugins:wrong_shape_dcgan", "samples": 10})
+    assert "shape" in message and "expected" in message
+
+
+def test_unreadable_image(ray_local, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"this is not a png")
+    message = add_bad_dataset(tmp_path, {"kind": "images", "path": str(folder), "samples": 1})
+    assert "unreadable image" in message and "a.png" in message
+
+
+def test_empty_image_folder(ray_local, tmp_path):
+    (tmp_path / "empty").mkdir()
+    message = add_bad_dataset(tmp_path, {"kind": "images", "path": str(tmp_path / "empty"), "samples": 1})
+    assert "no images" in message
+
+
+def test_wrong_sha256(ray_local, tmp_path):
+    message = add_bad_dataset(tmp_path, {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_full.pt",
+                                         "sha256": "0" * 64, "samples": 10})
+    assert "sha256 mismatch" in message
+
+
+def test_weights_of_the_wrong_model(ray_local, tmp_path):
+    message = add_bad_dataset(tmp_path, {"kind": "generator", "name": "dcgan", "weights": "builtin:probe.pt",
+                                         "samples": 10})
+    assert "do not fit DCGAN" in message
+
+
+def test_cli_reports_bad_input_in_one_line_with_nonzero_exit(tmp_path):
+    from typer.testing import CliRunner
+
+    from ganscale.cli import app
+
+    path = toy_study(tmp_path, layers=["nope"])
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "unknown layer 'nope'" in lines[0]
