@@ -6,13 +6,16 @@ import logging
 import time
 from typing import Callable
 
-from ganscale import sample
+from ganscale import atlas, embed, report, sample
 from ganscale.study import Study
 
 log = logging.getLogger("ganscale")
 
 STAGES: dict[str, Callable[..., object]] = {
     "sample": sample.run,
+    "embed": embed.run,
+    "atlas": atlas.run,
+    "report": report.run,
 }
 
 

@@ -115,10 +115,10 @@ def pick_device(requested: str) -> torch.device:
 class ChunkSampler:
     """Computes and writes chunks. Used as a Ray actor (one per GPU), or directly in one process."""
 
-    def __init__(self, study_json: dict, files: dict[str, list[str]] | None = None, threads: int | None = None):
+    def __init__(self, study: Study, files: dict[str, list[str]] | None = None, threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
-        self.study = Study.model_validate(study_json)
+        self.study = study
         self.files = files or {}
         self.device = pick_device(self.study.sample.device)
         self.probe = registry.build_probe(self.study.probe, self.study.storage_options).only(self.study.layers)
@@ -127,9 +127,6 @@ class ChunkSampler:
         self.root = schema.open_store(self.study.store, self.study.storage_options)
         self._seeds: dict[str, np.ndarray] = {}
         self._draws: dict[tuple[str, str], np.ndarray] = {}
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def _generator(self, dataset: str):
         if dataset not in self.generators:
@@ -145,26 +142,10 @@ class ChunkSampler:
         return self._seeds[dataset]
 
     def _images(self, dataset: str, index: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """Images [B, 3, S, S] on the device at the probe's input size, labels [B], sources [B]."""
-        spec = self.study.datasets[dataset]
-        field = f"datasets.{dataset}"
-        size = self.probe.input_size
-        no_labels = np.full(len(index), -1, dtype=np.int32)
-        if spec.kind == "images":
-            paths = [self.files[dataset][i] for i in index]
-            images = sources.read_images(paths, size, self.study.storage_options, field).to(self.device)
-            return images, no_labels, np.asarray(paths, dtype=object)
-        seeds = self._seeds_of(dataset)[index].tolist()
-        if spec.kind == "toyworld":
-            from ganscale.toyworld.scenes import render_batch
-
-            images, _, labels = render_batch(seeds, exclude=tuple(spec.exclude))
-            images, labels = images.to(self.device), labels.numpy().astype(np.int32)
-        else:
-            images, labels = self._generator(dataset).generate(seeds)
-            images = sources.check_images(images, len(seeds), field)
-            labels = no_labels if labels is None else labels.cpu().numpy().astype(np.int32)
-        return sources.resize_square(images, size), labels, np.full(len(index), "", dtype=object)
+        generator = self._generator(dataset) if self.study.datasets[dataset].kind == "generator" else None
+        images, labels, names = load_images(self.study, dataset, index, generator=generator,
+                                            files=self.files.get(dataset), device=self.device)
+        return sources.resize_square(images, self.probe.input_size), labels, names
 
     def _draws_of(self, dataset: str, layer: str) -> np.ndarray:
         if (dataset, layer) not in self._draws:
@@ -208,11 +189,51 @@ class ChunkSampler:
             "positions": {layer: np.concatenate(v) for layer, v in positions.items()},
         }
 
-    def run_chunk(self, dataset: str, chunk: int) -> tuple[str, int, int, int]:
+    def run_chunk(self, dataset: str, chunk: int) -> tuple[str, int, int, dict]:
         arrays = self.compute(dataset, chunk)
         group = self.root[schema.dataset_path(dataset)]
         schema.write_chunk(group, layout_for(self.study, dataset), chunk, **arrays)
-        return dataset, chunk, len(arrays["seed"]), os.getpid()
+        return dataset, chunk, len(arrays["seed"]), self.placement()
+
+    def placement(self) -> dict:
+        """Where this worker runs: process, Ray node, GPUs Ray gave it, torch device."""
+        info = {"pid": os.getpid(), "device": str(self.device)}
+        try:
+            import ray
+
+            context = ray.get_runtime_context()
+            info.update(node=context.get_node_id(), gpus=[str(g) for g in ray.get_gpu_ids()])
+        except Exception:  # not inside Ray
+            pass
+        return info
+
+
+def load_images(study: Study, dataset: str, index: np.ndarray, *, generator=None, files: list[str] | None = None,
+                device: torch.device | str = "cpu", size: int | None = None
+                ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The images of samples `index` of a dataset, exactly as the sample stage saw them: images
+    [B, 3, H, W] in [0, 1] on `device` (image files at `size`, or the probe's input size), labels
+    [B] int32 (-1: none), sources [B] (file paths, "" for seeded datasets)."""
+    spec = study.datasets[dataset]
+    field = f"datasets.{dataset}"
+    no_labels = np.full(len(index), -1, dtype=np.int32)
+    if spec.kind == "images":
+        paths = [files[i] for i in index]
+        size = size or registry.probe_entry(study.probe.name).input_size
+        images = sources.read_images(paths, size, study.storage_options, field).to(device)
+        return images, no_labels, np.asarray(paths, dtype=object)
+    seeds = sources.dataset_seeds(study.seed, dataset, spec.samples)[index].tolist()
+    if spec.kind == "toyworld":
+        from ganscale.toyworld.scenes import render_batch
+
+        images, _, labels = render_batch(seeds, exclude=tuple(spec.exclude))
+        images, labels = images.to(device), labels.numpy().astype(np.int32)
+    else:
+        generator = generator or registry.build_generator(spec, field, study.storage_options).to(device)
+        images, labels = generator.generate(seeds)
+        images = sources.check_images(images, len(seeds), field)
+        labels = no_labels if labels is None else labels.cpu().numpy().astype(np.int32)
+    return images, labels, np.full(len(index), "", dtype=object)
 
 
 @dataclasses.dataclass
@@ -249,7 +270,7 @@ def init_ray(address: str | None = None) -> None:
 
 
 def run(study: Study, *, address: str | None = None, workers: int | None = None,
-        on_chunk: Callable[[str, int, int], None] | None = None) -> SampleResult:
+        on_chunk: Callable[[str, int, dict], None] | None = None) -> SampleResult:
     """Sample every dataset of the study into its store, on the Ray cluster at `address` (or the
     one this process is attached to, or a new local one)."""
     import ray
@@ -271,7 +292,7 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     threads = max(1, int(resources["num_cpus"]))
     files = ray.put({p.name: p.files for p in plans if p.files is not None})
     actor_cls = ray.remote(max_restarts=3, max_task_retries=3)(ChunkSampler)
-    actors = [actor_cls.options(**resources).remote(study.model_dump(mode="json"), files, threads)
+    actors = [actor_cls.options(**resources).remote(study, files, threads)
               for _ in range(n_workers)]
 
     def samples_in(task):
@@ -295,7 +316,7 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             actor, task = in_flight.pop(ready[0])
             try:
-                dataset, chunk, n, pid = ray.get(ready[0])
+                dataset, chunk, n, worker = ray.get(ready[0])
             except ray.exceptions.RayTaskError as e:
                 cause = getattr(e, "cause", None)
                 if isinstance(cause, GanscaleError):
@@ -308,7 +329,7 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
             computed += 1
             progress.advance(n)
             if on_chunk:
-                on_chunk(dataset, chunk, pid)
+                on_chunk(dataset, chunk, worker)
             submit(actor)
     finally:
         progress.close()

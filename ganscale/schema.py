@@ -12,6 +12,11 @@ One zarr v3 hierarchy per study (a local folder or s3://bucket/prefix.zarr):
         done        uint8   [n_chunks]   1 once chunk i of every array above and below is written
         layers/{layer}/activations  float32 [N, C]  the probe's activation at one spatial position
         layers/{layer}/position     int16   [N, 2]  that position (y, x) in the layer's featuremap
+        layers/{layer}/umap         float32 [N, 2]  joint UMAP layout in [0, 1]          (embed stage)
+    models/umap_{layer}             uint8   [bytes] the pickled (PCA, UMAP) reducer      (embed stage)
+    atlas/{layer}/g{G}/             grid statistics, see ganscale.atlas                (atlas stage)
+
+Root attribute `stages` records each finished stage: input fingerprints and seconds.
 
 Every per-sample array is chunked along samples with `chunk_size` rows, so chunk i of every array
 holds samples [i*chunk_size, (i+1)*chunk_size) and exactly one worker writes it. Arrays carry
@@ -39,6 +44,10 @@ def dataset_path(dataset: str) -> str:
 
 def layer_path(dataset: str, layer: str) -> str:
     return f"datasets/{dataset}/layers/{layer}"
+
+
+def atlas_path(layer: str, grid: int) -> str:
+    return f"atlas/{layer}/g{grid}"
 
 
 def open_store(url: str, storage_options: dict | None = None, mode: str = "a") -> zarr.Group:

@@ -82,6 +82,26 @@ class SampleSettings(_Strict):
         return self
 
 
+class UmapParams(_Strict):
+    n_neighbors: PositiveInt = 50
+    min_dist: float = Field(default=0.05, ge=0)
+    metric: Literal["euclidean", "cosine", "manhattan", "correlation"] = "cosine"
+
+
+class EmbedSettings(_Strict):
+    backend: Literal["auto", "cuml", "umap-learn"] = "auto"  # auto: cuML on a GPU node, else umap-learn
+    pca: PositiveInt | None = None  # project to this many dimensions before UMAP (off by default)
+    layers: dict[str, UmapParams] = {}  # per-layer overrides of the published atlas settings
+    new_datasets: Literal["refit", "transform"] = "refit"  # a dataset added later: refit all, or map it in
+
+
+class AtlasSettings(_Strict):
+    grids: list[PositiveInt] = [20, 40, 80]
+    smoothing: float = Field(default=0.5, gt=0)  # pseudo-count added to every cell before KL
+    examples: PositiveInt = 4  # sample ids kept per cell and dataset
+    top_labels: PositiveInt = 3  # most frequent top-1 probe labels kept per cell and dataset
+
+
 class Study(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     store: str
@@ -91,6 +111,9 @@ class Study(_Strict):
     datasets: dict[str, Dataset] = Field(min_length=1)
     seed: int = 0
     sample: SampleSettings = SampleSettings()
+    report: str | None = None  # where report/ goes; default: beside the store
+    embed: EmbedSettings = EmbedSettings()
+    atlas: AtlasSettings = AtlasSettings()
 
     @field_validator("storage_options")
     @classmethod
@@ -126,6 +149,9 @@ class Study(_Strict):
                              f"(known: {', '.join(probe.layers)})")
         if len(set(self.layers)) != len(self.layers):
             raise ValueError("layers: listed twice")
+        for layer in self.embed.layers:
+            if layer not in self.layers:
+                raise ValueError(f"embed.layers: '{layer}' is not one of the study's layers")
         for name, ds in self.datasets.items():
             if ds.kind == "generator":
                 registry.check_generator_spec(ds, field=f"datasets.{name}")
@@ -150,7 +176,7 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
             if isinstance(d.get(k), str) and _is_local(d[k]):
                 d[k] = str((base / Path(d[k]).expanduser()).resolve())
 
-    fix(raw, ("store",))
+    fix(raw, ("store", "report"))
     if isinstance(raw.get("probe"), dict):
         fix(raw["probe"], ("weights",))
     if isinstance(raw.get("datasets"), dict):
@@ -214,12 +240,12 @@ def check_local_inputs(study: Study, source: str = "study") -> None:
             raise GanscaleError(f"{field}.path: image folder not found: {ds.path}")
         if ds.kind == "generator":
             if ds.weights:
-                _check(weights, ds.weights, f"{field}.weights", directory_ok=True)
+                _check(weights, ds.weights, f"{field}.weights")
             if ds.path:
                 _check(weights, ds.path, f"{field}.path")
 
 
-def _check(weights, uri: str, field: str, directory_ok: bool = False) -> None:
+def _check(weights, uri: str, field: str) -> None:
     if weights.is_remote(uri):
         return
     if not weights.local_path(uri).exists():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,22 +14,47 @@ import yaml
 TESTS = Path(__file__).parent
 # Ray workers inherit this environment (set before ray.init): test plugins are importable there,
 # and S3 clients find dummy credentials, as a real deployment finds them in its environment.
+# `python` in a job entrypoint must be this environment's, as in an activated virtualenv.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(TESTS))
 for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
     os.environ.setdefault(key, value)
-os.environ.setdefault("RAY_ACCEPT_SPECIAL_ENV_VARS", "1")
+# The session's Ray head listens on this machine only; token authentication (on by default since
+# Ray 2.60) is turned off for it so the drivers, jobs and subprocesses of the tests can all attach.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_head():
+    """One local Ray head for the whole session, started as users start one (`ray start --head`,
+    with the job server), so tests can both attach drivers to it and `ray job submit` to it."""
+    port, dashboard = free_port(), free_port()
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
+                    "--dashboard-host=127.0.0.1", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
+                    "--disable-usage-stats"], check=True, capture_output=True)
+    yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}"}
+    import ray
+
+    ray.shutdown()
+    subprocess.run([ray_cli, "stop", "--force"], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def ray_local(ray_head):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
+        ray.init(address=ray_head["address"], logging_level="WARNING")
+    return ray
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +74,8 @@ def s3_endpoint():
 
 
 def toy_study(tmp_path: Path, store: str | None = None, **overrides) -> Path:
-    """A small toy study file: real scenes and the full generator. `sample` and `probe` overrides
-    are merged into the defaults; other keys (datasets too) replace them."""
+    """A small toy study file: real scenes and the full generator. `sample`, `probe`, `embed` and
+    `atlas` overrides are merged into the defaults; other keys (datasets too) replace them."""
     study = {
         "name": "toy-test",
         "store": store or str(tmp_path / "store.zarr"),
@@ -60,12 +87,15 @@ def toy_study(tmp_path: Path, store: str | None = None, **overrides) -> Path:
         },
         "seed": 7,
         "sample": {"chunk_size": 64, "batch_size": 32},
+        "embed": {},
+        "atlas": {},
     }
     for key, value in overrides.items():
-        if key in ("sample", "probe"):
+        if key in ("sample", "probe", "embed", "atlas"):
             study[key] = {**study[key], **value}
         else:
             study[key] = value
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path

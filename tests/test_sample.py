@@ -122,7 +122,8 @@ def test_rerun_skips_completed_chunks_and_changed_dataset_is_resampled(reference
     after = all_arrays(study.store)
     np.testing.assert_array_equal(after["real/block2/activations"], before["real/block2/activations"])
     assert not np.array_equal(after["full/block2/activations"], before["full/block2/activations"])
-    assert [row["state"] for row in sample.status(study)] == ["complete", "stale (study changed)"]
+    assert {row["dataset"]: row["state"] for row in sample.status(study)} == {
+        "real": "complete", "full": "stale (study changed)"}
 
 
 def test_a_killed_actor_is_restarted_and_every_sample_is_written_once(reference, tmp_path):
@@ -130,10 +131,10 @@ def test_a_killed_actor_is_restarted_and_every_sample_is_written_once(reference,
     study = load_study(toy_study(tmp_path))
     killed = []
 
-    def kill_once(dataset, chunk, pid):
+    def kill_once(dataset, chunk, worker):
         if not killed:
-            killed.append(pid)
-            os.kill(pid, signal.SIGKILL)
+            killed.append(worker["pid"])
+            os.kill(worker["pid"], signal.SIGKILL)
 
     result = sample.run(study, workers=1, on_chunk=kill_once)
     assert killed and result.computed_chunks == 7
@@ -146,6 +147,7 @@ def test_a_stopped_driver_resumes_with_only_unfinished_chunks(ray_local, tmp_pat
                      sample={"chunk_size": 32, "batch_size": 32})
     study = load_study(path)
     address = ray_local.get_runtime_context().gcs_address
+    assert address
     driver = subprocess.Popen([sys.executable, "-m", "ganscale.cli", "run", str(path), "--address", address],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done = np.zeros(0)

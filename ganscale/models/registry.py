@@ -85,9 +85,24 @@ def register_probe(name: str, entry: Callable[[], ProbeEntry]) -> None:
 
 
 def probe_entry(name: str, field: str = "probe.name") -> ProbeEntry:
+    """The probe named in a study: a registered name, or a `package.module:function` plugin that
+    returns a ProbeEntry (importable on every worker)."""
+    if ":" in name:
+        return _import_plugin(name, field)()
     if name not in PROBES:
-        raise ValueError(f"{field}: unknown probe '{name}' (known: {', '.join(PROBES)})")
+        raise ValueError(f"{field}: unknown probe '{name}' (known: {', '.join(PROBES)}, "
+                         "or a 'package.module:function' plugin)")
     return PROBES[name]()
+
+
+def _import_plugin(name: str, field: str) -> Callable[..., Any]:
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise GanscaleError(f"{field}: a plugin is written 'package.module:function', got '{name}'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise GanscaleError(f"{field}: cannot import plugin '{name}': {e}") from None
 
 
 def build_probe(spec, storage_options: dict | None = None) -> HookedProbe:
@@ -244,11 +259,7 @@ def check_generator_spec(spec, field: str) -> None:
 
 def build_generator(spec, field: str, storage_options: dict | None = None) -> Generator:
     if ":" in spec.name:
-        module_name, _, func_name = spec.name.partition(":")
-        try:
-            factory: Any = getattr(importlib.import_module(module_name), func_name)
-        except (ImportError, AttributeError) as e:
-            raise GanscaleError(f"{field}.name: cannot import plugin '{spec.name}': {e}") from None
+        factory = _import_plugin(spec.name, f"{field}.name")
         kwargs = dict(spec.options)
         if spec.weights:
             kwargs["weights"] = str(weights_io.resolve(spec.weights, spec.sha256, field=f"{field}.weights",

@@ -1,0 +1,212 @@
+"""Stage 2, embed: one UMAP per layer, fitted jointly on every dataset's samples.
+
+The fit runs as a Ray task, on a GPU node with RAPIDS cuML when the cluster has GPUs and cuML
+imports there, else with umap-learn on a CPU. The layout is normalised as the published atlases
+do (clip to the 1st..99th percentile, add a 10% margin, rescale to [0, 1]) and written back per
+dataset as datasets/{dataset}/layers/{layer}/umap. A layer whose inputs did not change is skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import numpy as np
+
+from ganscale import schema
+from ganscale.errors import GanscaleError
+from ganscale.study import Study, UmapParams, digest
+
+log = logging.getLogger("ganscale.embed")
+
+# The published activation atlases (Carter et al. 2019): early layers euclidean with wide
+# neighbourhoods, later layers cosine.
+PUBLISHED = {
+    **{layer: UmapParams(n_neighbors=200, min_dist=0.05, metric="euclidean") for layer in ("mixed3a", "mixed3b")},
+    **{layer: UmapParams(n_neighbors=50, min_dist=0.05, metric="cosine")
+       for layer in ("mixed4a", "mixed4b", "mixed4c", "mixed4d", "mixed4e", "mixed5a", "mixed5b")},
+}
+DEFAULT = UmapParams(n_neighbors=50, min_dist=0.05, metric="cosine")
+
+
+def params_for(study: Study, layer: str) -> UmapParams:
+    return study.embed.layers.get(layer) or PUBLISHED.get(layer) or DEFAULT
+
+
+def normalise(layout: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0, margin: float = 0.1):
+    """Clip each axis to its percentiles, then rescale so the clipped range fills [0, 1] less a
+    `margin` (fraction of the range) on each side. Returns the layout and the percentile bounds,
+    so new points can be mapped the same way."""
+    low, high = np.percentile(layout, [low_pct, high_pct], axis=0)
+    return apply_bounds(layout, low, high, margin), (low, high)
+
+
+def apply_bounds(layout: np.ndarray, low: np.ndarray, high: np.ndarray, margin: float = 0.1) -> np.ndarray:
+    span = np.maximum(high - low, 1e-12)
+    return ((np.clip(layout, low, high) - low + margin * span) / ((1 + 2 * margin) * span)).astype(np.float32)
+
+
+def cuml_available() -> bool:
+    try:
+        import cuml  # noqa: F401
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def fit_umap(x: np.ndarray, params: UmapParams, backend: str, seed: int, pca: int | None):
+    """(raw 2-d layout, fitted reducer bytes). backend: 'cuml' or 'umap-learn'."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    projection = None
+    if pca and pca < x.shape[1]:
+        from sklearn.decomposition import PCA
+
+        projection = PCA(n_components=pca, random_state=seed).fit(x)
+        x = projection.transform(x).astype(np.float32)
+    n_neighbors = min(params.n_neighbors, len(x) - 1)
+    if backend == "cuml":
+        from cuml.manifold import UMAP
+
+        reducer = UMAP(n_neighbors=n_neighbors, min_dist=params.min_dist, metric=params.metric,
+                       build_algo="nn_descent", random_state=seed)
+    else:
+        import umap
+
+        reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=params.min_dist, metric=params.metric,
+                            random_state=seed, n_jobs=1)
+    layout = np.asarray(reducer.fit_transform(x), dtype=np.float32)
+    return layout, _dumps((projection, reducer))
+
+
+def _dumps(obj) -> bytes:
+    import pickle
+
+    buffer = io.BytesIO()
+    pickle.dump(obj, buffer, protocol=5)
+    return buffer.getvalue()
+
+
+def dataset_fingerprints(study: Study, root) -> dict[str, str]:
+    return {name: root[schema.dataset_path(name)].attrs["fingerprint"] for name in study.datasets}
+
+
+def layer_fingerprint(study: Study, root, layer: str) -> str:
+    return digest({"datasets": dataset_fingerprints(study, root), "layer": layer,
+                   "params": params_for(study, layer).model_dump(), "pca": study.embed.pca, "seed": study.seed})
+
+
+def load_layer(root, datasets: list[str], layer: str) -> tuple[np.ndarray, list[int]]:
+    parts = [root[f"{schema.layer_path(d, layer)}/activations"][:] for d in datasets]
+    return np.concatenate(parts), [len(p) for p in parts]
+
+
+def _write_layout(root, dataset: str, layer: str, layout: np.ndarray) -> None:
+    chunk = root[schema.dataset_path(dataset)].attrs["chunk_size"]
+    root[schema.layer_path(dataset, layer)].create_array(
+        "umap", shape=layout.shape, chunks=(chunk, 2), dtype=np.float32, dimension_names=("sample", "xy"),
+        overwrite=True)[:] = layout
+
+
+def embed_layer(study: Study, layer: str, backend: str) -> dict:
+    """Fit one layer on every dataset and write the layouts back (runs as a Ray task)."""
+    t0 = time.time()
+    root = schema.open_store(study.store, study.storage_options)
+    names = list(study.datasets)
+    x, counts = load_layer(root, names, layer)
+    if not np.isfinite(x).all():
+        raise GanscaleError(f"embed: layer {layer} has non-finite activations in the store")
+    raw, reducer = fit_umap(x, params_for(study, layer), backend, study.seed, study.embed.pca)
+    layout, (low, high) = normalise(raw)
+    offsets = np.cumsum([0] + counts)
+    for name, start, stop in zip(names, offsets[:-1], offsets[1:]):
+        _write_layout(root, name, layer, layout[start:stop])
+    blob = np.frombuffer(reducer, dtype=np.uint8)
+    root.require_group("models").create_array(
+        f"umap_{layer}", shape=blob.shape, chunks=(max(1, min(len(blob), 1 << 24)),), dtype=np.uint8,
+        overwrite=True)[:] = blob
+    return {"layer": layer, "backend": backend, "samples": int(len(x)), "seconds": round(time.time() - t0, 2),
+            "bounds": [low.tolist(), high.tolist()], "fitted": dataset_fingerprints(study, root)}
+
+
+def transform_layer(study: Study, layer: str, datasets: list[str], bounds) -> dict:
+    """Map new datasets into an existing layout with the stored reducer (no refit)."""
+    import pickle
+
+    t0 = time.time()
+    root = schema.open_store(study.store, study.storage_options)
+    projection, reducer = pickle.loads(root[f"models/umap_{layer}"][...].tobytes())
+    low, high = (np.asarray(b) for b in bounds)
+    for name in datasets:
+        x = root[f"{schema.layer_path(name, layer)}/activations"][...]
+        if projection is not None:
+            x = projection.transform(x).astype(np.float32)
+        _write_layout(root, name, layer, apply_bounds(np.asarray(reducer.transform(x)), low, high))
+    return {"seconds": round(time.time() - t0, 2), "transformed": datasets}
+
+
+def choose_backend(study: Study, cluster_gpus: int) -> str:
+    wanted = study.embed.backend
+    if wanted == "cuml" and not cluster_gpus:
+        raise GanscaleError("embed.backend: 'cuml' needs a GPU in the Ray cluster")
+    if wanted == "auto":
+        return "cuml" if cluster_gpus else "umap-learn"
+    return wanted
+
+
+def run(study: Study, *, address: str | None = None) -> dict:
+    """Embed every layer whose inputs changed; returns per layer what was done."""
+    import ray
+
+    from ganscale.sample import init_ray
+
+    root = schema.open_store(study.store, study.storage_options)
+    for name in study.datasets:
+        group = root.get(schema.dataset_path(name))
+        if group is None or not schema.done_chunks(group).all():
+            raise GanscaleError(f"embed: dataset {name} is not fully sampled yet; run the sample stage first")
+    init_ray(address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    backend = choose_backend(study, gpus)
+    stages = dict(root.attrs.get("stages", {}))
+    done = dict(stages.get("embed", {}).get("layers", {}))
+    current = dataset_fingerprints(study, root)
+    fits, transforms = [], {}
+    for layer in study.layers:
+        previous = done.get(layer, {})
+        if previous.get("fingerprint") == layer_fingerprint(study, root, layer):
+            continue
+        fitted = previous.get("fitted", {})
+        new = [n for n in study.datasets if n not in fitted]
+        if (study.embed.new_datasets == "transform" and fitted and new
+                and previous.get("params") == params_for(study, layer).model_dump()
+                and all(current.get(n) == fp for n, fp in fitted.items())):
+            transforms[layer] = new
+        else:
+            fits.append(layer)
+    options = {"num_gpus": 1} if backend == "cuml" else {"num_cpus": 1}
+    if backend == "cuml" and fits and not ray.get(ray.remote(num_gpus=1)(cuml_available).remote()):
+        if study.embed.backend == "cuml":
+            raise GanscaleError("embed.backend: cuML does not import on the cluster's GPU nodes")
+        backend, options = "umap-learn", {"num_cpus": 1}  # the CPU fallback
+    fit_refs = [ray.remote(**options)(embed_layer).remote(study, layer, backend) for layer in fits]
+    transform_refs = [ray.remote(num_cpus=1)(transform_layer).remote(study, layer, new, done[layer]["bounds"])
+                      for layer, new in transforms.items()]
+    for layer, result in zip(fits, ray.get(fit_refs)):
+        done[layer] = {**result, "params": params_for(study, layer).model_dump(),
+                       "fingerprint": layer_fingerprint(study, root, layer)}
+        log.info("embed %s: %d samples with %s in %.1f s", layer, result["samples"], backend, result["seconds"])
+    for (layer, new), result in zip(transforms.items(), ray.get(transform_refs)):
+        done[layer] = {**done[layer], "fitted": {**done[layer]["fitted"], **{n: current[n] for n in new}},
+                       "transformed": sorted(set(done[layer].get("transformed", [])) | set(new)),
+                       "seconds": done[layer]["seconds"] + result["seconds"],
+                       "fingerprint": layer_fingerprint(study, root, layer)}
+        log.info("embed %s: transformed %s into the existing layout", layer, ", ".join(new))
+    stages["embed"] = {"layers": done}
+    root.attrs["stages"] = stages
+    return {"fitted": fits, "transformed": {k: v for k, v in transforms.items()},
+            "skipped": [layer for layer in study.layers if layer not in fits and layer not in transforms],
+            "backend": backend}
+

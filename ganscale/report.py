@@ -1,0 +1,236 @@
+"""Stage 5, report: pictures, report/index.html and the machine-readable report/summary.json.
+
+summary.json (schema "ganscale.summary/1"):
+
+    {"schema": "ganscale.summary/1", "study": name, "config_hash": str, "ganscale_version": str,
+     "store": url, "resize": str,
+     "datasets": {name: {"kind": str, "samples": int}},
+     "kl": [{"layer": str, "grid": int, "p": dataset, "q": dataset, "kl": float}, ...],   # KL(p || q)
+     "kl_smoothing": float,
+     "stages": {stage: {"seconds": float}}}
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganscale import __version__, render, schema, sources
+from ganscale.models import registry
+from ganscale.study import Study
+
+SUMMARY_SCHEMA = "ganscale.summary/1"
+
+
+def report_location(study: Study) -> str:
+    """Where the report goes: `report` beside a local store, or beside the store in its bucket."""
+    if study.report:
+        return study.report
+    return study.store.rstrip("/").rsplit("/", 1)[0] + "/report"
+
+
+def receptive_field_size(probe, layer: str, tries: int = 4) -> tuple[int, int]:
+    """(height, width) of the input region that a unit at the centre of `layer` depends on,
+    measured by gradients over a few random inputs (union), not assumed from the architecture."""
+    module = probe.module
+    size = probe.input_size
+    captured = {}
+    handle = dict(module.named_modules())[layer].register_forward_hook(lambda m, i, o: captured.update(out=o))
+    seen = torch.zeros(size, size, dtype=torch.bool)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(tries):
+            x = torch.rand(1, 3, size, size, generator=generator, requires_grad=True)
+            module(x)
+            out = captured["out"]
+            out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum().backward()
+            seen |= x.grad.abs().sum((0, 1)) > 0
+    finally:
+        handle.remove()
+    ys, xs = np.nonzero(seen.numpy())
+    return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+
+
+def patch_box(position: np.ndarray, fmap_size: tuple[int, int], field: tuple[int, int], image_size: int):
+    """(y0, x0, y1, x1) of the receptive field of a featuremap position, in image pixels."""
+    box = []
+    for p, n, f in zip(position, fmap_size, field):
+        centre = (p + 0.5) * image_size / n
+        lo = int(np.clip(round(centre - f / 2), 0, image_size - 1))
+        box.append((lo, int(np.clip(round(centre + f / 2), lo + 1, image_size))))
+    (y0, y1), (x0, x1) = box
+    return y0, x0, y1, x1
+
+
+def _fmap_sizes(probe) -> dict[str, tuple[int, int]]:
+    maps, _ = probe(torch.zeros(1, 3, probe.input_size, probe.input_size))
+    return {layer: tuple(m.shape[2:]) for layer, m in maps.items()}
+
+
+def examples_figure(study: Study, root, probe, layer: str, grid: int, pair: tuple[int, int], path: Path,
+                    fields, fmap_sizes, generators, n_cells: int = 3, per_row: int = 4) -> Path | None:
+    """Example images and receptive-field patches of the cells that most separate the pair."""
+    names = list(study.datasets)
+    group = root[schema.atlas_path(layer, grid)]
+    kl_cells, examples, counts = group["kl_cells"][...], group["examples"][...], group["counts"][...]
+    a, b = pair
+    rows = []
+    for p, q in ((a, b), (b, a)):
+        order = np.argsort(-kl_cells[p, q].ravel())[:n_cells]
+        for cell in order:
+            iy, ix = divmod(int(cell), grid)
+            for d in (p, q):
+                ids = examples[d, iy, ix][examples[d, iy, ix] >= 0][:per_row]
+                if len(ids) == 0:
+                    rows.append((f"cell ({iy},{ix})\n{names[d]}: 0", [], []))
+                    continue
+                images, boxes = _cell_images(study, root, probe, names[d], layer, ids, fields[layer],
+                                             fmap_sizes[layer], generators)
+                rows.append((f"cell ({iy},{ix})\n{names[d]}: {counts[d, iy, ix]}", images, boxes))
+    if not rows:
+        return None
+    title = (f"{layer}, {grid}x{grid}: cells most over-represented in {names[a]} vs {names[b]} (top) "
+             f"and the reverse (bottom); yellow box = receptive field of the sampled position")
+    return render.example_panel(rows, title, path)
+
+
+def _cell_images(study, root, probe, dataset, layer, ids, field, fmap_size, generators):
+    from ganscale.sample import load_images
+
+    spec = study.datasets[dataset]
+    files = None
+    if spec.kind == "images":
+        files = {int(i): str(s) for i, s in zip(ids, root[f"{schema.dataset_path(dataset)}/source"][...][ids])}
+        files = [files.get(i) for i in range(int(max(ids)) + 1)]
+    if spec.kind == "generator" and dataset not in generators:
+        generators[dataset] = registry.build_generator(spec, f"datasets.{dataset}", study.storage_options)
+    images, _, _ = load_images(study, dataset, np.asarray(ids), generator=generators.get(dataset), files=files)
+    images = sources.resize_square(images, probe.input_size)
+    positions = root[f"{schema.layer_path(dataset, layer)}/position"][...][ids]
+    boxes = [patch_box(pos, fmap_size, field, probe.input_size) for pos in positions]
+    return [im.permute(1, 2, 0).numpy() for im in images], boxes
+
+
+def run(study: Study, *, address: str | None = None) -> dict:
+    t0 = time.time()
+    root = schema.open_store(study.store, study.storage_options)
+    names = list(study.datasets)
+    grids = study.atlas.grids
+    location = report_location(study)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for sub in ("atlas", "kl", "examples"):
+            (out / sub).mkdir()
+        probe = registry.build_probe(study.probe, study.storage_options)
+        fields = {layer: receptive_field_size(probe, layer) for layer in study.layers}
+        fmap_sizes = _fmap_sizes(probe.only(study.layers))
+        generators: dict = {}
+        kl_rows, sections = [], []
+        for a, b in itertools.combinations(range(len(names)), 2):
+            table = np.array([[root[f"{schema.atlas_path(layer, g)}/kl"][a, b] for g in grids] for layer in study.layers])
+            heatmap = render.kl_heatmap(table, study.layers, grids, f"KL({names[a]} || {names[b]})",
+                                        out / "kl" / f"{names[a]}_vs_{names[b]}.png")
+            pictures = []
+            for layer in study.layers:
+                for g in grids:
+                    counts = root[f"{schema.atlas_path(layer, g)}/counts"][...]
+                    kl = root[f"{schema.atlas_path(layer, g)}/kl"][...]
+                    path = out / "atlas" / f"{layer}_{names[a]}_vs_{names[b]}_g{g}.png"
+                    render.comparison_atlas(counts[a], counts[b], names[a], names[b],
+                                            f"{layer}, {g}x{g}: KL({names[a]}||{names[b]}) = {kl[a, b]:.3f}, "
+                                            f"KL({names[b]}||{names[a]}) = {kl[b, a]:.3f}", path)
+                    pictures.append((layer, g, path.relative_to(out)))
+                example = examples_figure(study, root, probe, layer, grids[0], (a, b),
+                                          out / "examples" / f"{layer}_{names[a]}_vs_{names[b]}.png",
+                                          fields, fmap_sizes, generators)
+                if example:
+                    pictures.append((layer, "examples", example.relative_to(out)))
+            sections.append((names[a], names[b], heatmap.relative_to(out), pictures))
+        for layer in study.layers:
+            for g in grids:
+                kl = root[f"{schema.atlas_path(layer, g)}/kl"][...]
+                kl_rows += [{"layer": layer, "grid": g, "p": names[i], "q": names[j], "kl": float(kl[i, j])}
+                            for i in range(len(names)) for j in range(len(names)) if i != j]
+        stages = dict(root.attrs.get("stages", {}))
+        stages["report"] = {"seconds": round(time.time() - t0, 2)}
+        summary = {
+            "schema": SUMMARY_SCHEMA, "study": study.name, "config_hash": study.config_hash(),
+            "ganscale_version": __version__, "store": study.store, "resize": sources.RESIZE_NOTE,
+            "datasets": {n: {"kind": s.kind, "samples": s.samples} for n, s in study.datasets.items()},
+            "kl": kl_rows, "kl_smoothing": study.atlas.smoothing,
+            "stages": {name: {"seconds": stage_seconds(info)} for name, info in stages.items()},
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / "index.html").write_text(index_html(study, summary, sections))
+        publish(out, location, study.storage_options)
+    root.attrs["stages"] = stages
+    return {"report": location + "/index.html"}
+
+
+def stage_seconds(info: dict) -> float:
+    if "seconds" in info:
+        return float(info["seconds"])
+    return round(sum(float(v.get("seconds", 0)) for v in info.get("layers", {}).values()), 2)
+
+
+def publish(folder: Path, location: str, storage_options: dict) -> None:
+    """Copy the finished report to its location (local folder or bucket), replacing the old one."""
+    if "://" in location:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(location, **storage_options)
+        fs.put(str(folder) + "/", path, recursive=True)
+        return
+    target = Path(location)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(folder, target)
+
+
+def index_html(study: Study, summary: dict, sections) -> str:
+    names = list(study.datasets)
+    esc = html.escape
+    rows = []
+    for layer in study.layers:
+        for g in study.atlas.grids:
+            cells = "".join(
+                f"<td>{next(r['kl'] for r in summary['kl'] if r['layer'] == layer and r['grid'] == g and r['p'] == p and r['q'] == q):.4f}</td>"
+                for p, q in itertools.permutations(names, 2))
+            rows.append(f"<tr><td>{esc(layer)}</td><td>{g}</td>{cells}</tr>")
+    header = "".join(f"<th>KL({esc(p)}&#8214;{esc(q)})</th>" for p, q in itertools.permutations(names, 2))
+    datasets = "".join(f"<li><b>{esc(n)}</b>: {esc(d['kind'])}, {d['samples']:,} samples</li>"
+                       for n, d in summary["datasets"].items())
+    stage_times = ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in summary["stages"].items())
+    body = []
+    for a, b, heatmap, pictures in sections:
+        body.append(f"<h2>{esc(a)} vs {esc(b)}</h2><img src='{heatmap}' alt='KL heatmap'>")
+        for layer in study.layers:
+            imgs = "".join(f"<figure><img src='{p}' width='420'><figcaption>{esc(layer)} "
+                           f"{g if g == 'examples' else f'{g}x{g}'}</figcaption></figure>"
+                           for lay, g, p in pictures if lay == layer)
+            body.append(f"<h3>{esc(layer)}</h3><div class='row'>{imgs}</div>")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>ganscale: {esc(study.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} .row{{display:flex;flex-wrap:wrap;gap:8px}}
+figure{{margin:0}} figcaption{{font-size:12px;color:#555}}</style></head><body>
+<h1>{esc(study.name)}</h1>
+<p>ganscale {esc(summary['ganscale_version'])}, config {esc(summary['config_hash'])}, probe
+{esc(study.probe.name)}, layers {esc(', '.join(study.layers))}. Stage times: {esc(stage_times)}.
+Machine-readable: <a href="summary.json">summary.json</a>.</p>
+<ul>{datasets}</ul>
+<h2>KL divergence between datasets' cell distributions</h2>
+<p>KL(p&#8214;q) of the UMAP grid-cell distributions (each cell smoothed with {summary['kl_smoothing']}
+pseudo-counts). Larger: q leaves empty where p lives. Images: {esc(summary['resize'])}.</p>
+<table><tr><th>layer</th><th>grid</th>{header}</tr>{''.join(rows)}</table>
+{''.join(body)}
+</body></html>
+"""

@@ -1,0 +1,97 @@
+"""Embed: joint UMAP per layer with real umap-learn, normalisation, reruns and new datasets."""
+
+import numpy as np
+import pytest
+import umap
+
+from ganscale import embed, schema
+from ganscale.study import parse_study
+
+
+def blob_store(tmp_path, sizes: dict[str, int], new_datasets="refit", seed=0):
+    """A sampled-looking store: per dataset, 16-d activations in two clusters."""
+    rng = np.random.default_rng(seed)
+    study = parse_study({
+        "name": "e", "store": str(tmp_path / "e.zarr"), "probe": {"name": "toy_probe"}, "layers": ["block1"],
+        "datasets": {n: {"kind": "toyworld", "samples": s} for n, s in sizes.items()}, "seed": 3,
+        "embed": {"layers": {"block1": {"n_neighbors": 15, "min_dist": 0.1, "metric": "euclidean"}},
+                  "new_datasets": new_datasets},
+        "sample": {"chunk_size": 50, "batch_size": 50}})
+    root = schema.open_store(study.store)
+    for i, (name, n) in enumerate(sizes.items()):
+        layout = schema.DatasetLayout(n, 50, 4, {"block1": 16})
+        group = schema.create_dataset_group(root, name, layout, {"fingerprint": f"fp-{name}", "chunk_size": 50})
+        centres = np.where(rng.random(n) < 0.5, 0.0, 4.0)[:, None] + i
+        group["layers/block1/activations"][:] = (centres + rng.normal(size=(n, 16))).astype(np.float32)
+        group["done"][:] = 1
+    return study, root
+
+
+def test_normalise_clips_to_percentiles_with_a_margin():
+    rng = np.random.default_rng(0)
+    layout = rng.normal(size=(1000, 2))
+    layout[0] = [100, -100]  # an outlier is clipped, not allowed to squash the rest
+    out, (low, high) = embed.normalise(layout)
+    assert out.min() >= 0 and out.max() <= 1 and out.dtype == np.float32
+    p1, p99 = np.percentile(layout, [1, 99], axis=0)
+    np.testing.assert_allclose(low, p1)
+    np.testing.assert_allclose(high, p99)
+    assert np.allclose(out[0], [1 - 1 / 12, 1 / 12], atol=1e-6)  # the outlier sits at the clipped edge
+
+
+def test_published_defaults_and_overrides():
+    study = parse_study({"name": "x", "store": "/tmp/x", "probe": {"name": "inception_v1", "weights": "/w"},
+                         "layers": ["mixed3a", "mixed4c"], "datasets": {"a": {"kind": "toyworld", "samples": 1}},
+                         "embed": {"layers": {"mixed4c": {"n_neighbors": 30}}}})
+    assert embed.params_for(study, "mixed3a").model_dump() == {"n_neighbors": 200, "min_dist": 0.05,
+                                                               "metric": "euclidean"}
+    assert embed.params_for(study, "mixed4c").n_neighbors == 30
+    assert embed.choose_backend(study, cluster_gpus=0) == "umap-learn"
+    assert embed.choose_backend(study, cluster_gpus=2) == "cuml"
+
+
+def test_joint_fit_matches_umap_learn_and_reruns_skip(ray_local, tmp_path):
+    study, root = blob_store(tmp_path, {"a": 120, "b": 80})
+    result = embed.run(study)
+    assert result == {"fitted": ["block1"], "transformed": {}, "skipped": [], "backend": "umap-learn"}
+    a = root["datasets/a/layers/block1/umap"][:]
+    b = root["datasets/b/layers/block1/umap"][:]
+    assert a.shape == (120, 2) and b.shape == (80, 2) and 0 <= min(a.min(), b.min()) and max(a.max(), b.max()) <= 1
+    # the same fit as calling umap-learn directly on the concatenated activations
+    x = np.concatenate([root[f"datasets/{d}/layers/block1/activations"][:] for d in "ab"])
+    direct = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="euclidean", random_state=3, n_jobs=1).fit_transform(x)
+    np.testing.assert_allclose(np.concatenate([a, b]), embed.normalise(direct)[0], atol=1e-5)
+    assert embed.run(study)["skipped"] == ["block1"]
+
+
+def test_a_new_dataset_is_transformed_into_the_existing_layout(ray_local, tmp_path):
+    study, root = blob_store(tmp_path, {"a": 120, "b": 80}, new_datasets="transform")
+    embed.run(study)
+    before = root["datasets/a/layers/block1/umap"][:]
+    bigger, root = blob_store(tmp_path / "x", {"a": 120, "b": 80, "c": 60}, new_datasets="transform")
+    # same store contents for a and b: copy the first store's state over
+    import shutil
+
+    shutil.rmtree(bigger.store)
+    shutil.copytree(study.store, bigger.store)
+    root = schema.open_store(bigger.store)
+    layout = schema.DatasetLayout(60, 50, 4, {"block1": 16})
+    group = schema.create_dataset_group(root, "c", layout, {"fingerprint": "fp-c", "chunk_size": 50})
+    group["layers/block1/activations"][:] = root["datasets/a/layers/block1/activations"][:60]
+    group["done"][:] = 1
+    result = embed.run(bigger)
+    assert result["transformed"] == {"block1": ["c"]} and result["fitted"] == []
+    np.testing.assert_array_equal(root["datasets/a/layers/block1/umap"][:], before)  # layout kept
+    c = root["datasets/c/layers/block1/umap"][:]
+    # c copies a's first 60 activations, so it lands where they are
+    assert np.median(np.linalg.norm(c - before[:60], axis=1)) < 0.1
+    assert embed.run(bigger)["skipped"] == ["block1"]
+
+
+def test_unsampled_data_is_refused(ray_local, tmp_path):
+    study, root = blob_store(tmp_path, {"a": 100})
+    root["datasets/a/done"][1] = 0
+    from ganscale.errors import GanscaleError
+
+    with pytest.raises(GanscaleError, match="not fully sampled"):
+        embed.run(study)

@@ -1,0 +1,72 @@
+"""A toy study end to end: sample -> embed -> atlas -> report, and a rerun that redoes nothing."""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import toy_study
+from ganscale.pipeline import run_study
+from ganscale.study import load_study
+
+
+@pytest.fixture(scope="module")
+def finished(ray_local, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    path = toy_study(tmp, datasets={
+        "real": {"kind": "toyworld", "samples": 600},
+        "full": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_full.pt", "samples": 600},
+        "no_tree": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_no_tree.pt", "samples": 600}},
+        layers=["block2", "block3"], sample={"chunk_size": 200, "batch_size": 100},
+        embed={"layers": {"block2": {"n_neighbors": 15}, "block3": {"n_neighbors": 15}}},
+        atlas={"grids": [10, 20]})
+    study = load_study(path)
+    results = run_study(study)
+    return study, tmp, results
+
+
+def test_every_stage_ran_and_wrote_the_store(finished):
+    study, tmp, results = finished
+    assert list(results) == ["sample", "embed", "atlas", "report"]
+    root = zarr.open_group(study.store, mode="r")
+    for layer in study.layers:
+        for grid in (10, 20):
+            group = root[f"atlas/{layer}/g{grid}"]
+            assert group.attrs["datasets"] == ["real", "full", "no_tree"]
+            counts = group["counts"][:]
+            assert counts.shape == (3, grid, grid) and counts.sum(axis=(1, 2)).tolist() == [600, 600, 600]
+            assert group["mean"].shape == (grid, grid, {"block2": 64, "block3": 128}[layer])
+            kl = group["kl"][:]
+            assert np.allclose(np.diag(kl), 0) and (kl + np.eye(3) > 0).all()
+        umap = root[f"datasets/real/layers/{layer}/umap"][:]
+        assert umap.shape == (600, 2) and 0 <= umap.min() and umap.max() <= 1
+
+
+def test_the_generator_that_misses_a_class_is_further_from_the_real_scenes(finished):
+    study, _, _ = finished
+    kl = zarr.open_group(study.store, mode="r")["atlas/block3/g10/kl"][:]
+    real, full, no_tree = 0, 1, 2
+    assert kl[real, no_tree] > kl[real, full]
+
+
+def test_report_and_summary(finished):
+    study, tmp, _ = finished
+    report = tmp / "report"
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["schema"] == "ganscale.summary/1" and summary["config_hash"] == study.config_hash()
+    assert summary["datasets"]["no_tree"] == {"kind": "generator", "samples": 600}
+    assert len(summary["kl"]) == 2 * 2 * 6  # layers x grids x ordered pairs
+    assert set(summary["stages"]) == {"sample", "embed", "atlas", "report"}
+    assert all(stage["seconds"] >= 0 for stage in summary["stages"].values())
+    html = (report / "index.html").read_text()
+    for picture in ("atlas/block3_real_vs_no_tree_g20.png", "kl/real_vs_no_tree.png",
+                    "examples/block3_real_vs_no_tree.png"):
+        assert picture in html and (report / picture).stat().st_size > 5000
+
+
+def test_a_rerun_redoes_nothing(finished):
+    study, _, _ = finished
+    again = run_study(study, ["sample", "embed", "atlas"])
+    assert again["sample"].computed_chunks == 0
+    assert again["embed"]["fitted"] == [] and again["atlas"]["computed"] == []
