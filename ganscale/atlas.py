@@ -148,7 +148,7 @@ def layer_fingerprint(study: Study, root, layer: str) -> str:
     return digest({"embed": embedded.get("fingerprint"), "atlas": study.atlas.model_dump()})
 
 
-def dask_scheduler(address: str | None):
+def dask_scheduler():
     """Dask-on-Ray when a Ray cluster is attached, else local threads."""
     import ray
 
@@ -210,9 +210,10 @@ def write_layer(root, layer: str, names: list[str], results: dict) -> None:
 def run(study: Study, *, address: str | None = None) -> dict:
     from ganscale.sample import init_ray
 
+    t_start = time.time()
     root = schema.open_store(study.store, study.storage_options)
     init_ray(address)
-    scheduler = dask_scheduler(address)
+    scheduler = dask_scheduler()
     stages = dict(root.attrs.get("stages", {}))
     done = dict(stages.get("atlas", {}).get("layers", {}))
     computed = []
@@ -227,6 +228,6 @@ def run(study: Study, *, address: str | None = None) -> dict:
                        "kl": {str(g): r["kl"].tolist() for g, r in results.items()}}
         computed.append(layer)
         log.info("atlas %s: %s grids in %.1f s", layer, study.atlas.grids, time.time() - t0)
-    stages["atlas"] = {"layers": done, "datasets": list(study.datasets)}
+    stages["atlas"] = {"layers": done, "datasets": list(study.datasets), "seconds": round(time.time() - t_start, 2)}
     root.attrs["stages"] = stages
     return {"computed": computed, "skipped": [layer for layer in study.layers if layer not in computed]}

@@ -162,6 +162,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
 
     from ganscale.sample import init_ray
 
+    t0 = time.time()
     root = schema.open_store(study.store, study.storage_options)
     for name in study.datasets:
         group = root.get(schema.dataset_path(name))
@@ -204,7 +205,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
                        "seconds": done[layer]["seconds"] + result["seconds"],
                        "fingerprint": layer_fingerprint(study, root, layer)}
         log.info("embed %s: transformed %s into the existing layout", layer, ", ".join(new))
-    stages["embed"] = {"layers": done}
+    stages["embed"] = {"layers": done, "seconds": round(time.time() - t0, 2)}
     root.attrs["stages"] = stages
     return {"fitted": fits, "transformed": {k: v for k, v in transforms.items()},
             "skipped": [layer for layer in study.layers if layer not in fits and layer not in transforms],
