@@ -70,7 +70,7 @@ def main() -> None:
                          "no_tree": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_no_tree.pt",
                                      "samples": n}},
             "sample": {"chunk_size": 4096, "batch_size": 512},
-            "embed": {"layers": {args.layer: {"n_neighbors": args.neighbors}}}}))
+            "embed": {"layers": {args.layer: {"n_neighbors": args.neighbors}}}}, sort_keys=False))
         study = load_study(path)
         for name, stage in (("sample", sample.run), ("embed", embed.run), ("atlas", atlas.run)):
             with PeakMemory() as memory:
@@ -81,8 +81,10 @@ def main() -> None:
             print(name, rows[name], flush=True)
         import zarr
 
-        kl = zarr.open_group(study.store, mode="r")[f"atlas/{args.layer}/g20/kl"][:]
-        rows["kl_g20"] = {"real||full": float(kl[0, 1]), "real||no_tree": float(kl[0, 2])}
+        group = zarr.open_group(study.store, mode="r")[f"atlas/{args.layer}/g20"]
+        names, kl = group.attrs["datasets"], group["kl"][:]
+        rows["kl_g20"] = {f"{p}||{q}": round(float(kl[i, j]), 4) for i, p in enumerate(names)
+                          for j, q in enumerate(names) if i != j}
     out = {"samples": 3 * args.per_dataset, "layer": args.layer, "stages": rows,
            "cpus": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -50,16 +50,16 @@ def run(study: Path = typer.Argument(..., help="The study YAML."),
 
 @app.command()
 def status(study: Path = typer.Argument(..., help="The study YAML.")) -> None:
-    """What is done and what is left, per stage and dataset."""
-    from ganscale import sample
+    """What is done and what is left, per stage, dataset and layer."""
+    from ganscale.pipeline import stage_status
     from ganscale.study import load_study
 
     try:
-        rows = sample.status(load_study(study, check_files=False))
+        rows = stage_status(load_study(study, check_files=False))
     except GanscaleError as e:
         _fail(e)
     for row in rows:
-        typer.echo(f"sample  {row['dataset']:<20} {row['done']:>6}/{row['chunks']:<6} chunks  {row['state']}")
+        typer.echo(f"{row['stage']:<7} {row['item']:<24} {row['state']}")
 
 
 def demo_study_path(out: Path) -> Path:

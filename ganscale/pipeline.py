@@ -31,3 +31,29 @@ def run_study(study: Study, stages: list[str] | None = None, address: str | None
         results[name] = STAGES[name](study, address=address)
         log.info("stage %s: finished in %.1f s: %s", name, time.time() - t0, results[name])
     return results
+
+
+def stage_status(study: Study) -> list[dict]:
+    """One row per stage and dataset/layer: complete, partial, stale or not started."""
+    from ganscale import schema
+
+    rows = [{"stage": "sample", "item": r["dataset"], "state": f"{r['state']} ({r['done']}/{r['chunks']} chunks)"}
+            for r in sample.status(study)]
+    try:
+        root = schema.open_store(study.store, study.storage_options, mode="r")
+        stages = root.attrs.get("stages", {})
+    except FileNotFoundError:
+        root, stages = None, {}
+    sampled = all(r["state"].startswith("complete") for r in rows)
+    for layer in study.layers:
+        fitted = stages.get("embed", {}).get("layers", {}).get(layer, {}).get("fingerprint")
+        current = embed.layer_fingerprint(study, root, layer) if sampled else None
+        rows.append({"stage": "embed", "item": layer,
+                     "state": "not started" if fitted is None else "complete" if fitted == current else "stale"})
+        done = stages.get("atlas", {}).get("layers", {}).get(layer, {}).get("fingerprint")
+        current = atlas.layer_fingerprint(study, root, layer) if root is not None else None
+        rows.append({"stage": "atlas", "item": layer,
+                     "state": "not started" if done is None else "complete" if done == current else "stale"})
+    rows.append({"stage": "report", "item": report.report_location(study),
+                 "state": "written" if "report" in stages else "not started"})
+    return rows

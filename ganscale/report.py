@@ -25,7 +25,7 @@ import torch
 
 from ganscale import __version__, render, schema, sources
 from ganscale.models import registry
-from ganscale.study import Study
+from ganscale.study import Study, digest
 
 SUMMARY_SCHEMA = "ganscale.summary/1"
 
@@ -119,12 +119,29 @@ def _cell_images(study, root, probe, dataset, layer, ids, field, fmap_size, gene
     return [im.permute(1, 2, 0).numpy() for im in images], boxes
 
 
+def report_fingerprint(study: Study, root) -> str:
+    atlas_layers = root.attrs.get("stages", {}).get("atlas", {}).get("layers", {})
+    return digest({"config": study.config_hash(), "version": __version__,
+                   "atlas": {layer: atlas_layers.get(layer, {}).get("fingerprint") for layer in study.layers}})
+
+
+def _exists(location: str, storage_options: dict) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(location + "/summary.json", **storage_options)
+    return fs.exists(path)
+
+
 def run(study: Study, *, address: str | None = None) -> dict:
     t0 = time.time()
     root = schema.open_store(study.store, study.storage_options)
     names = list(study.datasets)
     grids = study.atlas.grids
     location = report_location(study)
+    fingerprint = report_fingerprint(study, root)
+    if (root.attrs.get("stages", {}).get("report", {}).get("fingerprint") == fingerprint
+            and _exists(location, study.storage_options)):
+        return {"report": location + "/index.html", "skipped": True}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for sub in ("atlas", "kl", "examples"):
@@ -160,7 +177,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
                 kl_rows += [{"layer": layer, "grid": g, "p": names[i], "q": names[j], "kl": float(kl[i, j])}
                             for i in range(len(names)) for j in range(len(names)) if i != j]
         stages = dict(root.attrs.get("stages", {}))
-        stages["report"] = {"seconds": round(time.time() - t0, 2)}
+        stages["report"] = {"seconds": round(time.time() - t0, 2), "fingerprint": fingerprint}
         summary = {
             "schema": SUMMARY_SCHEMA, "study": study.name, "config_hash": study.config_hash(),
             "ganscale_version": __version__, "store": study.store, "resize": sources.RESIZE_NOTE,
@@ -172,7 +189,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
         (out / "index.html").write_text(index_html(study, summary, sections))
         publish(out, location, study.storage_options)
     root.attrs["stages"] = stages
-    return {"report": location + "/index.html"}
+    return {"report": location + "/index.html", "skipped": False}
 
 
 def stage_seconds(info: dict) -> float:

@@ -95,3 +95,15 @@ def test_unsampled_data_is_refused(ray_local, tmp_path):
 
     with pytest.raises(GanscaleError, match="not fully sampled"):
         embed.run(study)
+
+
+def test_pca_before_umap(ray_local, tmp_path):
+    study, root = blob_store(tmp_path, {"a": 100, "b": 100})
+    study = study.model_copy(update={"embed": study.embed.model_copy(update={"pca": 4})})
+    assert embed.run(study)["fitted"] == ["block1"]
+    import pickle
+
+    projection, _ = pickle.loads(root["models/umap_block1"][...].tobytes())
+    assert projection.n_components_ == 4
+    layout = root["datasets/a/layers/block1/umap"][:]
+    assert layout.shape == (100, 2) and np.isfinite(layout).all()

@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 from conftest import toy_study
-from ganscale.pipeline import run_study
+from ganscale.pipeline import run_study, stage_status
 from ganscale.study import load_study
 
 
@@ -67,6 +67,16 @@ def test_report_and_summary(finished):
 
 def test_a_rerun_redoes_nothing(finished):
     study, _, _ = finished
-    again = run_study(study, ["sample", "embed", "atlas"])
+    again = run_study(study)
     assert again["sample"].computed_chunks == 0
-    assert again["embed"]["fitted"] == [] and again["atlas"]["computed"] == []
+    assert again["embed"]["fitted"] == [] and again["atlas"]["computed"] == [] and again["report"]["skipped"]
+
+
+def test_status_reports_every_stage_complete_and_a_changed_layer_stale(finished):
+    study, _, _ = finished
+    rows = stage_status(study)
+    assert [r["stage"] for r in rows].count("embed") == 2
+    assert all(r["state"].startswith(("complete", "written")) for r in rows), rows
+    changed = study.model_copy(update={"embed": study.embed.model_copy(update={"layers": {}})})
+    states = {(r["stage"], r["item"]): r["state"] for r in stage_status(changed)}
+    assert states["embed", "block2"] == "stale" and states["sample", "real"].startswith("complete")

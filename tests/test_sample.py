@@ -281,3 +281,23 @@ def test_cli_reports_bad_input_in_one_line_with_nonzero_exit(tmp_path):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "unknown layer 'nope'" in lines[0]
+
+
+def test_torchscript_generator(ray_local, tmp_path):
+    """Any scripted z -> image module in [-1, 1] is a generator; its images reach the probe in [0, 1]."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    module = torch.jit.script(nn.Sequential(nn.Linear(16, 3 * 32 * 32), nn.Tanh(), nn.Unflatten(1, (3, 32, 32))))
+    module.save(str(tmp_path / "gen.pt"))
+    path = toy_study(tmp_path, datasets={"scripted": {"kind": "generator", "name": "torchscript",
+                                                      "path": "gen.pt", "z_dim": 16, "samples": 40}})
+    study = load_study(path)
+    sample.run(study, workers=1)
+    arrays = all_arrays(study.store)
+    assert arrays["scripted/done"].all() and arrays["scripted/block3/activations"].shape == (40, 128)
+    generator = registry.build_generator(study.datasets["scripted"], "datasets.scripted")
+    images, _ = generator.generate(arrays["scripted/seed"][:2].tolist())
+    assert 0 <= images.min() and images.max() <= 1
+    _, logits = registry.build_probe(study.probe)(images)
+    np.testing.assert_allclose(arrays["scripted/logits"][:2], logits.numpy(), rtol=1e-5, atol=1e-5)

@@ -74,23 +74,29 @@ def _predict(module: nn.Module, images: torch.Tensor, batch: int = 500) -> torch
     return torch.cat([module(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
-def train_probe(steps: int, log) -> tuple[nn.Module, dict]:
-    images, _, labels = pool("probe", POOL["probe"])
-    torch.manual_seed(TORCH_SEED["probe"])
-    g = torch.Generator().manual_seed(TORCH_SEED["probe"])
-    model = ToyProbe()
+def _fit(name: str, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, batch: int, steps: int, log,
+         weight: torch.Tensor | None = None) -> nn.Module:
+    """Supervised training on augmented random batches of a rendered pool (probe and segmenter)."""
+    g = torch.Generator().manual_seed(TORCH_SEED[name])
     opt = torch.optim.AdamW(model.parameters(), 3e-3, weight_decay=1e-4)
     sched = _schedule(opt, steps)
     model.train()
     for step in range(1, steps + 1):
-        idx = torch.randint(0, len(images), (128,), generator=g)
-        loss = F.cross_entropy(model(augment(images[idx], g)), labels[idx])
+        idx = torch.randint(0, len(images), (batch,), generator=g)
+        loss = F.cross_entropy(model(augment(images[idx], g)), targets[idx], weight=weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if step % 250 == 0 or step == steps:
-            log(f"probe step {step}/{steps}: loss {loss.item():.4f}")
+            log(f"{name} step {step}/{steps}: loss {loss.item():.4f}")
+    return model
+
+
+def train_probe(steps: int, log) -> tuple[nn.Module, dict]:
+    images, _, labels = pool("probe", POOL["probe"])
+    torch.manual_seed(TORCH_SEED["probe"])
+    model = _fit("probe", ToyProbe(), images, labels, 128, steps, log)
     test_x, _, test_y = render_batch(range(EVAL_SCENES))
     pred = _predict(model, test_x).argmax(1)
     per_class = {c: round((pred[test_y == i] == i).float().mean().item(), 4) for i, c in enumerate(OBJECT_CLASSES)}
@@ -101,22 +107,9 @@ def train_probe(steps: int, log) -> tuple[nn.Module, dict]:
 def train_segmenter(steps: int, log) -> tuple[nn.Module, dict]:
     images, masks, _ = pool("segmenter", POOL["segmenter"])
     torch.manual_seed(TORCH_SEED["segmenter"])
-    g = torch.Generator().manual_seed(TORCH_SEED["segmenter"])
-    model = ToySegmenter()
-    opt = torch.optim.AdamW(model.parameters(), 3e-3, weight_decay=1e-4)
-    sched = _schedule(opt, steps)
     # objects are ~2% of the pixels each: weight them up so their edges are learned too
     weight = torch.tensor([1.0, 1.0, 3.0, 3.0, 3.0, 3.0])
-    model.train()
-    for step in range(1, steps + 1):
-        idx = torch.randint(0, len(images), (64,), generator=g)
-        loss = F.cross_entropy(model(augment(images[idx], g)), masks[idx], weight=weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 250 == 0 or step == steps:
-            log(f"segmenter step {step}/{steps}: loss {loss.item():.4f}")
+    model = _fit("segmenter", ToySegmenter(), images, masks, 64, steps, log, weight)
     test_x, test_m, _ = render_batch(range(EVAL_SCENES))
     pred = _predict(model, test_x).argmax(1)
     iou = {}
