@@ -144,7 +144,8 @@ class ChunkSampler:
     def _images(self, dataset: str, index: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         generator = self._generator(dataset) if self.study.datasets[dataset].kind == "generator" else None
         images, labels, names = load_images(self.study, dataset, index, generator=generator,
-                                            files=self.files.get(dataset), device=self.device)
+                                            files=self.files.get(dataset), device=self.device,
+                                            seeds=self._seeds_of(dataset))
         return sources.resize_square(images, self.probe.input_size), labels, names
 
     def _draws_of(self, dataset: str, layer: str) -> np.ndarray:
@@ -209,11 +210,12 @@ class ChunkSampler:
 
 
 def load_images(study: Study, dataset: str, index: np.ndarray, *, generator=None, files: list[str] | None = None,
-                device: torch.device | str = "cpu", size: int | None = None
+                device: torch.device | str = "cpu", size: int | None = None, seeds: np.ndarray | None = None
                 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """The images of samples `index` of a dataset, exactly as the sample stage saw them: images
     [B, 3, H, W] in [0, 1] on `device` (image files at `size`, or the probe's input size), labels
-    [B] int32 (-1: none), sources [B] (file paths, "" for seeded datasets)."""
+    [B] int32 (-1: none), sources [B] (file paths, "" for seeded datasets). `seeds`: the dataset's
+    seeds if the caller already has them."""
     spec = study.datasets[dataset]
     field = f"datasets.{dataset}"
     no_labels = np.full(len(index), -1, dtype=np.int32)
@@ -222,7 +224,9 @@ def load_images(study: Study, dataset: str, index: np.ndarray, *, generator=None
         size = size or registry.probe_entry(study.probe.name).input_size
         images = sources.read_images(paths, size, study.storage_options, field).to(device)
         return images, no_labels, np.asarray(paths, dtype=object)
-    seeds = sources.dataset_seeds(study.seed, dataset, spec.samples)[index].tolist()
+    if seeds is None:
+        seeds = sources.dataset_seeds(study.seed, dataset, spec.samples)
+    seeds = seeds[index].tolist()
     if spec.kind == "toyworld":
         from ganscale.toyworld.scenes import render_batch
 
