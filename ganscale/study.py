@@ -95,11 +95,86 @@ class EmbedSettings(_Strict):
     new_datasets: Literal["refit", "transform"] = "refit"  # a dataset added later: refit all, or map it in
 
 
+class IconSettings(_Strict):
+    """Feature-visualisation icons of the atlas cells (issue 6)."""
+    grids: list[PositiveInt] | None = None  # default: the smallest atlas grid
+    min_count: PositiveInt = 8  # cells with fewer samples (all datasets) get no icon
+    size: PositiveInt = 64  # icon side in pixels (rendered at the probe's input size, then resized)
+    steps: PositiveInt = 256  # Adam steps per icon
+    tries: PositiveInt = 1  # renders per icon; the one with the highest objective is kept
+    lr: float = Field(default=0.05, gt=0)
+    cosine_power: float = Field(default=4.0, ge=0)  # (h.v) * max(0.1, cos(h, v))^n
+    whiten: bool = True  # v <- inv(A.T A / N) v, A the layer's stored activations
+    batch: PositiveInt = 32  # icons rendered together on one worker
+
+
 class AtlasSettings(_Strict):
     grids: list[PositiveInt] = [20, 40, 80]
     smoothing: float = Field(default=0.5, gt=0)  # pseudo-count added to every cell before KL
     examples: PositiveInt = 4  # sample ids kept per cell and dataset
     top_labels: PositiveInt = 3  # most frequent top-1 probe labels kept per cell and dataset
+    icons: IconSettings | None = None  # off unless given
+
+
+class WeightsSpec(_Strict):
+    weights: str  # local path, s3:// or https://
+    sha256: str | None = None
+
+
+class C2STSettings(_Strict):
+    """Classifier two-sample test (Lopez-Paz & Oquab 2016) as in seed 000."""
+    samples: PositiveInt = 2000  # images per dataset (real and each generator)
+    epochs: PositiveInt = 30
+    patience: PositiveInt = 5  # early stopping on validation accuracy
+    batch_size: PositiveInt = 128
+    lr: float = Field(default=2e-4, gt=0)
+    smoothgrad_samples: PositiveInt = 100
+    smoothgrad_sigma: float = Field(default=0.1, gt=0)
+
+
+class CheckpointSweep(_Strict):
+    """Checkpoints of one training run, evaluated with the same metrics against `against`."""
+    generator: str = "dcgan"
+    against: str  # a real dataset of the study
+    samples: PositiveInt = 2000
+    checkpoints: dict[str, WeightsSpec]  # label (e.g. step number) -> weights, in training order
+
+
+class MetricsSettings(_Strict):
+    enabled: bool = True
+    feature_layers: list[str] | None = None  # probe layers for pooled-feature Frechet distances; default: the last
+    fid_inception: WeightsSpec | None = None  # pt_inception-2015-12-05-6726825d.pth: standard FID on pool3
+    kid_subsets: PositiveInt = 100
+    kid_subset_size: PositiveInt = 1000
+    is_splits: PositiveInt = 10
+    prdc_samples: PositiveInt = 5000  # per dataset, for precision/recall/density/coverage
+    precision_k: PositiveInt = 3
+    density_k: PositiveInt = 5
+    msssim_pairs: PositiveInt = 500
+    images_shown: PositiveInt = 6  # rows of the picture panels (neighbours, spikes, sharpest, interpolation)
+    c2st: C2STSettings | None = C2STSettings()
+    sweep: CheckpointSweep | None = None
+
+
+class SegmenterSpec(_Strict):
+    name: str = "toy_segmenter"  # registry name or module:function plugin
+    weights: str | None = None
+    sha256: str | None = None
+
+
+class DissectSettings(_Strict):
+    """GAN dissection (Bau et al. 2019) of generator layers against a segmenter."""
+    generators: list[str] | None = None  # datasets of kind generator; default: all of them
+    layers: list[str] = Field(min_length=1)  # the generator's named layers
+    segmenter: SegmenterSpec = SegmenterSpec()
+    samples: PositiveInt = 2000
+    chunk_size: PositiveInt = 250
+    threshold: Literal["quantile", "iqr"] = "iqr"
+    quantile: float = Field(default=0.99, gt=0, lt=1)
+    iou_min: float = Field(default=0.05, ge=0, le=1)  # a unit is interpretable above this IoU
+    top_k: PositiveInt = 10  # units per class for the interventions
+    artifact_units: PositiveInt = 10
+    intervention_samples: PositiveInt = 500
 
 
 class Study(_Strict):
@@ -114,6 +189,8 @@ class Study(_Strict):
     report: str | None = None  # where report/ goes; default: beside the store
     embed: EmbedSettings = EmbedSettings()
     atlas: AtlasSettings = AtlasSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    dissect: DissectSettings | None = None  # off unless given
 
     @field_validator("storage_options")
     @classmethod
@@ -155,6 +232,17 @@ class Study(_Strict):
         for name, ds in self.datasets.items():
             if ds.kind == "generator":
                 registry.check_generator_spec(ds, field=f"datasets.{name}")
+        for layer in self.metrics.feature_layers or []:
+            if layer not in self.layers:
+                raise ValueError(f"metrics.feature_layers: '{layer}' is not one of the study's layers")
+        sweep = self.metrics.sweep
+        if sweep is not None and sweep.against not in self.datasets:
+            raise ValueError(f"metrics.sweep.against: no dataset named '{sweep.against}'")
+        if self.dissect is not None:
+            generators = [n for n, ds in self.datasets.items() if ds.kind == "generator"]
+            for name in self.dissect.generators or []:
+                if name not in generators:
+                    raise ValueError(f"dissect.generators: '{name}' is not a generator dataset of the study")
         return self
 
     def config_hash(self) -> str:
