@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEMO_OUT ?= ganscale-demo
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 install: $(VENV)/.installed
 
@@ -20,7 +20,13 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(VENV)/bin/ganscale demo --out $(DEMO_OUT)
 
-test: install
+# The viewer tests drive Debian's chromium; installed here when missing and apt-get can (root), else they skip.
+browser:
+	@command -v chromedriver >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "chromium not installed: the browser tests will skip"; }
+
+test: install browser
 	$(PY) -m pytest -q
 
 bench: install

@@ -7,6 +7,7 @@ import time
 from typing import Callable
 
 from ganscale import atlas, embed, report, sample
+from ganscale.metrics import stage as metrics
 from ganscale.study import Study
 
 log = logging.getLogger("ganscale")
@@ -15,6 +16,7 @@ STAGES: dict[str, Callable[..., object]] = {
     "sample": sample.run,
     "embed": embed.run,
     "atlas": atlas.run,
+    "metrics": metrics.run,
     "report": report.run,
 }
 
@@ -53,6 +55,11 @@ def stage_status(study: Study) -> list[dict]:
         done = stages.get("atlas", {}).get("layers", {}).get(layer, {}).get("fingerprint")
         current = atlas.layer_fingerprint(study, root, layer) if root is not None else None
         rows.append({"stage": "atlas", "item": layer,
+                     "state": "not started" if done is None else "complete" if done == current else "stale"})
+    if root is not None and study.metrics.enabled:
+        done = stages.get("metrics", {}).get("fingerprint")
+        current = metrics.fingerprint(study, root) if sampled else None
+        rows.append({"stage": "metrics", "item": "all datasets",
                      "state": "not started" if done is None else "complete" if done == current else "stale"})
     rows.append({"stage": "report", "item": report.report_location(study),
                  "state": "written" if "report" in stages else "not started"})

@@ -83,3 +83,49 @@ def example_panel(rows: list[tuple[str, list[np.ndarray], list[tuple[int, int, i
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def image_rows(rows: list[tuple[str, list[np.ndarray]]], title: str, path: Path,
+               overlays: list[list[np.ndarray | None]] | None = None) -> Path:
+    """One labelled row of images (HWC in [0, 1]) per entry; optional heat maps drawn over them."""
+    n_cols = max((len(images) for _, images in rows), default=1)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.1 * n_cols + 1.6, 1.15 * len(rows) + 0.6), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(images):
+                ax.axis("off")
+                continue
+            ax.imshow(np.clip(images[c], 0, 1), interpolation="nearest")
+            heat = overlays[r][c] if overlays else None
+            if heat is not None:
+                h, w = images[c].shape[:2]
+                ax.imshow(heat, cmap="inferno", alpha=0.55, interpolation="bilinear", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def line_panels(panels: list[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]], title: str, path: Path,
+                xlabel: str = "", log_y: bool = False) -> Path:
+    """Side-by-side line plots: each panel maps a series name to (x, y)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.0), squeeze=False)
+    for ax, (name, series) in zip(axes[0], panels):
+        for label, (x, y) in series.items():
+            ax.plot(x, y, marker="o" if len(x) < 20 else None, markersize=3, label=label)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        if log_y:
+            ax.set_yscale("log")
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -7,7 +7,20 @@ summary.json (schema "ganscale.summary/1"):
      "datasets": {name: {"kind": str, "samples": int}},
      "kl": [{"layer": str, "grid": int, "p": dataset, "q": dataset, "kl": float}, ...],   # KL(p || q)
      "kl_smoothing": float,
-     "stages": {stage: {"seconds": float}}}
+     "stages": {stage: {"seconds": float}},
+     "metrics": {...},     # when the metrics stage ran: the tables of ganscale.metrics.stage (below)
+     "dissect": {...}}     # when the dissect stage ran: see ganscale.dissect
+
+"metrics": {"feature_sets": {name: {"dims": int}}, "resize": str, "subset": int,
+            "frechet": [{"features", "a", "b", "value"}], "kid": [{"features", "a", "b", "mean", "std"}],
+            "inception_score": {dataset: {"mean", "std", "splits"}},
+            "prdc": [{"features", "real", "fake", "precision", "recall", "density", "coverage", ...}],
+            "images": {dataset: {"sharpness_mean", "sharpness_std", "histogram" [4][25], "colour_kl": {real: {channel: kl}},
+                                 "spikes": [{"channel", "bin", "low", "high", "fake_share", "real_share", "ratio"}]}},
+            "ms_ssim": {dataset: {"mean", "std", "pairs"}},
+            "c2st": {"classifiers": {name: {"train_accuracy", "validation_accuracy", "test_accuracy", "n_test",
+                                            "p_value", "epochs", "per_source": {source: {"accuracy", "n"}}}}},
+            "sweep": {"generator", "against", "samples", "checkpoints": [{"label", "frechet", "kid_mean", ...}]}}
 """
 
 from __future__ import annotations
@@ -103,16 +116,9 @@ def examples_figure(study: Study, root, probe, layer: str, grid: int, pair: tupl
 
 
 def _cell_images(study, root, probe, dataset, layer, ids, field, fmap_size, generators):
-    from ganscale.sample import load_images
+    from ganscale.sample import images_by_id
 
-    spec = study.datasets[dataset]
-    files = None
-    if spec.kind == "images":
-        files = {int(i): str(s) for i, s in zip(ids, root[f"{schema.dataset_path(dataset)}/source"][...][ids])}
-        files = [files.get(i) for i in range(int(max(ids)) + 1)]
-    if spec.kind == "generator" and dataset not in generators:
-        generators[dataset] = registry.build_generator(spec, f"datasets.{dataset}", study.storage_options)
-    images, _, _ = load_images(study, dataset, np.asarray(ids), generator=generators.get(dataset), files=files)
+    images = images_by_id(study, root, dataset, ids, generators)
     images = sources.resize_square(images, probe.input_size)
     positions = root[f"{schema.layer_path(dataset, layer)}/position"][...][ids]
     boxes = [patch_box(pos, fmap_size, field, probe.input_size) for pos in positions]
@@ -120,9 +126,21 @@ def _cell_images(study, root, probe, dataset, layer, ids, field, fmap_size, gene
 
 
 def report_fingerprint(study: Study, root) -> str:
-    atlas_layers = root.attrs.get("stages", {}).get("atlas", {}).get("layers", {})
+    stages = root.attrs.get("stages", {})
+    atlas_layers = stages.get("atlas", {}).get("layers", {})
     return digest({"config": study.config_hash(), "version": __version__,
-                   "atlas": {layer: atlas_layers.get(layer, {}).get("fingerprint") for layer in study.layers}})
+                   "atlas": {layer: atlas_layers.get(layer, {}).get("fingerprint") for layer in study.layers},
+                   "after_atlas": {name: stages.get(name, {}).get("fingerprint") for name in EXTRA_SECTIONS}})
+
+
+def _metrics_section(study, root, out):
+    from ganscale.metrics.figures import metrics_section
+
+    return metrics_section(study, root, out)
+
+
+# Report sections of the later stages: name -> f(study, root, out folder) -> (html, summary entry).
+EXTRA_SECTIONS = {"metrics": _metrics_section}
 
 
 def _exists(location: str, storage_options: dict) -> bool:
@@ -176,6 +194,12 @@ def run(study: Study, *, address: str | None = None) -> dict:
                 kl = root[f"{schema.atlas_path(layer, g)}/kl"][...]
                 kl_rows += [{"layer": layer, "grid": g, "p": names[i], "q": names[j], "kl": float(kl[i, j])}
                             for i in range(len(names)) for j in range(len(names)) if i != j]
+        extra_html, extra_summary = [], {}
+        for name, section in EXTRA_SECTIONS.items():
+            fragment, entry = section(study, root, out)
+            if fragment:
+                extra_html.append(fragment)
+                extra_summary[name] = entry
         stages = dict(root.attrs.get("stages", {}))
         stages["report"] = {"seconds": round(time.time() - t0, 2), "fingerprint": fingerprint}
         summary = {
@@ -184,9 +208,10 @@ def run(study: Study, *, address: str | None = None) -> dict:
             "datasets": {n: {"kind": s.kind, "samples": s.samples} for n, s in study.datasets.items()},
             "kl": kl_rows, "kl_smoothing": study.atlas.smoothing,
             "stages": {name: {"seconds": stage_seconds(info)} for name, info in stages.items()},
+            **extra_summary,
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (out / "index.html").write_text(index_html(study, summary, sections))
+        (out / "index.html").write_text(index_html(study, summary, sections, extra_html))
         publish(out, location, study.storage_options)
     root.attrs["stages"] = stages
     return {"report": location + "/index.html", "skipped": False}
@@ -212,7 +237,7 @@ def publish(folder: Path, location: str, storage_options: dict) -> None:
     shutil.copytree(folder, target)
 
 
-def index_html(study: Study, summary: dict, sections) -> str:
+def index_html(study: Study, summary: dict, sections, extra_html: list[str] = ()) -> str:
     names = list(study.datasets)
     esc = html.escape
     rows = []
@@ -249,5 +274,6 @@ Machine-readable: <a href="summary.json">summary.json</a>.</p>
 pseudo-counts). Larger: q leaves empty where p lives. Images: {esc(summary['resize'])}.</p>
 <table><tr><th>layer</th><th>grid</th>{header}</tr>{''.join(rows)}</table>
 {''.join(body)}
+{''.join(extra_html)}
 </body></html>
 """

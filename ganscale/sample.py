@@ -22,6 +22,7 @@ import torch
 
 from ganscale import __version__, schema, sources
 from ganscale.errors import GanscaleError
+from ganscale.metrics import images as image_metrics
 from ganscale.models import registry
 from ganscale.progress import Progress
 from ganscale.study import Study, digest
@@ -40,6 +41,7 @@ def fingerprint(study: Study, dataset: str) -> str:
         "layers": study.layers,
         "seed": study.seed,
         "chunk_size": study.sample.chunk_size,
+        "fid_inception": study.metrics.fid_inception.model_dump(mode="json") if study.metrics.fid_inception else None,
     })
 
 
@@ -47,7 +49,8 @@ def layout_for(study: Study, dataset: str) -> schema.DatasetLayout:
     entry = registry.probe_entry(study.probe.name)
     return schema.DatasetLayout(
         samples=study.datasets[dataset].samples, chunk_size=study.sample.chunk_size,
-        num_classes=entry.num_classes, layer_channels={layer: entry.layers[layer] for layer in study.layers})
+        num_classes=entry.num_classes, layer_channels={layer: entry.layers[layer] for layer in study.layers},
+        fid_features=study.metrics.fid_inception is not None)
 
 
 @dataclasses.dataclass
@@ -73,6 +76,9 @@ def plan(study: Study, root, *, check_inputs: bool = True) -> list[DatasetPlan]:
                 weights.check_exists(uri, field, study.storage_options)
 
         verify(study.probe.weights, study.probe.sha256, "probe.weights")
+        if study.metrics.fid_inception:
+            verify(study.metrics.fid_inception.weights, study.metrics.fid_inception.sha256,
+                   "metrics.fid_inception.weights")
         for name, spec in study.datasets.items():
             if spec.kind == "images":
                 found = sources.list_images(spec.path, study.storage_options, f"datasets.{name}.path")
@@ -123,6 +129,12 @@ class ChunkSampler:
         self.device = pick_device(self.study.sample.device)
         self.probe = registry.build_probe(self.study.probe, self.study.storage_options).only(self.study.layers)
         self.probe.to(self.device)
+        self.fid_net = None
+        if self.study.metrics.fid_inception:
+            from ganscale.models.fid_inception import load_fid_inception
+
+            spec = self.study.metrics.fid_inception
+            self.fid_net = load_fid_inception(spec.weights, spec.sha256, self.study.storage_options).to(self.device)
         self.generators: dict[str, object] = {}
         self.root = schema.open_store(self.study.store, self.study.storage_options)
         self._seeds: dict[str, np.ndarray] = {}
@@ -143,10 +155,8 @@ class ChunkSampler:
 
     def _images(self, dataset: str, index: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         generator = self._generator(dataset) if self.study.datasets[dataset].kind == "generator" else None
-        images, labels, names = load_images(self.study, dataset, index, generator=generator,
-                                            files=self.files.get(dataset), device=self.device,
-                                            seeds=self._seeds_of(dataset))
-        return sources.resize_square(images, self.probe.input_size), labels, names
+        return load_images(self.study, dataset, index, generator=generator, files=self.files.get(dataset),
+                           device=self.device, seeds=self._seeds_of(dataset))
 
     def _draws_of(self, dataset: str, layer: str) -> np.ndarray:
         if (dataset, layer) not in self._draws:
@@ -162,15 +172,23 @@ class ChunkSampler:
         layout = layout_for(self.study, dataset)
         start, stop = layout.chunk_range(chunk)
         batch_size = self.study.sample.batch_size
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "source", "logits")}
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "source", "logits", "sharpness",
+                                                              "colour_hist", "fid_pool3")}
         acts: dict[str, list[np.ndarray]] = {layer: [] for layer in self.study.layers}
         positions: dict[str, list[np.ndarray]] = {layer: [] for layer in self.study.layers}
+        pooled: dict[str, list[np.ndarray]] = {layer: [] for layer in self.study.layers}
         for b0 in range(start, stop, batch_size):
             index = np.arange(b0, min(b0 + batch_size, stop))
             padded = np.concatenate([index, np.full(batch_size - len(index), index[-1])])
             images, labels, names = self._images(dataset, padded)
-            layer_maps, logits = self.probe(images)
             keep = len(index)
+            kept = images[:keep].float().cpu().numpy()
+            parts["sharpness"].append(np.asarray(image_metrics.sharpness(kept), dtype=np.float32))
+            parts["colour_hist"].append(np.asarray(image_metrics.colour_histograms(kept, bins=schema.HIST_BINS),
+                                                   dtype=np.uint32))
+            if self.fid_net is not None:
+                parts["fid_pool3"].append(self.fid_net.features(images)[:keep].float().cpu().numpy())
+            layer_maps, logits = self.probe(sources.resize_square(images, self.probe.input_size))
             rows = torch.arange(keep, device=self.device)
             for layer in self.study.layers:
                 fmap = layer_maps[layer]
@@ -179,15 +197,17 @@ class ChunkSampler:
                 vectors = fmap[rows, :, pos_t[:, 0], pos_t[:, 1]]
                 acts[layer].append(vectors.float().cpu().numpy())
                 positions[layer].append(pos.astype(schema.POSITION_DTYPE))
+                pooled[layer].append(fmap[:keep].float().mean((2, 3)).cpu().numpy())
             parts["logits"].append(logits[:keep].float().cpu().numpy())
             parts["label"].append(labels[:keep])
             parts["source"].append(names[:keep])
         return {
             "seed": (self._seeds_of(dataset)[start:stop] if self.study.datasets[dataset].kind != "images"
                      else np.full(stop - start, -1, dtype=np.int64)),
-            **{k: np.concatenate(v) for k, v in parts.items()},
+            **{k: np.concatenate(v) if v else None for k, v in parts.items()},
             "activations": {layer: np.concatenate(v) for layer, v in acts.items()},
             "positions": {layer: np.concatenate(v) for layer, v in positions.items()},
+            "pooled": {layer: np.concatenate(v) for layer, v in pooled.items()},
         }
 
     def run_chunk(self, dataset: str, chunk: int) -> tuple[str, int, int, dict]:
@@ -238,6 +258,26 @@ def load_images(study: Study, dataset: str, index: np.ndarray, *, generator=None
         images = sources.check_images(images, len(seeds), field)
         labels = no_labels if labels is None else labels.cpu().numpy().astype(np.int32)
     return images, labels, np.full(len(index), "", dtype=object)
+
+
+def images_by_id(study: Study, root, dataset: str, ids, generators: dict | None = None,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """Stored samples `ids` of a dataset, as images [B, 3, H, W] in [0, 1]: regenerated from their
+    seeds, or read from the file recorded in the store. `generators` caches built generators."""
+    ids = np.asarray(ids, dtype=np.int64)
+    spec = study.datasets[dataset]
+    files = generator = None
+    if spec.kind == "images":
+        paths = root[f"{schema.dataset_path(dataset)}/source"][...]
+        files = [str(p) for p in paths]
+    elif spec.kind == "generator":
+        generators = {} if generators is None else generators
+        if dataset not in generators:
+            generators[dataset] = registry.build_generator(spec, f"datasets.{dataset}",
+                                                           study.storage_options).to(device)
+        generator = generators[dataset]
+    images, _, _ = load_images(study, dataset, ids, generator=generator, files=files, device=device)
+    return images
 
 
 @dataclasses.dataclass

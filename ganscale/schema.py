@@ -12,9 +12,14 @@ One zarr v3 hierarchy per study (a local folder or s3://bucket/prefix.zarr):
         done        uint8   [n_chunks]   1 once chunk i of every array above and below is written
         layers/{layer}/activations  float32 [N, C]  the probe's activation at one spatial position
         layers/{layer}/position     int16   [N, 2]  that position (y, x) in the layer's featuremap
+        layers/{layer}/pooled       float32 [N, C]  the layer's featuremap averaged over space (metrics)
+        image/sharpness     float32 [N]          mean gradient magnitude of the image (metrics.images.sharpness)
+        image/colour_hist   uint32  [N, 4, 25]   per-image pixel counts in 25 bins of R, G, B, gray
+        features/fid_pool3  float32 [N, 2048]    FID Inception pool3 features (only with metrics.fid_inception)
         layers/{layer}/umap         float32 [N, 2]  joint UMAP layout in [0, 1]          (embed stage)
     models/umap_{layer}             uint8   [bytes] the pickled (PCA, UMAP) reducer      (embed stage)
     atlas/{layer}/g{G}/             grid statistics, see ganscale.atlas                (atlas stage)
+    metrics/                        metric tables and picture inputs, see ganscale.metrics.stage
 
 Root attribute `stages` records each finished stage: input fingerprints and seconds.
 
@@ -31,7 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+
+HIST_BINS = 25  # colour histogram bins per channel
+FID_FEATURES = 2048
 
 ACTIVATION_DTYPE = np.float32
 LOGITS_DTYPE = np.float32
@@ -67,6 +75,7 @@ class DatasetLayout:
     chunk_size: int
     num_classes: int
     layer_channels: dict[str, int]
+    fid_features: bool = False  # whether features/fid_pool3 is stored
 
     @property
     def n_chunks(self) -> int:
@@ -97,12 +106,21 @@ def create_dataset_group(root: zarr.Group, dataset: str, layout: DatasetLayout, 
                             dimension_names=("sample", "channel"))
             lg.create_array("position", shape=(n, 2), chunks=(c, 2), dtype=POSITION_DTYPE, fill_value=-1,
                             dimension_names=("sample", "yx"))
+            lg.create_array("pooled", shape=(n, channels), chunks=(c, channels), dtype=ACTIVATION_DTYPE,
+                            dimension_names=("sample", "channel"))
+        group.create_array("image/sharpness", shape=(n,), chunks=(c,), dtype=np.float32, dimension_names=("sample",))
+        group.create_array("image/colour_hist", shape=(n, 4, HIST_BINS), chunks=(c, 4, HIST_BINS), dtype=np.uint32,
+                           dimension_names=("sample", "channel", "bin"))
+        if layout.fid_features:
+            group.create_array("features/fid_pool3", shape=(n, FID_FEATURES), chunks=(c, FID_FEATURES),
+                               dtype=ACTIVATION_DTYPE, dimension_names=("sample", "feature"))
     return group
 
 
 def write_chunk(group: zarr.Group, layout: DatasetLayout, chunk: int, *, seed: np.ndarray, source: np.ndarray,
                 label: np.ndarray, logits: np.ndarray, activations: dict[str, np.ndarray],
-                positions: dict[str, np.ndarray]) -> None:
+                positions: dict[str, np.ndarray], pooled: dict[str, np.ndarray], sharpness: np.ndarray,
+                colour_hist: np.ndarray, fid_pool3: np.ndarray | None = None) -> None:
     """Write chunk `chunk` of every array, then mark it done (last, so a crash leaves it undone)."""
     start, stop = layout.chunk_range(chunk)
     with warnings.catch_warnings():
@@ -114,6 +132,11 @@ def write_chunk(group: zarr.Group, layout: DatasetLayout, chunk: int, *, seed: n
         for layer in layout.layer_channels:
             group[f"layers/{layer}/activations"][start:stop] = activations[layer]
             group[f"layers/{layer}/position"][start:stop] = positions[layer]
+            group[f"layers/{layer}/pooled"][start:stop] = pooled[layer]
+        group["image/sharpness"][start:stop] = sharpness
+        group["image/colour_hist"][start:stop] = colour_hist
+        if layout.fid_features:
+            group["features/fid_pool3"][start:stop] = fid_pool3
     group["done"][chunk] = 1
 
 

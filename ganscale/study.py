@@ -271,6 +271,16 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
         for ds in raw["datasets"].values():
             if isinstance(ds, dict):
                 fix(ds, ("path", "weights"))
+    metrics = raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {}
+    if isinstance(metrics.get("fid_inception"), dict):
+        fix(metrics["fid_inception"], ("weights",))
+    sweep = metrics.get("sweep") if isinstance(metrics.get("sweep"), dict) else {}
+    for checkpoint in (sweep.get("checkpoints") or {}).values() if isinstance(sweep.get("checkpoints"), dict) else []:
+        if isinstance(checkpoint, dict):
+            fix(checkpoint, ("weights",))
+    dissect = raw.get("dissect") if isinstance(raw.get("dissect"), dict) else {}
+    if isinstance(dissect.get("segmenter"), dict):
+        fix(dissect["segmenter"], ("weights",))
     return raw
 
 
@@ -331,6 +341,13 @@ def check_local_inputs(study: Study, source: str = "study") -> None:
                 _check(weights, ds.weights, f"{field}.weights")
             if ds.path:
                 _check(weights, ds.path, f"{field}.path")
+    if study.metrics.fid_inception:
+        _check(weights, study.metrics.fid_inception.weights, f"{source}: metrics.fid_inception.weights")
+    if study.metrics.sweep:
+        for label, checkpoint in study.metrics.sweep.checkpoints.items():
+            _check(weights, checkpoint.weights, f"{source}: metrics.sweep.checkpoints.{label}.weights")
+    if study.dissect and study.dissect.segmenter.weights:
+        _check(weights, study.dissect.segmenter.weights, f"{source}: dissect.segmenter.weights")
 
 
 def _check(weights, uri: str, field: str) -> None:

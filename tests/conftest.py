@@ -99,3 +99,27 @@ def toy_study(tmp_path: Path, store: str | None = None, **overrides) -> Path:
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def toy_run(ray_local, tmp_path_factory):
+    """The toy study of the pipeline tests, run once through every stage for all the modules that read it."""
+    from ganscale.pipeline import run_study
+    from ganscale.study import load_study
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    path = toy_study(tmp, datasets={
+        "real": {"kind": "toyworld", "samples": 600},
+        "full": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_full.pt", "samples": 600},
+        "no_tree": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_no_tree.pt", "samples": 600}},
+        layers=["block2", "block3"], sample={"chunk_size": 200, "batch_size": 100},
+        embed={"layers": {"block2": {"n_neighbors": 15}, "block3": {"n_neighbors": 15}}},
+        atlas={"grids": [10, 20]},
+        metrics={"prdc_samples": 600, "kid_subsets": 20, "kid_subset_size": 300, "msssim_pairs": 100,
+                 "images_shown": 3, "c2st": {"samples": 600, "epochs": 6, "patience": 3, "smoothgrad_samples": 10},
+                 "sweep": {"against": "real", "samples": 300, "checkpoints": {
+                     "step500": {"weights": "builtin:dcgan_full_step0500.pt"},
+                     "step4000": {"weights": "builtin:dcgan_full.pt"}}}})
+    study = load_study(path)
+    results = run_study(study)
+    return study, tmp, results

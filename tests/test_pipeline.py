@@ -6,29 +6,13 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import toy_study
 from ganscale.pipeline import run_study, stage_status
 from ganscale.study import load_study
 
 
-@pytest.fixture(scope="module")
-def finished(ray_local, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pipeline")
-    path = toy_study(tmp, datasets={
-        "real": {"kind": "toyworld", "samples": 600},
-        "full": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_full.pt", "samples": 600},
-        "no_tree": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_no_tree.pt", "samples": 600}},
-        layers=["block2", "block3"], sample={"chunk_size": 200, "batch_size": 100},
-        embed={"layers": {"block2": {"n_neighbors": 15}, "block3": {"n_neighbors": 15}}},
-        atlas={"grids": [10, 20]})
-    study = load_study(path)
-    results = run_study(study)
-    return study, tmp, results
-
-
-def test_every_stage_ran_and_wrote_the_store(finished):
-    study, tmp, results = finished
-    assert list(results) == ["sample", "embed", "atlas", "report"]
+def test_every_stage_ran_and_wrote_the_store(toy_run):
+    study, tmp, results = toy_run
+    assert list(results) == ["sample", "embed", "atlas", "metrics", "report"]
     root = zarr.open_group(study.store, mode="r")
     for layer in study.layers:
         for grid in (10, 20):
@@ -43,21 +27,21 @@ def test_every_stage_ran_and_wrote_the_store(finished):
         assert umap.shape == (600, 2) and 0 <= umap.min() and umap.max() <= 1
 
 
-def test_the_generator_that_misses_a_class_is_further_from_the_real_scenes(finished):
-    study, _, _ = finished
+def test_the_generator_that_misses_a_class_is_further_from_the_real_scenes(toy_run):
+    study, _, _ = toy_run
     kl = zarr.open_group(study.store, mode="r")["atlas/block3/g10/kl"][:]
     real, full, no_tree = 0, 1, 2
     assert kl[real, no_tree] > kl[real, full]
 
 
-def test_report_and_summary(finished):
-    study, tmp, _ = finished
+def test_report_and_summary(toy_run):
+    study, tmp, _ = toy_run
     report = tmp / "report"
     summary = json.loads((report / "summary.json").read_text())
     assert summary["schema"] == "ganscale.summary/1" and summary["config_hash"] == study.config_hash()
     assert summary["datasets"]["no_tree"] == {"kind": "generator", "samples": 600}
     assert len(summary["kl"]) == 2 * 2 * 6  # layers x grids x ordered pairs
-    assert set(summary["stages"]) == {"sample", "embed", "atlas", "report"}
+    assert set(summary["stages"]) == {"sample", "embed", "atlas", "metrics", "report"}
     assert all(stage["seconds"] >= 0 for stage in summary["stages"].values())
     html = (report / "index.html").read_text()
     for picture in ("atlas/block3_real_vs_no_tree_g20.png", "kl/real_vs_no_tree.png",
@@ -65,15 +49,16 @@ def test_report_and_summary(finished):
         assert picture in html and (report / picture).stat().st_size > 5000
 
 
-def test_a_rerun_redoes_nothing(finished):
-    study, _, _ = finished
+def test_a_rerun_redoes_nothing(toy_run):
+    study, _, _ = toy_run
     again = run_study(study)
     assert again["sample"].computed_chunks == 0
     assert again["embed"]["fitted"] == [] and again["atlas"]["computed"] == [] and again["report"]["skipped"]
+    assert again["metrics"]["skipped"] is True
 
 
-def test_status_reports_every_stage_complete_and_a_changed_layer_stale(finished):
-    study, _, _ = finished
+def test_status_reports_every_stage_complete_and_a_changed_layer_stale(toy_run):
+    study, _, _ = toy_run
     rows = stage_status(study)
     assert [r["stage"] for r in rows].count("embed") == 2
     assert all(r["state"].startswith(("complete", "written")) for r in rows), rows

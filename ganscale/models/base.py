@@ -24,6 +24,9 @@ class Generator(Protocol):
         (int64) or None. Image i depends only on seeds[i], never on the rest of the batch."""
         ...
 
+    # Optional, for latent interpolation strips: `z_dim` and `from_latents(z [B, z_dim]) -> images`,
+    # where generate(seeds) == from_latents(latents_from_seeds(seeds, z_dim)).
+
 
 @runtime_checkable
 class Probe(Protocol):

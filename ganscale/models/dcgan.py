@@ -44,6 +44,16 @@ class DCGAN(nn.Module):
         return (x + 1) / 2
 
     @torch.no_grad()
+    def from_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, R, R] in [0, 1] of latents z [B, z_dim] (eval mode): interpolation strips."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(z.to(next(self.parameters()).device))
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
     def generate(self, seeds: Sequence[int]) -> tuple[torch.Tensor, None]:
         """Images [B, 3, R, R] in [0, 1] on the module's device, and None (unconditional).
 

@@ -161,10 +161,12 @@ class LatentGenerator:
         return self
 
     @torch.no_grad()
+    def from_latents(self, z: torch.Tensor) -> torch.Tensor:
+        images = self.module(z.to(self.device))
+        return (images - self.low) / (self.high - self.low)
+
     def generate(self, seeds):
-        z = latents_from_seeds(seeds, self.z_dim).to(self.device)
-        images = self.module(z)
-        return (images - self.low) / (self.high - self.low), None
+        return self.from_latents(latents_from_seeds(seeds, self.z_dim)), None
 
 
 class BigGANGenerator:

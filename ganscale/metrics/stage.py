@@ -1,0 +1,452 @@
+"""Stage 4, metrics: the GAN evaluation suite over the stored samples, for every generated dataset
+against every real one (and between generators where it makes sense).
+
+- Per zarr chunk, where the task runs: feature moments (`FeatureMoments`) of each feature set,
+  Inception Score partials, sharpness sums and colour histograms. Dask merges them in a tree (on
+  the Ray cluster when one is attached): nothing bigger than a chunk is held by a worker.
+- Methods that need raw features (KID, precision/recall, density/coverage, nearest neighbours) use
+  a random subset of `metrics.prdc_samples` samples per dataset, read from the store.
+- Methods that need images (MS-SSIM diversity, the C2ST classifier and its SmoothGrad maps, the
+  checkpoint sweep) regenerate them from their seeds in Ray tasks, on a GPU when there is one.
+
+Feature sets: `pooled:{layer}` (the study probe's featuremap averaged over space, for each of
+`metrics.feature_layers`, default the last study layer) and `fid_pool3` (the FID Inception network,
+when `metrics.fid_inception` is given: that one is the standard FID). The Inception Score uses the
+study probe's logits.
+
+Written to the store under metrics/ (recreated whenever its inputs change):
+
+    attrs: results (the tables, also summary.json["metrics"]), fingerprint
+    {dataset}/neighbours   int64   [R, 1 + k]  R random samples, then their k nearest neighbours
+    {dataset}/sharpest     int64   [R]         the sharpest images
+    {dataset}/spikes       int64   [S, R]      per colour spike of the dataset, the images with most mass in it
+    c2st/{source}/ids      int64   [R]         correctly classified test images of the source (pooled classifier)
+    c2st/{source}/smoothgrad float32 [R, H, W] their SmoothGrad sensitivity maps
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import time
+
+import dask
+import numpy as np
+
+from ganscale import schema, sources
+from ganscale.errors import GanscaleError
+from ganscale.metrics import features as fm
+from ganscale.metrics import images as im
+from ganscale.study import Study, digest
+
+log = logging.getLogger("ganscale.metrics")
+
+CHANNELS = ("red", "green", "blue", "gray")
+NEIGHBOURS_K = 5
+SPIKES_SHOWN = 3
+
+
+def real_datasets(study: Study) -> list[str]:
+    return [n for n, d in study.datasets.items() if d.kind != "generator"]
+
+
+def generated_datasets(study: Study) -> list[str]:
+    return [n for n, d in study.datasets.items() if d.kind == "generator"]
+
+
+def feature_sets(study: Study) -> dict[str, str]:
+    """name -> array path inside a dataset group."""
+    layers = study.metrics.feature_layers or [study.layers[-1]]
+    out = {f"pooled:{layer}": f"layers/{layer}/pooled" for layer in layers}
+    if study.metrics.fid_inception:
+        out["fid_pool3"] = "features/fid_pool3"
+    return out
+
+
+def fingerprint(study: Study, root) -> str:
+    sampled = {n: root[schema.dataset_path(n)].attrs.get("fingerprint") for n in study.datasets}
+    return digest({"samples": sampled, "metrics": study.metrics.model_dump(mode="json"), "seed": study.seed})
+
+
+# --- mergeable partial statistics -------------------------------------------------------------
+
+@dataclasses.dataclass
+class DatasetPartial:
+    moments: dict[str, fm.FeatureMoments]
+    is_p_sum: np.ndarray  # [splits, K] sum of softmax rows
+    is_plogp: np.ndarray  # [splits] sum over rows of sum_k p log p
+    is_n: np.ndarray  # [splits]
+    sharpness_sum: float
+    sharpness_sq: float
+    colour_hist: np.ndarray  # [4, bins] uint64
+
+    def merge(self, other: "DatasetPartial") -> "DatasetPartial":
+        return DatasetPartial({k: m.merge(other.moments[k]) for k, m in self.moments.items()},
+                              self.is_p_sum + other.is_p_sum, self.is_plogp + other.is_plogp, self.is_n + other.is_n,
+                              self.sharpness_sum + other.sharpness_sum, self.sharpness_sq + other.sharpness_sq,
+                              self.colour_hist + other.colour_hist)
+
+
+def split_of(index: np.ndarray, n: int, splits: int) -> np.ndarray:
+    """The Inception Score split of each sample: np.array_split's contiguous blocks of the N samples."""
+    bounds = np.cumsum([len(b) for b in np.array_split(np.arange(n), splits)])
+    return np.searchsorted(bounds, index, side="right")
+
+
+def chunk_partial(store: str, storage_options: dict, dataset: str, start: int, stop: int,
+                  paths: dict[str, str], splits: int) -> DatasetPartial:
+    root = schema.open_store(store, storage_options, mode="r")
+    group = root[schema.dataset_path(dataset)]
+    n = group["logits"].shape[0]
+    moments = {name: fm.FeatureMoments.of(group[path][start:stop]) for name, path in paths.items()}
+    logits = group["logits"][start:stop].astype(np.float64)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    p = np.exp(logp)
+    split = split_of(np.arange(start, stop), n, splits)
+    p_sum = np.zeros((splits, p.shape[1]))
+    np.add.at(p_sum, split, p)
+    plogp = np.bincount(split, weights=(p * logp).sum(1), minlength=splits)
+    count = np.bincount(split, minlength=splits).astype(np.float64)
+    sharp = group["image/sharpness"][start:stop].astype(np.float64)
+    hist = group["image/colour_hist"][start:stop].astype(np.uint64).sum(0)
+    return DatasetPartial(moments, p_sum, plogp, count, float(sharp.sum()), float((sharp ** 2).sum()), hist)
+
+
+def _merge(parts: list[DatasetPartial]) -> DatasetPartial:
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.merge(part)
+    return out
+
+
+def tree_reduce(parts: list, fan_in: int = 8):
+    while len(parts) > 1:
+        parts = [dask.delayed(_merge)(parts[i:i + fan_in]) for i in range(0, len(parts), fan_in)]
+    return parts[0]
+
+
+def dataset_partial(study: Study, root, dataset: str):
+    group = root[schema.dataset_path(dataset)]
+    n, step = group["logits"].shape[0], group["logits"].chunks[0]
+    parts = [dask.delayed(chunk_partial)(study.store, study.storage_options, dataset, s, min(s + step, n),
+                                         feature_sets(study), study.metrics.is_splits)
+             for s in range(0, n, step)]
+    return tree_reduce(parts)
+
+
+def inception_score_from_partial(part: DatasetPartial) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))) per split, from sums: E[sum p log p] - sum p_y log p_y."""
+    scores = []
+    for p_sum, plogp, n in zip(part.is_p_sum, part.is_plogp, part.is_n):
+        if n == 0:
+            continue
+        p_y = p_sum / n
+        scores.append(np.exp(plogp / n - np.sum(p_y * np.log(np.clip(p_y, 1e-300, None)))))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+def feature_subset(study: Study, root, dataset: str, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random subset (sorted sample ids) of a dataset's features: KID, PRDC, neighbours."""
+    array = root[f"{schema.dataset_path(dataset)}/{path}"]
+    n = array.shape[0]
+    size = min(study.metrics.prdc_samples, n)
+    rng = np.random.default_rng(sources.dataset_seeds(study.seed, f"metrics/{dataset}", 1)[0])
+    ids = np.sort(rng.choice(n, size, replace=False))
+    return ids, array.get_orthogonal_selection((ids, slice(None))).astype(np.float64)
+
+
+def run(study: Study, *, address: str | None = None) -> dict:
+    from ganscale.atlas import dask_scheduler
+    from ganscale.sample import init_ray
+
+    if not study.metrics.enabled:
+        return {"skipped": "metrics.enabled is false"}
+    t0 = time.time()
+    root = schema.open_store(study.store, study.storage_options)
+    for name in study.datasets:
+        group = root.get(schema.dataset_path(name))
+        if group is None or not schema.done_chunks(group).all():
+            raise GanscaleError(f"metrics: dataset {name} is not fully sampled; run the sample stage first")
+    fp = fingerprint(study, root)
+    stages = dict(root.attrs.get("stages", {}))
+    if stages.get("metrics", {}).get("fingerprint") == fp and "metrics" in root:
+        return {"skipped": True}
+    init_ray(address)
+    reals, gens = real_datasets(study), generated_datasets(study)
+    if not reals:
+        raise GanscaleError("metrics: the study has no real dataset (kind images or toyworld) to compare with")
+    sets = feature_sets(study)
+
+    log.info("metrics: reducing feature moments and image statistics")
+    partials = dict(zip(study.datasets, dask.compute(*[dataset_partial(study, root, n) for n in study.datasets],
+                                                      scheduler=dask_scheduler())))
+    compared = [(r, g) for r in reals for g in gens] + list(itertools.combinations(gens, 2))
+    results: dict = {"feature_sets": {name: {"dims": int(p.moments[name].sum.shape[0])}
+                                      for name, p in [(n, partials[reals[0]]) for n in sets]},
+                     "resize": sources.RESIZE_NOTE, "subset": study.metrics.prdc_samples}
+    results["frechet"] = [{"features": fs, "a": a, "b": b,
+                           "value": fm.frechet_distance_from_moments(partials[a].moments[fs], partials[b].moments[fs])}
+                          for fs in sets for a, b in compared]
+    results["inception_score"] = {}
+    for name, part in partials.items():
+        mean, std = inception_score_from_partial(part)
+        results["inception_score"][name] = {"mean": mean, "std": std, "splits": study.metrics.is_splits}
+
+    subsets = {(n, fs): feature_subset(study, root, n, path) for n in study.datasets for fs, path in sets.items()}
+    results["kid"], results["prdc"] = [], []
+    m = study.metrics
+    for fs in sets:
+        for a, b in compared:
+            mean, std = fm.kid(subsets[a, fs][1], subsets[b, fs][1], subsets=m.kid_subsets,
+                               subset_size=m.kid_subset_size, seed=study.seed)
+            results["kid"].append({"features": fs, "a": a, "b": b, "mean": mean, "std": std})
+        for r, g in [(r, g) for r in reals for g in gens]:
+            pr = fm.prdc(subsets[r, fs][1], subsets[g, fs][1], k=m.precision_k)
+            dc = fm.prdc(subsets[r, fs][1], subsets[g, fs][1], k=m.density_k)
+            results["prdc"].append({"features": fs, "real": r, "fake": g, "precision": pr["precision"],
+                                    "recall": pr["recall"], "density": dc["density"], "coverage": dc["coverage"],
+                                    "k_precision_recall": m.precision_k, "k_density_coverage": m.density_k})
+
+    results["images"] = image_statistics(study, root, partials, reals, gens)
+    arrays = picture_inputs(study, root, subsets, results["images"], sets)
+    tasks = image_tasks(study, reals, gens)
+    results["ms_ssim"] = tasks["ms_ssim"]
+    if "c2st" in tasks:
+        results["c2st"] = tasks["c2st"]["tables"]
+        arrays.update(tasks["c2st"]["arrays"])
+    if "sweep" in tasks:
+        results["sweep"] = tasks["sweep"]
+    write_results(root, results, arrays, fp)
+    stages = dict(root.attrs.get("stages", {}))
+    stages["metrics"] = {"fingerprint": fp, "seconds": round(time.time() - t0, 2)}
+    root.attrs["stages"] = stages
+    return {"computed": True, "seconds": round(time.time() - t0, 2)}
+
+
+def image_statistics(study: Study, root, partials: dict, reals: list[str], gens: list[str]) -> dict:
+    """Sharpness, colour histograms, their KL to each real set, and colour spikes against the first real set."""
+    out = {}
+    bins = schema.HIST_BINS
+    for name, part in partials.items():
+        n = part.is_n.sum()
+        mean = part.sharpness_sum / n
+        out[name] = {"sharpness_mean": mean, "sharpness_std": float(np.sqrt(max(part.sharpness_sq / n - mean ** 2, 0))),
+                     "histogram": part.colour_hist.tolist(), "bins": bins,
+                     "colour_kl": {}, "spikes": []}
+    for name in gens:
+        for r in reals:
+            out[name]["colour_kl"][r] = {ch: im.histogram_kl(partials[name].colour_hist[i], partials[r].colour_hist[i])
+                                         for i, ch in enumerate(CHANNELS)}
+        spikes = im.colour_spikes(partials[reals[0]].colour_hist, partials[name].colour_hist)
+        out[name]["spikes"] = [{**s, "channel": CHANNELS[int(s["channel"])] if not isinstance(s["channel"], str)
+                                else s["channel"]} for s in _jsonable(spikes)]
+        out[name]["spikes_against"] = reals[0]
+    return out
+
+
+def picture_inputs(study: Study, root, subsets: dict, image_stats: dict, sets: dict) -> dict[str, np.ndarray]:
+    """Sample ids for the picture panels: nearest neighbours, sharpest images, colour spikes."""
+    shown = study.metrics.images_shown
+    fs = next(iter(sets))
+    arrays = {}
+    for name in study.datasets:
+        ids, feats = subsets[name, fs]
+        rng = np.random.default_rng(study.seed)
+        queries = rng.choice(len(ids), min(shown, len(ids)), replace=False)
+        k = min(NEIGHBOURS_K, len(ids) - 1)
+        neighbours, _ = fm.nearest_neighbours(feats[queries], feats, k + 1)
+        rows = [[q] + [j for j in row if j != q][:k] for q, row in zip(queries, np.asarray(neighbours))]
+        arrays[f"{name}/neighbours"] = ids[np.asarray(rows)]
+        group = root[schema.dataset_path(name)]
+        sharp = group["image/sharpness"][...]
+        arrays[f"{name}/sharpest"] = np.argsort(-sharp, kind="stable")[:shown]
+        spikes = image_stats[name]["spikes"][:SPIKES_SHOWN]
+        if spikes:
+            hist = group["image/colour_hist"]
+            rows = []
+            for spike in spikes:
+                column = hist[:, CHANNELS.index(spike["channel"]), int(spike["bin"])].astype(np.float64)
+                rows.append(np.argsort(-column, kind="stable")[:shown])
+            arrays[f"{name}/spikes"] = np.stack(rows)
+    return arrays
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def write_results(root, results: dict, arrays: dict[str, np.ndarray], fp: str) -> None:
+    group = root.create_group("metrics", overwrite=True)
+    for path, value in arrays.items():
+        value = np.asarray(value)
+        group.create_array(path, shape=value.shape, dtype=value.dtype)[...] = value
+    group.attrs.update({"results": _jsonable(results), "fingerprint": fp})
+
+
+# --- image tasks (Ray) ---------------------------------------------------------------------------
+
+def _task_options() -> dict:
+    import ray
+
+    if ray.cluster_resources().get("GPU", 0) >= 1:
+        return {"num_gpus": 1, "num_cpus": 1}
+    return {"num_cpus": max(1, min(4, int(ray.cluster_resources().get("CPU", 1))))}
+
+
+def _threads() -> None:
+    import ray
+    import torch
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def ms_ssim_task(study: Study, dataset: str) -> dict:
+    """MS-SSIM over `metrics.msssim_pairs` random distinct pairs of the dataset (higher: less diverse)."""
+    from ganscale.sample import images_by_id
+
+    _threads()
+    root = schema.open_store(study.store, study.storage_options, mode="r")
+    n = study.datasets[dataset].samples
+    pairs = min(study.metrics.msssim_pairs, n * (n - 1) // 2)
+    rng = np.random.default_rng(study.seed)
+    a = rng.integers(0, n, pairs)
+    b = (a + rng.integers(1, n, pairs)) % n  # never equal to a
+    ids, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
+    images = images_by_id(study, root, dataset, ids, device=_device())
+    scores = im.ms_ssim(images[inverse[:pairs]], images[inverse[pairs:]])
+    scores = np.asarray(scores.cpu() if hasattr(scores, "cpu") else scores, dtype=np.float64)
+    return {"mean": float(scores.mean()), "std": float(scores.std()), "pairs": int(pairs)}
+
+
+def image_tasks(study: Study, reals: list[str], gens: list[str]) -> dict:
+    import ray
+
+    options = _task_options()
+    refs = {name: ray.remote(ms_ssim_task).options(**options).remote(study, name) for name in study.datasets}
+    out = {"ms_ssim": {name: ray.get(ref) for name, ref in refs.items()}}
+    if study.metrics.c2st is not None and gens:
+        out["c2st"] = ray.get(ray.remote(c2st_task).options(**options).remote(study, reals[0], gens))
+    if study.metrics.sweep is not None:
+        out["sweep"] = ray.get(ray.remote(sweep_task).options(**options).remote(study))
+    return out
+
+
+def c2st_task(study: Study, real: str, gens: list[str]) -> dict:
+    """The C2ST of seed 000 on the first `c2st.samples` images of the real dataset and of each
+    generator, at the probe's input size; SmoothGrad maps of the pooled classifier for correctly
+    classified test images of every source."""
+    from ganscale.metrics.c2st import c2st, smoothgrad
+    from ganscale.models import registry
+    from ganscale.sample import images_by_id
+
+    _threads()
+    settings = study.metrics.c2st
+    device = _device()
+    root = schema.open_store(study.store, study.storage_options, mode="r")
+    size = registry.probe_entry(study.probe.name).input_size
+    size = 2 ** int(np.log2(size))  # the DCGAN classifier wants a power of two
+    images = {}
+    for name in [real, *gens]:
+        n = min(settings.samples, study.datasets[name].samples)
+        images[name] = sources.resize_square(images_by_id(study, root, name, np.arange(n), device=device), size)
+    result = c2st(images[real], {g: images[g] for g in gens}, real_name=real, epochs=settings.epochs,
+                  patience=settings.patience, batch_size=settings.batch_size, lr=settings.lr, seed=study.seed,
+                  progress=log.info)
+    pooled = result.classifiers.get("pooled") or next(iter(result.classifiers.values()))
+    arrays = {}
+    shown = study.metrics.images_shown
+    from ganscale.metrics.c2st import GENERATED, REAL
+
+    for name in [real, *gens]:
+        chosen = pooled.test_index[(pooled.test_sources == name) & pooled.test_correct][:shown]
+        target = REAL if name == real else GENERATED
+        maps = (smoothgrad(pooled.model, images[name][chosen], target, samples=settings.smoothgrad_samples,
+                           sigma=settings.smoothgrad_sigma, seed=study.seed).cpu().numpy()
+                if len(chosen) else np.zeros((0, size, size), np.float32))
+        arrays[f"c2st/{name}/ids"] = chosen.astype(np.int64)  # the first n samples: index == sample id
+        arrays[f"c2st/{name}/smoothgrad"] = maps.astype(np.float32)
+    tables = result.to_dict()
+    tables.update({"real": real, "image_size": size, "samples": settings.samples})
+    return {"tables": tables, "arrays": arrays}
+
+
+def probe_features(study: Study, probe, images, layer: str, batch: int = 256):
+    """Spatially pooled features of `layer` and logits of the probe, in batches (numpy, float64)."""
+    import torch
+
+    feats, logits = [], []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            maps, out = probe(sources.resize_square(images[i:i + batch], probe.input_size))
+            feats.append(maps[layer].float().mean((2, 3)).cpu().numpy())
+            logits.append(out.float().cpu().numpy())
+    return np.concatenate(feats).astype(np.float64), np.concatenate(logits).astype(np.float64)
+
+
+def stored_moments(study: Study, root, dataset: str, path: str) -> fm.FeatureMoments:
+    array = root[f"{schema.dataset_path(dataset)}/{path}"]
+    step = array.chunks[0]
+    total = None
+    for start in range(0, array.shape[0], step):
+        part = fm.FeatureMoments.of(array[start:start + step])
+        total = part if total is None else total.merge(part)
+    return total
+
+
+def sweep_task(study: Study) -> dict:
+    """The metrics of each checkpoint of one training run against a real dataset, in training order:
+    Frechet distance and KID on the first feature set (a probe layer), precision/recall,
+    density/coverage, Inception Score and MS-SSIM diversity."""
+    from ganscale.models import registry
+    from ganscale.study import GeneratorDataset
+
+    _threads()
+    sweep, m = study.metrics.sweep, study.metrics
+    device = _device()
+    root = schema.open_store(study.store, study.storage_options, mode="r")
+    fs, path = next((k, v) for k, v in feature_sets(study).items() if k.startswith("pooled:"))
+    layer = fs.split(":", 1)[1]
+    against = stored_moments(study, root, sweep.against, path)
+    _, against_subset = feature_subset(study, root, sweep.against, path)
+    probe = registry.build_probe(study.probe, study.storage_options).only([layer]).to(device)
+    seeds = sources.dataset_seeds(study.seed, "metrics/sweep", sweep.samples)
+    rows = []
+    for label, checkpoint in sweep.checkpoints.items():
+        spec = GeneratorDataset(kind="generator", name=sweep.generator, samples=sweep.samples,
+                                weights=checkpoint.weights, sha256=checkpoint.sha256)
+        generator = registry.build_generator(spec, f"metrics.sweep.checkpoints.{label}", study.storage_options)
+        images, _ = generator.to(device).generate(seeds.tolist())
+        images = sources.check_images(images, len(seeds), f"metrics.sweep.checkpoints.{label}")
+        feats, logits = probe_features(study, probe, images, layer)
+        kid_mean, kid_std = fm.kid(against_subset, feats, subsets=m.kid_subsets, subset_size=m.kid_subset_size,
+                                   seed=study.seed)
+        pr = fm.prdc(against_subset, feats[:m.prdc_samples], k=m.precision_k)
+        dc = fm.prdc(against_subset, feats[:m.prdc_samples], k=m.density_k)
+        is_mean, is_std = fm.inception_score(logits, splits=m.is_splits)
+        pairs = min(m.msssim_pairs, len(images) // 2)
+        ssim = np.asarray(im.ms_ssim(images[:pairs], images[pairs:2 * pairs]).cpu(), dtype=np.float64)
+        rows.append({"label": label, "features": fs,
+                     "frechet": fm.frechet_distance_from_moments(against, fm.FeatureMoments.of(feats)),
+                     "kid_mean": kid_mean, "kid_std": kid_std, "precision": pr["precision"], "recall": pr["recall"],
+                     "density": dc["density"], "coverage": dc["coverage"], "is_mean": is_mean, "is_std": is_std,
+                     "ms_ssim": float(ssim.mean())})
+    return {"generator": sweep.generator, "against": sweep.against, "samples": sweep.samples, "checkpoints": rows}

@@ -1,0 +1,95 @@
+"""The metrics stage on the pipeline test's toy study: results equal the plain computation on the
+whole stored arrays, the generators are ranked as the atlas ranks them, and the report shows them."""
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from ganscale.metrics import features as fm
+from ganscale.metrics import images as im
+from ganscale.metrics.stage import inception_score_from_partial, chunk_partial, split_of
+
+
+
+
+def _results(study):
+    return zarr.open_group(study.store, mode="r")["metrics"].attrs["results"]
+
+
+def test_frechet_from_merged_chunk_moments_equals_the_whole_array(toy_run):
+    study, _, _ = toy_run
+    root = zarr.open_group(study.store, mode="r")
+    whole = {n: root[f"datasets/{n}/layers/block3/pooled"][:] for n in study.datasets}
+    rows = {(r["a"], r["b"]): r["value"] for r in _results(study)["frechet"] if r["features"] == "pooled:block3"}
+    assert set(rows) == {("real", "full"), ("real", "no_tree"), ("full", "no_tree")}
+    for (a, b), value in rows.items():
+        assert value == pytest.approx(fm.frechet_distance(whole[a], whole[b]), rel=1e-6, abs=1e-9)
+
+
+def test_inception_score_partials_equal_the_function_on_all_logits(toy_run):
+    study, _, _ = toy_run
+    root = zarr.open_group(study.store, mode="r")
+    logits = root["datasets/full/logits"][:]
+    parts = [chunk_partial(study.store, {}, "full", s, min(s + 200, 600), {}, 10) for s in range(0, 600, 200)]
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    mean, std = inception_score_from_partial(merged)
+    ref_mean, ref_std = fm.inception_score(logits, splits=10)
+    assert mean == pytest.approx(ref_mean, rel=1e-9) and std == pytest.approx(ref_std, rel=1e-6, abs=1e-12)
+    assert np.bincount(split_of(np.arange(600), 600, 10)).tolist() == [60] * 10
+    stored = _results(study)["inception_score"]["full"]
+    assert stored["mean"] == pytest.approx(ref_mean, rel=1e-9)
+
+
+def test_metrics_rank_the_generators_as_the_atlas_does(toy_run):
+    study, _, _ = toy_run
+    results = _results(study)
+    fd = {(r["a"], r["b"]): r["value"] for r in results["frechet"]}
+    kid = {(r["a"], r["b"]): r["mean"] for r in results["kid"]}
+    assert fd["real", "no_tree"] > fd["real", "full"] and kid["real", "no_tree"] > kid["real", "full"]
+    kl = zarr.open_group(study.store, mode="r")["atlas/block3/g10/kl"][:]
+    assert kl[0, 2] > kl[0, 1]  # the atlas says the same
+    prdc = {r["fake"]: r for r in results["prdc"]}
+    assert prdc["full"]["coverage"] > prdc["no_tree"]["coverage"]
+    assert 0 <= prdc["full"]["precision"] <= 1 and 0 <= prdc["full"]["recall"] <= 1
+
+
+def test_image_statistics_are_the_sums_of_the_stored_per_image_values(toy_run):
+    study, _, _ = toy_run
+    root = zarr.open_group(study.store, mode="r")
+    images = _results(study)["images"]
+    for name in study.datasets:
+        sharp = root[f"datasets/{name}/image/sharpness"][:]
+        hist = root[f"datasets/{name}/image/colour_hist"][:]
+        assert images[name]["sharpness_mean"] == pytest.approx(float(sharp.astype(np.float64).mean()), rel=1e-9)
+        assert np.array_equal(np.asarray(images[name]["histogram"]), hist.sum(0))
+        assert (hist.sum(2) == 32 * 32).all()
+    kl = images["no_tree"]["colour_kl"]["real"]
+    real_hist = np.asarray(images["real"]["histogram"], dtype=float)
+    fake_hist = np.asarray(images["no_tree"]["histogram"], dtype=float)
+    assert kl["gray"] == pytest.approx(im.histogram_kl(fake_hist[3], real_hist[3]), rel=1e-9)
+
+
+def test_c2st_tells_the_generators_from_real_scenes_and_the_sweep_improves(toy_run):
+    study, _, _ = toy_run
+    results = _results(study)
+    classifiers = results["c2st"]["classifiers"]
+    assert {"pooled", "full", "no_tree"} <= set(classifiers)
+    for table in classifiers.values():
+        assert table["test_accuracy"] > 0.5 and 0 <= table["p_value"] <= 1
+    sweep = results["sweep"]["checkpoints"]
+    assert [r["label"] for r in sweep] == ["step500", "step4000"]
+    assert sweep[-1]["frechet"] < sweep[0]["frechet"]
+    ms = results["ms_ssim"]
+    assert all(0 < ms[n]["mean"] < 1 for n in study.datasets)
+
+
+def test_report_shows_the_metrics(toy_run):
+    study, tmp, _ = toy_run
+    summary = json.loads((tmp / "report" / "summary.json").read_text())
+    assert summary["metrics"]["frechet"] == _results(study)["frechet"]
+    html = (tmp / "report" / "index.html").read_text()
+    for picture in ("metrics/colour_histograms.png", "metrics/sharpest.png", "metrics/neighbours_real.png",
+                    "metrics/interpolation_full.png", "metrics/c2st_smoothgrad.png", "metrics/sweep.png"):
+        assert picture in html and (tmp / "report" / picture).stat().st_size > 3000
