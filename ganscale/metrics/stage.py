@@ -64,6 +64,12 @@ def feature_sets(study: Study) -> dict[str, str]:
     return out
 
 
+def fid_resize_note() -> str:
+    from ganscale.models.fid_inception import RESIZE_NOTE
+
+    return RESIZE_NOTE
+
+
 def fingerprint(study: Study, root) -> str:
     sampled = {n: root[schema.dataset_path(n)].attrs.get("fingerprint") for n in study.datasets}
     return digest({"samples": sampled, "metrics": study.metrics.model_dump(mode="json"), "seed": study.seed})
@@ -187,7 +193,8 @@ def run(study: Study, *, address: str | None = None) -> dict:
     compared = [(r, g) for r in reals for g in gens] + list(itertools.combinations(gens, 2))
     results: dict = {"feature_sets": {name: {"dims": int(p.moments[name].sum.shape[0])}
                                       for name, p in [(n, partials[reals[0]]) for n in sets]},
-                     "resize": sources.RESIZE_NOTE, "subset": study.metrics.prdc_samples}
+                     "resize": sources.RESIZE_NOTE + ("; " + fid_resize_note() if "fid_pool3" in sets else ""),
+                     "subset": study.metrics.prdc_samples}
     results["frechet"] = [{"features": fs, "a": a, "b": b,
                            "value": fm.frechet_distance_from_moments(partials[a].moments[fs], partials[b].moments[fs])}
                           for fs in sets for a, b in compared]
