@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Callable
 
-from ganscale import atlas, embed, report, sample
+from ganscale import atlas, dissect, embed, report, sample
 from ganscale.metrics import stage as metrics
 from ganscale.study import Study
 
@@ -17,6 +17,7 @@ STAGES: dict[str, Callable[..., object]] = {
     "embed": embed.run,
     "atlas": atlas.run,
     "metrics": metrics.run,
+    "dissect": dissect.run,
     "report": report.run,
 }
 
@@ -61,6 +62,12 @@ def stage_status(study: Study) -> list[dict]:
         current = metrics.fingerprint(study, root) if sampled else None
         rows.append({"stage": "metrics", "item": "all datasets",
                      "state": "not started" if done is None else "complete" if done == current else "stale"})
+    if study.dissect is not None:
+        done = stages.get("dissect", {}).get("generators", {})
+        for name in dissect.generators_of(study):
+            fp = done.get(name, {}).get("fingerprint")
+            rows.append({"stage": "dissect", "item": name, "state": "not started" if fp is None else
+                         "complete" if fp == dissect.fingerprint(study, name) else "stale"})
     rows.append({"stage": "report", "item": report.report_location(study),
                  "state": "written" if "report" in stages else "not started"})
     return rows

@@ -139,8 +139,14 @@ def _metrics_section(study, root, out):
     return metrics_section(study, root, out)
 
 
+def _dissect_section(study, root, out):
+    from ganscale.dissect.figures import dissect_section
+
+    return dissect_section(study, root, out)
+
+
 # Report sections of the later stages: name -> f(study, root, out folder) -> (html, summary entry).
-EXTRA_SECTIONS = {"metrics": _metrics_section}
+EXTRA_SECTIONS = {"metrics": _metrics_section, "dissect": _dissect_section}
 
 
 def _exists(location: str, storage_options: dict) -> bool:

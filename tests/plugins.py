@@ -47,3 +47,65 @@ def nan_dcgan(weights=None):
 
 def wrong_shape_dcgan(weights=None):
     return _Wrapped(_toy(weights), fault="shape")
+
+
+# --- a synthetic generator for dissection: unit u of layer `masks` IS the mask of class u + 1 -----
+
+PALETTE = torch.tensor([[0.5, 0.5, 0.5], [0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9], [0.9, 0.9, 0.1]])
+MASK_CLASSES = ["background", "red", "green", "blue", "yellow"]
+
+
+class _MaskNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.masks = torch.nn.Identity()  # the dissected layer: one-hot maps of the 4 object classes
+
+    def forward(self, onehot):
+        masks = self.masks(onehot)
+        background = 1 - masks.sum(1, keepdim=True)
+        weights = torch.cat([background, masks], 1)
+        return torch.einsum("bkhw,kc->bchw", weights, PALETTE)
+
+
+class MaskGenerator:
+    """Seeded scenes of coloured rectangles on grey, 16x16, painted from their own class maps."""
+    num_classes = None
+    resolution = 16
+
+    def __init__(self):
+        self.module = _MaskNet()
+
+    def to(self, device):
+        return self
+
+    def generate(self, seeds):
+        onehot = torch.zeros(len(seeds), 4, 16, 16)
+        for i, seed in enumerate(seeds):
+            g = torch.Generator().manual_seed(int(seed))
+            classmap = torch.zeros(16, 16, dtype=torch.long)
+            for cls in range(1, 5):
+                h, w = (int(v) for v in torch.randint(3, 7, (2,), generator=g))
+                y, x = (int(v) for v in torch.randint(0, 16 - 6, (2,), generator=g))
+                classmap[y:y + h, x:x + w] = cls
+            onehot[i] = torch.nn.functional.one_hot(classmap, 5)[..., 1:].permute(2, 0, 1).float()
+        return self.module(onehot), None
+
+
+def mask_generator():
+    return MaskGenerator()
+
+
+class PaletteSegmenter:
+    """Segments MaskGenerator's images exactly: the nearest palette colour of each pixel."""
+    class_names = MASK_CLASSES
+
+    def to(self, device):
+        return self
+
+    def __call__(self, images):
+        distance = ((images[:, None] - PALETTE.view(1, 5, 3, 1, 1).to(images.device)) ** 2).sum(2)
+        return distance.argmin(1)
+
+
+def palette_segmenter():
+    return PaletteSegmenter()
