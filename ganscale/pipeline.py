@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Callable
 
-from ganscale import atlas, dissect, embed, report, sample
+from ganscale import atlas, dissect, embed, icons, report, sample
 from ganscale.metrics import stage as metrics
 from ganscale.study import Study
 
@@ -16,6 +16,7 @@ STAGES: dict[str, Callable[..., object]] = {
     "sample": sample.run,
     "embed": embed.run,
     "atlas": atlas.run,
+    "icons": icons.run,
     "metrics": metrics.run,
     "dissect": dissect.run,
     "report": report.run,

@@ -145,8 +145,22 @@ def _dissect_section(study, root, out):
     return dissect_section(study, root, out)
 
 
+def _icons_section(study, root, out):
+    from ganscale.icons import icon_atlas_figures
+
+    pictures = icon_atlas_figures(study, root, out)
+    if not pictures:
+        return "", {}
+    body = "".join(f"<figure><img src='{p.relative_to(out)}' width='900'><figcaption>{html.escape(layer)} "
+                   f"{g}x{g}</figcaption></figure>" for layer, g, p in pictures)
+    return ("<h2>Activation atlas icons</h2><p>Each cell shows a feature visualisation of the cell's mean "
+            "activation (direction x cosine^n objective, Fourier parameterisation, decorrelated colour), "
+            "beside the density comparison of the same cells.</p>" + body,
+            {"grids": sorted({g for _, g, _ in pictures}), "pictures": [str(p.relative_to(out)) for _, _, p in pictures]})
+
+
 # Report sections of the later stages: name -> f(study, root, out folder) -> (html, summary entry).
-EXTRA_SECTIONS = {"metrics": _metrics_section, "dissect": _dissect_section}
+EXTRA_SECTIONS = {"icons": _icons_section, "metrics": _metrics_section, "dissect": _dissect_section}
 
 
 def _exists(location: str, storage_options: dict) -> bool:
