@@ -30,6 +30,8 @@ log = logging.getLogger("ganscale.icons")
 
 
 def grids_of(study: Study) -> list[int]:
+    if study.atlas.icons is None:
+        return []
     return study.atlas.icons.grids or [min(study.atlas.grids)]
 
 

@@ -159,8 +159,17 @@ def _icons_section(study, root, out):
             {"grids": sorted({g for _, g, _ in pictures}), "pictures": [str(p.relative_to(out)) for _, _, p in pictures]})
 
 
+def _viewer_section(study, root, out):
+    from ganscale.viewer import write_viewer
+
+    page = write_viewer(study, root, out)
+    return (f"<h2>Interactive atlas</h2><p><a href='{page.relative_to(out)}'>Open the atlas viewer</a>: choose layer, "
+            "grid and pair of datasets, zoom and pan, click a cell for its counts, KL term, top labels and examples.</p>",
+            {"page": str(page.relative_to(out))})
+
+
 # Report sections of the later stages: name -> f(study, root, out folder) -> (html, summary entry).
-EXTRA_SECTIONS = {"icons": _icons_section, "metrics": _metrics_section, "dissect": _dissect_section}
+EXTRA_SECTIONS = {"viewer": _viewer_section, "icons": _icons_section, "metrics": _metrics_section, "dissect": _dissect_section}
 
 
 def _exists(location: str, storage_options: dict) -> bool:
