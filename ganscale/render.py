@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import matplotlib
@@ -129,3 +130,12 @@ def line_panels(panels: list[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def html_table(header: list[str], rows: list[list]) -> str:
+    """A plain HTML table; floats to 4 significant digits."""
+    def cell(v):
+        return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"

@@ -62,7 +62,7 @@ def test_ray_job_submit_runs_a_study(ray_head, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "succeeded" in proc.stdout
     root = zarr.open_group(str(tmp_path / "store.zarr"), mode="r")
-    assert set(root.attrs["stages"]) == {"sample", "embed", "atlas", "report"}
+    assert set(root.attrs["stages"]) == {"sample", "embed", "atlas", "metrics", "report"}
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["datasets"] == {"real": {"kind": "toyworld", "samples": 200},
                                    "full": {"kind": "generator", "samples": 200}}

@@ -3,16 +3,15 @@
 import json
 
 import numpy as np
-import pytest
 import zarr
 
 from ganscale.pipeline import run_study, stage_status
-from ganscale.study import load_study
 
 
 def test_every_stage_ran_and_wrote_the_store(toy_run):
     study, tmp, results = toy_run
-    assert list(results) == ["sample", "embed", "atlas", "metrics", "report"]
+    assert list(results) == ["sample", "embed", "atlas", "icons", "metrics", "dissect", "report"]
+    assert "skipped" in results["icons"] and "skipped" in results["dissect"]  # not configured in this study
     root = zarr.open_group(study.store, mode="r")
     for layer in study.layers:
         for grid in (10, 20):

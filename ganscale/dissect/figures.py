@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ganscale import render  # noqa: E402
 from ganscale.dissect import generators_of, intervene, stats  # noqa: E402
 from ganscale.study import Study  # noqa: E402
 
@@ -57,12 +58,6 @@ def unit_panel(images: dict[int, tuple[torch.Tensor, torch.Tensor]], labels: dic
     return path
 
 
-def intervention_panel(rows: list[tuple[str, list[np.ndarray]]], title: str, path: Path) -> Path:
-    from ganscale import render
-
-    return render.image_rows(rows, title, path)
-
-
 def insertion_heatmaps(maps: dict[str, dict], title: str, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(maps), figsize=(2.6 * len(maps), 2.6), squeeze=False)
     for ax, (cls, m) in zip(axes[0], maps.items()):
@@ -77,13 +72,6 @@ def insertion_heatmaps(maps: dict[str, dict], title: str, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _table(header, rows) -> str:
-    def cell(v):
-        return html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))
-    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
-            + "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows) + "</table>")
 
 
 def dissect_section(study: Study, root, out: Path) -> tuple[str, dict]:
@@ -119,13 +107,13 @@ def dissect_section(study: Study, root, out: Path) -> tuple[str, dict]:
                 bars = concept_bars(labels["concepts"], f"{name} {layer}: interpretable units per concept",
                                     folder / f"concepts_{name}_{layer}.png")
                 parts.append(f'<img src="{bars.relative_to(out)}">')
-            parts.append(_table(["unit", "class", "IoU", "IQR", "threshold"],
+            parts.append(render.html_table(["unit", "class", "IoU", "IQR", "threshold"],
                                 [[u["unit"], u["class"], u["iou"], u["iqr"], u["threshold"]] for u in labels["top_units"]]))
             panel = top_units_figure(generator, group, layer, labels, folder / f"units_{name}_{layer}.png",
                                      f"{name} {layer}: top-activating images, unit above its threshold outlined")
             parts.append(f'<img src="{panel.relative_to(out)}">')
             if results["interventions"]:
-                parts.append("<h4>Interventions</h4>" + _table(
+                parts.append("<h4>Interventions</h4>" + render.html_table(
                     ["class", "units", "share before", "after ablation", "removed", "after insertion", "ACE"],
                     [[c, len(v["units"]), v["base_fraction"], v["ablated_fraction"], v["removed_share"],
                       v["inserted_fraction"], v["ace"]] for c, v in results["interventions"].items()]))
@@ -140,7 +128,7 @@ def dissect_section(study: Study, root, out: Path) -> tuple[str, dict]:
             if "artifacts" in results:
                 a = results["artifacts"]
                 parts.append(f"<h4>Artifact units ({html.escape(a['score'])}, {a['samples']} held-out samples)</h4>"
-                             + _table(["", "score"], [["before", a["before"]],
+                             + render.html_table(["", "score"], [["before", a["before"]],
                                                        [f"ablating the top {a['k']} artifact units", a["after_top"]],
                                                        [f"ablating {a['k']} random units", a["after_random"]]]))
     return "\n".join(parts), summary
@@ -175,4 +163,4 @@ def interventions_figure(generator, segmenter, group, layer: str, results: dict,
             rows.append((f"{cls}: ablated", [x.permute(1, 2, 0).numpy() for x in intervene.render(generator, seeds)]))
         with intervene.intervention(generator, layer, units, torch.as_tensor(high[units], dtype=torch.float32)):
             rows.append((f"{cls}: inserted", [x.permute(1, 2, 0).numpy() for x in intervene.render(generator, seeds)]))
-    return intervention_panel(rows, f"{title}: each class's top units switched off and on", path)
+    return render.image_rows(rows, f"{title}: each class's top units switched off and on", path)

@@ -40,14 +40,6 @@ def interpolation_rows(generator, seed_pairs: list[tuple[int, int]], steps: int 
     return rows
 
 
-def _table(header: list[str], rows: list[list], fmt: str = "{:.4g}") -> str:
-    def cell(v):
-        return html.escape(fmt.format(v) if isinstance(v, float) else str(v))
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def _img(path: Path, out: Path) -> str:
     return f'<img src="{html.escape(str(path.relative_to(out)))}" style="max-width:100%">'
 
@@ -65,24 +57,24 @@ def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
              f"over space; fid_pool3 = the FID Inception network, the standard FID). KID, precision/recall and "
              f"density/coverage use a random subset of {results['subset']} samples per dataset. "
              f"Images: {html.escape(results['resize'])}</p>"]
-    parts.append("<h3>Fréchet distance and KID</h3>" + _table(
+    parts.append("<h3>Fréchet distance and KID</h3>" + render.html_table(
         ["features", "a", "b", "Fréchet distance", "KID mean", "KID std"],
         [[f["features"], f["a"], f["b"], f["value"], k["mean"], k["std"]]
          for f, k in zip(results["frechet"], results["kid"])]))
     parts.append("<h3>Precision, recall (k=%d), density, coverage (k=%d)</h3>" % (
-        study.metrics.precision_k, study.metrics.density_k) + _table(
+        study.metrics.precision_k, study.metrics.density_k) + render.html_table(
         ["features", "real", "generated", "precision", "recall", "density", "coverage"],
         [[r["features"], r["real"], r["fake"], r["precision"], r["recall"], r["density"], r["coverage"]]
          for r in results["prdc"]]))
     images = results["images"]
-    parts.append("<h3>Inception Score (probe logits), MS-SSIM diversity, sharpness</h3>" + _table(
+    parts.append("<h3>Inception Score (probe logits), MS-SSIM diversity, sharpness</h3>" + render.html_table(
         ["dataset", "IS mean", "IS std", "MS-SSIM mean (higher: less diverse)", "pairs", "sharpness mean", "std"],
         [[n, results["inception_score"][n]["mean"], results["inception_score"][n]["std"],
           results["ms_ssim"][n]["mean"], results["ms_ssim"][n]["pairs"], images[n]["sharpness_mean"],
           images[n]["sharpness_std"]] for n in study.datasets]))
     kl_rows = [[g, r] + [images[g]["colour_kl"][r][ch] for ch in CHANNELS]
                for g in generated_datasets(study) for r in images[g]["colour_kl"]]
-    parts.append("<h3>Colour histograms (25 bins): KL(generated || real)</h3>" + _table(
+    parts.append("<h3>Colour histograms (25 bins): KL(generated || real)</h3>" + render.html_table(
         ["generated", "real", *CHANNELS], kl_rows))
     parts.append(_img(colour_histogram_figure(study, images, folder / "colour_histograms.png"), out))
 
@@ -101,7 +93,7 @@ def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
             path = render.image_rows(rows, f"{g}: colour spikes absent from {images[g]['spikes_against']} "
                                      "(bin range, ratio of shares) and the images with most pixels in them",
                                      folder / f"spikes_{g}.png")
-            parts.append(f"<h4>Colour spikes of {html.escape(g)}</h4>" + _table(
+            parts.append(f"<h4>Colour spikes of {html.escape(g)}</h4>" + render.html_table(
                 ["channel", "bin", "range", "share generated", "share real", "ratio"],
                 [[s["channel"], s["bin"], f"{s['low']:.2f}-{s['high']:.2f}", s["fake_share"], s["real_share"],
                   s["ratio"]] for s in images[g]["spikes"]]) + _img(path, out))
@@ -147,10 +139,10 @@ def c2st_html(study, root, group, tables: dict, folder: Path, out: Path, picture
              "<p>A DCGAN-discriminator classifier trained real against generated (train/validation/test "
              "50/25/25, early stopping on validation accuracy). Under the null hypothesis (same distribution) "
              "the test accuracy is about N(1/2, 1/(4 n_test)); p is the one-sided p-value.</p>"]
-    parts.append(_table(["classifier", "train", "validation", "test", "n test", "p-value", "epochs"],
+    parts.append(render.html_table(["classifier", "train", "validation", "test", "n test", "p-value", "epochs"],
                         [[name, t["train_accuracy"], t["validation_accuracy"], t["test_accuracy"], t["n_test"],
                           t["p_value"], t["epochs"]] for name, t in tables["classifiers"].items()]))
-    parts.append(_table(["classifier", "source", "test accuracy", "n"],
+    parts.append(render.html_table(["classifier", "source", "test accuracy", "n"],
                         [[name, src, v["accuracy"], v["n"]] for name, t in tables["classifiers"].items()
                          for src, v in t["per_source"].items()]))
     if "c2st" in group:
@@ -179,7 +171,7 @@ def sweep_html(sweep: dict, folder: Path, out: Path) -> str:
     path = render.line_panels(panels, f"checkpoint sweep against {sweep['against']} "
                               f"(x: {', '.join(r['label'] for r in rows)})", folder / "sweep.png",
                               xlabel="checkpoint")
-    table = _table(["checkpoint", "Fréchet", "KID", "precision", "recall", "density", "coverage", "IS", "MS-SSIM"],
+    table = render.html_table(["checkpoint", "Fréchet", "KID", "precision", "recall", "density", "coverage", "IS", "MS-SSIM"],
                    [[r["label"], r["frechet"], r["kid_mean"], r["precision"], r["recall"], r["density"],
                      r["coverage"], r["is_mean"], r["ms_ssim"]] for r in rows])
     return f"<h3>Checkpoint sweep ({sweep['samples']} samples each)</h3>" + table + _img(path, out)
