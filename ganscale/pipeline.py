@@ -58,6 +58,12 @@ def stage_status(study: Study) -> list[dict]:
         current = atlas.layer_fingerprint(study, root, layer) if root is not None else None
         rows.append({"stage": "atlas", "item": layer,
                      "state": "not started" if done is None else "complete" if done == current else "stale"})
+    if root is not None and study.atlas.icons is not None:
+        done_icons = stages.get("icons", {}).get("layers", {})
+        for layer in study.layers:
+            fp = done_icons.get(layer, {}).get("fingerprint")
+            rows.append({"stage": "icons", "item": layer, "state": "not started" if fp is None else
+                         "complete" if fp == icons.layer_fingerprint(study, root, layer) else "stale"})
     if root is not None and study.metrics.enabled:
         done = stages.get("metrics", {}).get("fingerprint")
         current = metrics.fingerprint(study, root) if sampled else None
