@@ -93,3 +93,40 @@ def test_report_shows_the_metrics(toy_run):
     for picture in ("metrics/colour_histograms.png", "metrics/sharpest.png", "metrics/neighbours_real.png",
                     "metrics/interpolation_full.png", "metrics/c2st_smoothgrad.png", "metrics/sweep.png"):
         assert picture in html and (tmp / "report" / picture).stat().st_size > 3000
+
+
+def test_the_pipeline_stores_pool3_features_and_reports_the_standard_fid(ray_local, tmp_path):
+    """The sample stage stores FID Inception pool3 features (weights made here) and the metrics stage
+    reports the standard FID on them."""
+    import torch
+
+    from conftest import toy_study
+    from ganscale.metrics import frechet_distance
+    from ganscale.models.fid_inception import FIDInception
+    from ganscale.weights import sha256_of
+
+    torch.manual_seed(0)
+    model = FIDInception().eval()
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(model.state_dict(), weights)
+    saved = {"model": model, "path": weights, "sha256": sha256_of(weights)}
+    from ganscale.pipeline import run_study
+    from ganscale.study import load_study
+
+    path = toy_study(tmp_path, layers=["block3"], sample={"chunk_size": 16, "batch_size": 8},
+                     datasets={"real": {"kind": "toyworld", "samples": 32},
+                               "full": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_full.pt",
+                                        "samples": 32}},
+                     metrics={"fid_inception": {"weights": str(saved["path"]), "sha256": saved["sha256"]},
+                              "c2st": None, "kid_subset_size": 16, "kid_subsets": 5, "msssim_pairs": 8,
+                              "images_shown": 2})
+    study = load_study(path)
+    run_study(study, stages=["sample", "metrics"])
+    root = zarr.open_group(study.store, mode="r")
+    real, full = (root[f"datasets/{n}/features/fid_pool3"][:] for n in ("real", "full"))
+    assert real.shape == (32, 2048) and np.isfinite(real).all()
+    images, _, _ = __import__("ganscale.sample", fromlist=["load_images"]).load_images(study, "real", np.arange(2))
+    np.testing.assert_allclose(real[:2], saved["model"].features(images).numpy(), rtol=1e-4, atol=1e-5)
+    fid = next(r["value"] for r in root["metrics"].attrs["results"]["frechet"]
+               if r["features"] == "fid_pool3" and r["a"] == "real" and r["b"] == "full")
+    assert fid == pytest.approx(frechet_distance(real, full), rel=1e-6)

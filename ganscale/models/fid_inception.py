@@ -2,22 +2,38 @@
 giving the 2048-d pool3 features that the standard FID is computed on.
 
 Plain torch (torchvision does not install beside this project's torch): torchvision's Inception3
-blocks with pytorch-fid's FID patches (average pools that ignore the zero padding; max pooling in
-the last block's pool branch), with exactly the state_dict keys of `pt_inception-2015-12-05-6726825d.pth`
-(torchvision's names, 1008 classes, no auxiliary head), so that file loads with strict=True.
+blocks with pytorch-fid's FID patches (FIDInceptionA/C/E_1: average pools that leave the zero
+padding out of the mean, as TensorFlow does; FIDInceptionE_2: a max pool in the last block's pool
+branch), built as pytorch-fid's `fid_inception_v3()` builds it (1008 classes, no auxiliary head).
+The state_dict keys and shapes are exactly those of `pt_inception-2015-12-05-6726825d.pth`, so that
+file loads strictly. torch-fidelity's `weights-inception-2015-12-05-6726825d.pth` uses the same key
+names (its extractor names its modules as torchvision does); a file written by its converter script
+has no BatchNorm `num_batches_tracked` counters, which `load_fid_inception` fills in (they are unused
+in eval mode).
 
-Input: images [B, 3, H, W] in [0, 1], resized as RESIZE_NOTE says and scaled to [-1, 1].
+`features(images)` is pytorch-fid's `InceptionV3([3])` with resize_input=True, normalize_input=True,
+use_fid_inception=True: images [B, 3, H, W] in [0, 1] -> resized as RESIZE_NOTE says -> [-1, 1] ->
+the network -> global average pool -> [B, 2048]. `forward` gives the 1008 logits (torchvision's head),
+so the network can also serve as a probe (see `probe_entry`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-RESIZE_NOTE = ("FID Inception input: resized to 299x299 with bilinear interpolation (align_corners=False, "
-               "no antialiasing), as pytorch-fid does, then scaled to [-1, 1]")
+from ganscale.errors import GanscaleError
+
+FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's release "fid_weights"
+# Neither pytorch-fid nor torch-fidelity states a checksum of its file (the "6726825d" in the names is
+# no stated hash: both libraries' different files carry it), so none is assumed; studies give theirs.
+FID_WEIGHTS_SHA256: str | None = None
+RESIZE_NOTE = ("FID Inception input: resized to 299x299 by bilinear interpolation (torch, align_corners=False, "
+               "no antialiasing; non-square images are stretched) as pytorch-fid does, then scaled to [-1, 1]; "
+               "other resizing (torch-fidelity's TF1 bilinear, clean-fid's antialiased bicubic) moves FID by points")
 
 
 class BasicConv2d(nn.Module):
@@ -30,11 +46,11 @@ class BasicConv2d(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
-def _avg_pool(x):  # TensorFlow's average pool leaves the zero padding out of the mean
+def _avg_pool(x):  # the FID patch: TensorFlow's average pool leaves the zero padding out of the mean
     return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
 
-class InceptionA(nn.Module):
+class InceptionA(nn.Module):  # pytorch-fid's FIDInceptionA
     def __init__(self, cin: int, pool_features: int):
         super().__init__()
         self.branch1x1 = BasicConv2d(cin, 64, 1)
@@ -51,7 +67,7 @@ class InceptionA(nn.Module):
                           self.branch_pool(_avg_pool(x))], 1)
 
 
-class InceptionB(nn.Module):
+class InceptionB(nn.Module):  # torchvision's, unpatched
     def __init__(self, cin: int):
         super().__init__()
         self.branch3x3 = BasicConv2d(cin, 384, 3, stride=2)
@@ -64,7 +80,7 @@ class InceptionB(nn.Module):
                           F.max_pool2d(x, 3, stride=2)], 1)
 
 
-class InceptionC(nn.Module):
+class InceptionC(nn.Module):  # pytorch-fid's FIDInceptionC
     def __init__(self, cin: int, c7: int):
         super().__init__()
         self.branch1x1 = BasicConv2d(cin, 192, 1)
@@ -86,7 +102,7 @@ class InceptionC(nn.Module):
         return torch.cat([self.branch1x1(x), b7, d7, self.branch_pool(_avg_pool(x))], 1)
 
 
-class InceptionD(nn.Module):
+class InceptionD(nn.Module):  # torchvision's, unpatched
     def __init__(self, cin: int):
         super().__init__()
         self.branch3x3_1 = BasicConv2d(cin, 192, 1)
@@ -104,7 +120,8 @@ class InceptionD(nn.Module):
 
 
 class InceptionE(nn.Module):
-    """`max_pool`: the FID graph's last block pools with a max where the paper averages."""
+    """pytorch-fid's FIDInceptionE_1, or with `max_pool` its FIDInceptionE_2: the FID graph's last
+    block pools with a max where the paper (and torchvision) average."""
 
     def __init__(self, cin: int, max_pool: bool = False):
         super().__init__()
@@ -130,9 +147,15 @@ class InceptionE(nn.Module):
 class FIDInception(nn.Module):
     input_size = 299
     num_features = 2048
+    num_classes = 1008
+    # The blocks (hookable submodules) and their output channels, in network order.
+    layers = {"Mixed_5b": 256, "Mixed_5c": 288, "Mixed_5d": 288, "Mixed_6a": 768, "Mixed_6b": 768,
+              "Mixed_6c": 768, "Mixed_6d": 768, "Mixed_6e": 768, "Mixed_7a": 1280, "Mixed_7b": 2048,
+              "Mixed_7c": 2048}
 
     def __init__(self):
         super().__init__()
+        # Registration order (and so state_dict order) as torchvision's Inception3.
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
@@ -149,34 +172,59 @@ class FIDInception(nn.Module):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280)
         self.Mixed_7c = InceptionE(2048, max_pool=True)
-        self.fc = nn.Linear(2048, 1008)  # unused for pool3; present so the released file loads strictly
+        self.fc = nn.Linear(2048, self.num_classes)  # the graph's softmax layer; pool3 does not use it
 
-    def pool3(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, H, W] in [0, 1] -> pool3 features [B, 2048]."""
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+    def pool3(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> pool3 features [B, 2048] (with autograd; see `features`)."""
+        x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(F.max_pool2d(x, 3, stride=2)))
         x = F.max_pool2d(x, 3, stride=2)
-        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
-            x = getattr(self, f"Mixed_{name}")(x)
+        for name in self.layers:
+            x = getattr(self, name)(x)
         return x.mean((2, 3))
 
-    forward = pool3
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> the 1008 logits [B, 1008] (torchvision's head)."""
+        return self.fc(self.pool3(images))
 
     @torch.inference_mode()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """pool3 features [B, 2048] in eval mode, on the module's device."""
+        """pool3 features [B, 2048] float32, in eval mode, on the module's device."""
         self.eval()
-        return self.pool3(images.to(next(self.parameters()).device).float())
+        return self.pool3(images.to(self.fc.weight.device, torch.float32))
+
+
+def fill_batch_counters(module: nn.Module, state: Mapping) -> dict:
+    """`state` with the BatchNorm `num_batches_tracked` counters that `module` has and `state` lacks
+    added as zeros (files converted without them, e.g. by torch-fidelity's script; torch's own
+    load_state_dict does the same for old files). Any other difference is left for load_strict."""
+    state = dict(state)
+    for key, value in module.state_dict().items():
+        if key.endswith(".num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(value)
+    return state
 
 
 def load_fid_inception(weights: str, sha256: str | None = None, storage_options: dict | None = None,
                        field: str = "metrics.fid_inception.weights") -> FIDInception:
-    """The network with the weights at `weights` (local path, s3://, https://; checked against sha256)."""
+    """FIDInception in eval mode with the weights at `weights` (a local path, s3:// or http(s)://, see
+    ganscale.weights), checked against `sha256` when given and loaded strictly; any problem is a
+    one-line GanscaleError naming `field`."""
     from ganscale import weights as weights_io
     from ganscale.models.registry import load_strict
 
     model = FIDInception()
     state = weights_io.load_state_dict(weights, sha256, field=field, storage_options=storage_options)
-    load_strict(model, state, field)
+    if not isinstance(state, Mapping):
+        raise GanscaleError(f"{field}: {weights} holds a {type(state).__name__}, not a state_dict")
+    load_strict(model, fill_batch_counters(model, state), field)
     return model.eval()
+
+
+def probe_entry():
+    """The network as a registry probe (`PROBES["fid_inception"] = probe_entry`): its Mixed blocks as
+    layers, 299 input, the 1008 logits."""
+    from ganscale.models.registry import ProbeEntry
+
+    return ProbeEntry(dict(FIDInception.layers), FIDInception.input_size, FIDInception.num_classes, FIDInception)

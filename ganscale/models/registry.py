@@ -77,7 +77,14 @@ def _toy_probe() -> ProbeEntry:
     return ProbeEntry(ToyProbe.layers, ToyProbe.input_size, ToyProbe.num_classes, ToyProbe)
 
 
-PROBES: dict[str, Callable[[], ProbeEntry]] = {"inception_v1": _inception_v1, "toy_probe": _toy_probe}
+def _fid_inception() -> ProbeEntry:
+    from ganscale.models.fid_inception import probe_entry
+
+    return probe_entry()
+
+
+PROBES: dict[str, Callable[[], ProbeEntry]] = {"inception_v1": _inception_v1, "toy_probe": _toy_probe,
+                                               "fid_inception": _fid_inception}
 
 
 def register_probe(name: str, entry: Callable[[], ProbeEntry]) -> None:
