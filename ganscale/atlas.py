@@ -30,6 +30,7 @@ import numpy as np
 from scipy import sparse
 
 from ganscale import schema
+from ganscale.partials import tree_reduce
 from ganscale.errors import GanscaleError
 from ganscale.study import Study, digest
 
@@ -93,13 +94,6 @@ def _merge_all(parts: list[dict[int, CellStats]]) -> dict[int, CellStats]:
     return out
 
 
-def tree_reduce(parts: list, fan_in: int = 8):
-    """Merge delayed partial results in a tree of dask tasks."""
-    while len(parts) > 1:
-        parts = [dask.delayed(_merge_all)(parts[i:i + fan_in]) for i in range(0, len(parts), fan_in)]
-    return parts[0]
-
-
 def chunk_stats(store: str, storage_options: dict, dataset: str, layer: str, start: int, stop: int,
                 grids: list[int], n_examples: int) -> dict[int, CellStats]:
     """Read one block of samples from the store where the task runs, and bin it into every grid.
@@ -121,7 +115,7 @@ def dataset_stats(study: Study, root, dataset: str, layer: str):
     parts = [dask.delayed(chunk_stats)(study.store, study.storage_options, dataset, layer, start,
                                        min(start + step, n), study.atlas.grids, study.atlas.examples)
              for start in range(0, n, step)]
-    return tree_reduce(parts)
+    return tree_reduce(parts, _merge_all)
 
 
 def smoothed(counts: np.ndarray, alpha: float) -> np.ndarray:

@@ -46,6 +46,8 @@ def test_report_and_summary(toy_run):
     for picture in ("atlas/block3_real_vs_no_tree_g20.png", "kl/real_vs_no_tree.png",
                     "examples/block3_real_vs_no_tree.png"):
         assert picture in html and (report / picture).stat().st_size > 5000
+    assert "href='viewer/index.html'" in html and (report / "viewer" / "index.html").is_file()
+    assert any((report / "viewer" / "data").glob("*_g20.js"))
 
 
 def test_a_rerun_redoes_nothing(toy_run):

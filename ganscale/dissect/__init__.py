@@ -1,31 +1,68 @@
-"""Stage 5, dissect: which units of a generator layer stand for which objects (Bau et al. 2019), and
-what happens when they are switched off and on.
+"""Stage dissect: which units of a generator layer stand for which objects (GAN dissection, Bau et al.
+2019), and what happens when they are switched off and on.
 
-Ray actors (one per GPU, else CPU workers) host the generator and the segmenter and compute the
-unit statistics of `ganscale.dissect.stats` chunk by chunk (`dissect.chunk_size` seeds); Dask merges
-the partial results in a tree on the cluster, so no worker holds more than a chunk and the result
-does not depend on how the chunks were split (tested). A Ray task then runs the interventions.
+Work. `DissectWorker` Ray actors (one per GPU, else CPU workers, as the sample stage) host the
+generator, the segmenter and (for artifact units) the probe. The `dissect.samples` seeds (drawn
+from the study seed) are cut into chunks of `dissect.chunk_size`; the driver hands chunks to
+actors as they free up, and each chunk gives a partial result of `ganscale.dissect.stats`. Dask
+merges the partials in a tree of tasks (Dask-on-Ray when Ray is attached: the partials never pass
+through the driver). Three passes over the chunks: per-unit range and top images; per-unit
+histograms (quantiles: the top-quantile threshold, the insertion value and the candidate
+thresholds for the IQR search); per (unit, class, candidate threshold) contingency counts. All
+counts are integers, every forward pass has the same batch shape, so the result does not depend on
+the number of workers or on the chunking (tested). Then units are labelled, and the interventions
+run on the actors as independent tasks: per class (switch effect, insertion map, downstream
+tracing), per block of units (artifact ranking), per layer (artifact table, report pictures).
 
-Stored under dissect/{generator}/{layer}/ (recomputed when the study's dissect inputs change):
+Reruns. A dying actor is restarted by Ray and its chunk retried. Each pass's merged result is
+written to the store as soon as it is complete, and each layer's interventions when they are, so
+a stopped driver resumes at the first unfinished pass or layer; chunk partials themselves are
+recomputed (a pass is minutes where a chunk is seconds, and the partials of a large segmenter
+vocabulary are tens of MB each). Everything is recomputed when `fingerprint` (the generator,
+the dissect settings, the study seed, the probe and layers used for artifact units) changes.
 
-    attrs: fingerprint, classes, method, quantile, candidate_levels, results (JSON: labels summary,
-           interventions, insertion maps, downstream tracing, artifact units)
+Stored under dissect/{generator}/ (attrs: fingerprint, classes, passes: finished passes) and
+dissect/{generator}/{layer}/ (U units, C classes, J candidate thresholds, N samples):
+
+    attrs: fingerprint, classes, method, quantile, candidate_levels [J], stats_size [2], pixels,
+           labels (summary: interpretable units and concepts by IoU, and by IoU and IQR > 0.01,
+           best unit per class, top units),
+           results (JSON, once the layer's interventions are done): labels, interventions {class:
+           units, their IoUs, class share before / ablated / inserted, removed share, ACE, images
+           with the class and cleared}, insertion_maps {class: featuremap pixels probed, gain and
+           success per pixel, success rate, local share, by_context {class there: gain, success},
+           downstream per pixel and by visibility}, downstream {class: {ablation, insertion:
+           {later layer: mean normalised change}}}, artifacts {score, k, before, after_top,
+           after_random, units, improvement, random_units, samples, rank_samples}
     seeds         int64   [N]        the seeds dissected (sample i = generator image of seeds[i])
-    low, high     float64 [U]        per-unit activation range (upsampled featuremaps)
+    low, high     float64 [U]        per-unit activation range (featuremaps upsampled to stats_size)
+    top_ids       int64   [U, k]     samples with the highest peak activation of the unit (-1: none)
+    top_values    float64 [U, k]     those peaks
     histogram     int64   [U, 1024]  per-unit activation histogram over [low, high]
-    thresholds    float64 [U, J]     candidate thresholds: the quantiles `candidate_levels` of each unit
-    intersection  float64 [U, C, J]  pixels with unit above threshold j and class c present
-    unit_area     float64 [U, J]     pixels with unit above threshold j
-    class_area    float64 [C]        pixels of class c
-    label         int32   [U]        best class per unit (highest IoU)
-    iou, iqr, threshold float32 [U]  at the chosen threshold (quantile or IQR-maximising)
-    top_ids       int64   [U, k]     sample ids with the highest peak activation of the unit
+    quantile_value float32 [U]       the unit's `dissect.quantile` quantile (the insertion value)
+    thresholds    float64 [U, J]     candidate thresholds: the unit's quantiles at candidate_levels
+    intersection  int64   [U, C, J]  pixels with the unit above threshold j and of class c
+    unit_area     int64   [U, J]     pixels with the unit above threshold j
+    class_area    int64   [C]        pixels of class c
+    label         int32   [U]        best class (highest IoU at the chosen thresholds)
+    iou, iqr, threshold float32 [U]  of the best class, at its chosen threshold
+    iou_all, iqr_all, threshold_all float32 [U, C]  every class at its chosen threshold (top-k units of a class)
+    panel_units   int32   [P]        units shown in the report (best per concept, then by IoU)
+    panel_images  uint8   [P, I, h, w, 3]  their top-activating images (thumbnails)
+    panel_masks   uint8   [P, I, S, S']    1 where the unit is above its threshold (stats_size)
+    intervention_images uint8 [K, 3, I, h, w, 3]  per class with interventions (attrs.results
+                                     interventions, in order): original, ablated, inserted
+    artifact_scores float32 [U]      the artifact score with the unit ablated alone (lower: better)
+
+Threshold per unit and class: `dissect.threshold` iqr (the candidate maximising I/H, the paper) or
+quantile (the `dissect.quantile` quantile). IoU pools pixels over all images.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 
 import dask
 import numpy as np
@@ -34,14 +71,24 @@ import torch
 from ganscale import schema, sources
 from ganscale.dissect import intervene, stats
 from ganscale.errors import GanscaleError
+from ganscale.partials import tree_reduce
 from ganscale.study import Study, digest
 
 log = logging.getLogger("ganscale.dissect")
 
-TOP_IMAGES = 8
-# Candidate thresholds for the IQR search: quantile levels of each unit's activations, from the
-# top 0.1% down to the top 30% (gandissect searches a comparable log-spaced range).
-CANDIDATE_LEVELS = tuple(sorted(set(np.round(1 - np.logspace(-3, np.log10(0.3), 24), 6))))
+DISSECT_VERSION = 2  # bump when stored results change meaning
+TOP_IMAGES = 8  # top-activating samples kept per unit
+STATS_SIDE = 64  # statistics resolution: segmentations subsampled to at most this side (gandissect: 64 for 256)
+MAP_SIDE = 8  # insertion maps probe at most an 8x8 grid of featuremap pixels
+MAP_IMAGES = 32  # images per insertion map and per downstream trace
+PANEL_UNITS = 12
+PANEL_IMAGES = 4
+PICTURE_SEEDS = 4
+THUMBNAIL = 128  # report thumbnails at most this side
+ARTIFACT_BLOCK = 32  # units per artifact-ranking task
+# Candidate thresholds for the IQR search: each unit's quantiles at these levels, the top 0.1% to
+# the top 90% of its pixels, log-spaced (gandissect: 100 levels, logspace(-3, 0)).
+CANDIDATE_LEVELS = tuple(sorted(set(np.round(1 - np.logspace(-3, np.log10(0.9), 48), 6))))
 
 
 def candidate_levels(quantile: float) -> list[float]:
@@ -53,23 +100,47 @@ def generators_of(study: Study) -> list[str]:
 
 
 def fingerprint(study: Study, generator: str) -> str:
-    return digest({"dataset": study.datasets[generator].model_dump(mode="json"),
+    return digest({"version": DISSECT_VERSION, "dataset": study.datasets[generator].model_dump(mode="json"),
                    "dissect": study.dissect.model_dump(mode="json"), "seed": study.seed,
-                   "probe": study.probe.model_dump(mode="json"), "layers": study.layers})
+                   "probe": study.probe.model_dump(mode="json"), "layers": study.layers,
+                   "real": _artifact_reference(study)})
+
+
+def batch_size(study: Study) -> int:
+    """Images per forward pass: the sample stage's batch size (every pass has exactly this many
+    rows, the last of a chunk padded, so results do not depend on dissect.chunk_size)."""
+    return study.sample.batch_size
 
 
 def build_segmenter(study: Study):
+    """The study's segmenter: a registry name (`toy_segmenter`), or a `module:function` plugin called
+    with `weights=` when given, returning an object with `class_names` and images -> class map."""
     from ganscale.models import registry
 
     spec = study.dissect.segmenter
     if ":" in spec.name:
         factory = registry._import_plugin(spec.name, "dissect.segmenter.name")
-        return factory(weights=spec.weights) if spec.weights else factory()
-    return registry.build_segmenter(spec.name, spec.weights, spec.sha256)
+        segmenter = factory(weights=spec.weights) if spec.weights else factory()
+    else:
+        segmenter = registry.build_segmenter(spec.name, spec.weights, spec.sha256)
+    names = getattr(segmenter, "class_names", None)
+    if not names or not callable(segmenter):
+        raise GanscaleError(f"dissect.segmenter.name: '{spec.name}' did not give a segmenter "
+                            "(images -> class map, with class_names)")
+    return segmenter
+
+
+def _artifact_reference(study: Study) -> str | None:
+    reals = [n for n, d in study.datasets.items() if d.kind != "generator"]
+    return reals[0] if reals else None
+
+
+# --- the workers ------------------------------------------------------------------------------------
 
 
 class DissectWorker:
-    """Hosts one generator and the segmenter; computes the partial statistics of chunks of seeds."""
+    """Hosts one generator, the segmenter and (when needed) the probe; computes chunk partials and
+    intervention tasks. A Ray actor, or a plain object in one process."""
 
     def __init__(self, study: Study, generator: str, threads: int | None = None):
         from ganscale.models import registry
@@ -82,36 +153,225 @@ class DissectWorker:
         self.generator = registry.build_generator(study.datasets[generator], f"datasets.{generator}",
                                                   study.storage_options).to(self.device)
         self.segmenter = build_segmenter(study).to(self.device)
-        self.classes = len(self.segmenter.class_names)
+        self.class_names = list(self.segmenter.class_names)
+        self.classes = len(self.class_names)
+        self.batch = batch_size(study)
         for layer in study.dissect.layers:
             intervene.layer_module(self.generator, layer)
+        seeds = sources.dataset_seeds(study.seed, f"dissect/{generator}", 2).tolist()
+        intervene.check_deterministic(self.generator, seeds, f"datasets.{generator}")
+        self._probe = None
 
-    def _maps(self, seeds: np.ndarray):
-        images, maps = intervene.featuremaps(self.generator, seeds.tolist(), self.study.dissect.layers)
-        segmentation = self.segmenter(images)
-        size = tuple(segmentation.shape[-2:])
-        return segmentation, {layer: stats.upsample(m, size) for layer, m in maps.items()}
+    # -- unit statistics
+
+    def _batches(self, seeds: np.ndarray, segment: bool):
+        """Per batch: (real rows, {layer: maps at the statistics size}, segmentation at that size)."""
+        layers = self.study.dissect.layers
+        for padded, keep in intervene.batches(seeds.tolist(), self.batch):
+            images, maps = intervene.featuremaps(self.generator, padded, layers)
+            size = stats.stats_size(tuple(images.shape[-2:]), STATS_SIDE)
+            segmentation = None
+            if segment:
+                segmentation = stats.subsample_segmentation(self.segmenter(images[:keep]), size)
+            yield keep, {layer: stats.upsample(m[:keep], size) for layer, m in maps.items()}, segmentation
+
+    @staticmethod
+    def _add(total: dict | None, part: dict) -> dict:
+        return part if total is None else {layer: total[layer].merge(p) for layer, p in part.items()}
 
     @torch.no_grad()
     def ranges(self, seeds: np.ndarray, first_id: int) -> dict:
-        _, maps = self._maps(seeds)
-        ids = np.arange(first_id, first_id + len(seeds))
-        return {layer: stats.UnitRange.of(m, ids, TOP_IMAGES) for layer, m in maps.items()}
+        total, done = None, 0
+        for keep, maps, _ in self._batches(seeds, segment=False):
+            ids = np.arange(first_id + done, first_id + done + keep)
+            total = self._add(total, {layer: stats.UnitRange.of(m, ids, TOP_IMAGES) for layer, m in maps.items()})
+            done += keep
+        return total
 
     @torch.no_grad()
     def histograms(self, seeds: np.ndarray, bounds: dict) -> dict:
-        _, maps = self._maps(seeds)
-        return {layer: stats.UnitHistogram.of(m, *bounds[layer]) for layer, m in maps.items()}
+        total = None
+        for _, maps, _ in self._batches(seeds, segment=False):
+            total = self._add(total, {layer: stats.UnitHistogram.of(m, *bounds[layer]) for layer, m in maps.items()})
+        return total
 
     @torch.no_grad()
     def contingency(self, seeds: np.ndarray, thresholds: dict) -> dict:
-        segmentation, maps = self._maps(seeds)
-        return {layer: stats.Contingency.of(m, segmentation, thresholds[layer], self.classes)
-                for layer, m in maps.items()}
+        total = None
+        for _, maps, segmentation in self._batches(seeds, segment=True):
+            total = self._add(total, {layer: stats.Contingency.of(m, segmentation, thresholds[layer], self.classes)
+                                      for layer, m in maps.items()})
+        return total
+
+    def info(self) -> dict:
+        """The segmenter's class names and the statistics resolution."""
+        images = intervene.render(self.generator, [0] * self.batch)
+        return {"classes": self.class_names, "stats_size": list(stats.stats_size(tuple(images.shape[-2:]), STATS_SIDE))}
+
+    # -- interventions
+
+    def _seeds(self) -> np.ndarray:
+        return sources.dataset_seeds(self.study.seed, f"dissect/{self.name}/interventions",
+                                     self.study.dissect.intervention_samples)
+
+    @torch.no_grad()
+    def class_effects(self, layer: str, cls: int, units: list[int], high: np.ndarray, map_side: int = MAP_SIDE,
+                      map_images: int = MAP_IMAGES) -> dict:
+        """Ablation and insertion of `units` for class `cls`: the switch effect on every intervention
+        seed; the insertion map (at most map_side x map_side pixels) and the downstream trace on the
+        first `map_images` of them."""
+        value = torch.as_tensor(np.array(high, dtype=np.float32))
+        seeds = self._seeds().tolist()
+        few = seeds[:map_images]
+        batch = min(self.batch, len(few))  # these compare renders of the same batches: any fixed shape will do
+        later = intervene.later_layers(self.generator, layer, intervene.layer_order(self.generator, layer))
+        effect = intervene.switch_effect(self.generator, self.segmenter, layer, units, value, cls, seeds,
+                                         self.classes, self.batch)
+        scales = intervene.channel_scales(self.generator, few, later, batch) if later else None
+        downstream = {"ablation": intervene.downstream_change(self.generator, few, layer, units, 0.0, later,
+                                                              batch, scales),
+                      "insertion": intervene.downstream_change(self.generator, few, layer, units, value, later,
+                                                               batch, scales)}
+        insertion = intervene.insertion_map(self.generator, self.segmenter, layer, units, value, cls, few,
+                                            self.classes, batch, later, map_side, scales)
+        return {"effect": effect, "downstream": downstream, "insertion_map": insertion}
+
+    def _probe_features(self, images: torch.Tensor) -> np.ndarray:
+        from ganscale.models import registry
+
+        layer = self.study.layers[-1]
+        if self._probe is None:
+            probe = registry.build_probe(self.study.probe, self.study.storage_options)
+            self._probe = probe.only([layer]).to(self.device)
+        maps, _ = self._probe(sources.resize_square(images.to(self.device), self._probe.input_size))
+        return maps[layer].float().mean((2, 3)).cpu().numpy()
+
+    def _frechet(self, real):
+        from ganscale.metrics import features as fm
+
+        def score(image_batches) -> float:
+            total = None
+            for images in image_batches():
+                part = fm.FeatureMoments.of(self._probe_features(images))
+                total = part if total is None else total.merge(part)
+            return fm.frechet_distance_from_moments(real, total)
+        return score
+
+    @torch.no_grad()
+    def artifact_scores(self, layer: str, units: list[int], real) -> list[float]:
+        """The artifact score (Fréchet distance to the real features) with each unit ablated alone,
+        on the first half of the intervention seeds."""
+        seeds = self._seeds()
+        return intervene.ablation_scores(self.generator, layer, [[u] for u in units], seeds[:len(seeds) // 2].tolist(),
+                                         self.batch, self._frechet(real))
+
+    @torch.no_grad()
+    def artifact_table(self, layer: str, top: list[int], random_units: list[int], real) -> dict:
+        """Scores on the held-out half: as is, without the top artifact units, without random units;
+        and the rank-half score as is (the baseline of the ranking)."""
+        seeds = self._seeds()
+        half = len(seeds) // 2
+        held = intervene.ablation_scores(self.generator, layer, [[], top, random_units], seeds[half:].tolist(),
+                                         self.batch, self._frechet(real))
+        base = intervene.ablation_scores(self.generator, layer, [[]], seeds[:half].tolist(), self.batch,
+                                         self._frechet(real))[0]
+        return {"before": held[0], "after_top": held[1], "after_random": held[2], "rank_baseline": base,
+                "samples": len(seeds) - half}
+
+    @torch.no_grad()
+    def panels(self, layer: str, units: list[int], ids: list[list[int]], thresholds: list[float],
+               seeds: list[int]) -> dict:
+        """Thumbnails of each unit's top-activating images and its thresholded mask."""
+        images_out, masks_out = [], []
+        for unit, unit_ids, threshold in zip(units, ids, thresholds):
+            chosen = [seeds[i] for i in unit_ids if i >= 0][:PANEL_IMAGES]
+            pics, masks = [], []
+            for padded, keep in intervene.batches(chosen, self.batch):
+                images, maps = intervene.featuremaps(self.generator, padded, [layer])
+                size = stats.stats_size(tuple(images.shape[-2:]), STATS_SIDE)
+                up = stats.upsample(maps[layer][:keep, unit:unit + 1], size)[:, 0]
+                pics.append(_thumbnails(images[:keep]))
+                masks.append((up > threshold).to(torch.uint8).cpu().numpy())
+            pics = np.concatenate(pics) if pics else np.zeros((0, 1, 1, 3), np.uint8)
+            masks = np.concatenate(masks) if masks else np.zeros((0, 1, 1), np.uint8)
+            images_out.append(_pad_rows(pics, PANEL_IMAGES))
+            masks_out.append(_pad_rows(masks, PANEL_IMAGES))
+        return {"images": np.stack(images_out), "masks": np.stack(masks_out)}
+
+    @torch.no_grad()
+    def pictures(self, layer: str, unit_sets: list[list[int]], highs: list[np.ndarray]) -> np.ndarray:
+        """[K, 3, I, h, w, 3] uint8: for each unit set, the first intervention seeds as they are,
+        with the units ablated and with them inserted."""
+        seeds = self._seeds()[:PICTURE_SEEDS].tolist()
+        padded = seeds + [seeds[-1]] * max(0, self.batch - len(seeds))
+        keep = len(seeds)
+        original = _thumbnails(intervene.render(self.generator, padded)[:keep])
+        out = []
+        for units, high in zip(unit_sets, highs):
+            with intervene.intervention(self.generator, layer, units, 0.0):
+                ablated = _thumbnails(intervene.render(self.generator, padded)[:keep])
+            with intervene.intervention(self.generator, layer, units, torch.as_tensor(np.array(high, np.float32))):
+                inserted = _thumbnails(intervene.render(self.generator, padded)[:keep])
+            out.append(np.stack([original, ablated, inserted]))
+        return np.stack(out) if out else np.zeros((0, 3, keep) + original.shape[1:], np.uint8)
+
+    def ready(self) -> bool:
+        return True
+
+
+def _thumbnails(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [0, 1] -> [B, h, w, 3] uint8, at most THUMBNAIL a side."""
+    if max(images.shape[-2:]) > THUMBNAIL:
+        images = sources.resize_square(images, THUMBNAIL)
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _pad_rows(array: np.ndarray, n: int) -> np.ndarray:
+    if len(array) >= n:
+        return array[:n]
+    return np.concatenate([array, np.zeros((n - len(array),) + array.shape[1:], array.dtype)])
+
+
+# --- distributing work --------------------------------------------------------------------------
+
+
+def _call(worker, method: str, *args):
+    """An ObjectRef of worker.method(*args): remote for actors, computed here and put for local
+    objects (tests, benchmarks)."""
+    import ray
+
+    call = getattr(worker, method)
+    return call.remote(*args) if hasattr(call, "remote") else ray.put(call(*args))
+
+
+def run_tasks(workers: list, tasks: list[tuple[str, tuple]], progress=None) -> list:
+    """Hand tasks (method, args) to the workers as they free up; the ObjectRefs, in task order."""
+    import ray
+
+    queue = deque(enumerate(tasks))
+    refs: list = [None] * len(tasks)
+    in_flight: dict = {}
+
+    def submit(worker):
+        if queue:
+            i, (method, args) = queue.popleft()
+            refs[i] = _call(worker, method, *args)
+            in_flight[refs[i]] = worker
+
+    for worker in workers:
+        submit(worker)
+    while in_flight:
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        worker = in_flight.pop(ready[0])
+        if progress:
+            progress()
+        submit(worker)
+    return refs
 
 
 def _merge(parts: list) -> dict:
-    """Merge per-layer partials ({layer: partial}); parts may be Ray object refs (fetched here, on the worker)."""
+    """Merge per-layer partials ({layer: partial}); parts may be Ray ObjectRefs (fetched where the
+    merge runs)."""
     import ray
 
     parts = [ray.get(p) if isinstance(p, ray.ObjectRef) else p for p in parts]
@@ -126,256 +386,313 @@ def reduce_partials(refs: list, fan_in: int = 8) -> dict:
     from ganscale.atlas import dask_scheduler
 
     parts = [dask.delayed(_merge)([r]) for r in refs]
-    while len(parts) > 1:
-        parts = [dask.delayed(_merge)(parts[i:i + fan_in]) for i in range(0, len(parts), fan_in)]
-    return dask.compute(parts[0], scheduler=dask_scheduler())[0]
+    return dask.compute(tree_reduce(parts, _merge, fan_in), scheduler=dask_scheduler())[0]
+
+
+def _translate(error: Exception, what: str) -> GanscaleError:
+    import ray
+
+    if isinstance(error, ray.exceptions.RayTaskError):
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, GanscaleError):
+            return GanscaleError(str(cause))
+        return GanscaleError(f"dissect: {what} failed: {str(cause or error).strip().splitlines()[-1]}")
+    if isinstance(error, ray.exceptions.RayActorError):
+        for line in str(error).splitlines():
+            if "GanscaleError: " in line:
+                return GanscaleError(line.split("GanscaleError: ", 1)[1].strip())
+        return GanscaleError(f"dissect: a worker died for good during {what} ({type(error).__name__}); rerun to resume")
+    return error if isinstance(error, GanscaleError) else GanscaleError(f"dissect: {what} failed: {error}")
+
+
+def statistics_pass(study: Study, workers: list, seeds: np.ndarray, method: str, arg, progress=None) -> dict:
+    """One pass over chunks of `seeds`: each chunk's partial on a worker, merged by Dask."""
+    import ray
+
+    step = study.dissect.chunk_size
+    tasks = [(method, (seeds[s:s + step], s if method == "ranges" else arg)) for s in range(0, len(seeds), step)]
+    try:
+        return reduce_partials(run_tasks(workers, tasks, progress))
+    except (ray.exceptions.RayError, GanscaleError) as e:
+        raise _translate(e, f"the {method} pass") from None
 
 
 def unit_statistics(study: Study, generator: str, workers: list, seeds: np.ndarray, progress=None) -> dict:
     """The three passes over chunks of `seeds`, spread over `workers` (actors or local objects)."""
-    import ray
-
-    step = study.dissect.chunk_size
-    chunks = [(s, seeds[s:s + step]) for s in range(0, len(seeds), step)]
-
-    def run_pass(method: str, *args):
-        refs = []
-        for i, (start, chunk) in enumerate(chunks):
-            worker = workers[i % len(workers)]
-            call = getattr(worker, method)
-            extra = (start,) if method == "ranges" else args
-            refs.append(call.remote(chunk, *extra) if hasattr(call, "remote") else ray.put(call(chunk, *extra)))
-        merged = reduce_partials(refs)
-        if progress:
-            progress(method)
-        return merged
-
-    ranges = run_pass("ranges")
-    histograms = run_pass("histograms", {layer: (r.low, r.high) for layer, r in ranges.items()})
+    ranges = statistics_pass(study, workers, seeds, "ranges", None, progress)
+    histograms = statistics_pass(study, workers, seeds, "histograms",
+                                 {layer: (r.low, r.high) for layer, r in ranges.items()}, progress)
     levels = candidate_levels(study.dissect.quantile)
     thresholds = {layer: h.quantiles(levels) for layer, h in histograms.items()}
-    contingency = run_pass("contingency", thresholds)
+    contingency = statistics_pass(study, workers, seeds, "contingency", thresholds, progress)
     return {"ranges": ranges, "histograms": histograms, "contingency": contingency, "levels": levels}
 
 
-def run(study: Study, *, address: str | None = None) -> dict:
-    import ray
+# --- the stage --------------------------------------------------------------------------------------
 
-    from ganscale.sample import init_ray, worker_resources
+
+def _write(group, name: str, value, dims: tuple[str, ...]) -> None:
+    value = np.asarray(value)
+    group.create_array(name, shape=value.shape, dtype=value.dtype, overwrite=True,
+                       dimension_names=dims[:value.ndim])[...] = value
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+class _Workers:
+    """Actors started on first use and killed at the end."""
+
+    def __init__(self, study: Study, name: str):
+        self.study, self.name, self.actors = study, name, None
+
+    def get(self) -> list:
+        import ray
+
+        from ganscale.sample import worker_resources
+
+        if self.actors is None:
+            n_workers, resources = worker_resources(self.study, None)
+            n_workers = min(n_workers, max(1, -(-self.study.dissect.samples // self.study.dissect.chunk_size)))
+            threads = max(1, int(resources["num_cpus"]))
+            if "num_gpus" not in resources:  # leave a CPU free for the Dask merge tasks
+                total = ray.cluster_resources().get("CPU", 1)
+                resources = {"num_cpus": min(resources["num_cpus"], max(0.25, (total - 1) / n_workers))}
+            actor = ray.remote(max_restarts=2, max_task_retries=2)(DissectWorker)
+            self.actors = [actor.options(**resources).remote(self.study, self.name, threads) for _ in range(n_workers)]
+            try:
+                ray.get([a.ready.remote() for a in self.actors])
+            except ray.exceptions.RayError as e:
+                raise _translate(e, "starting the workers") from None
+        return self.actors
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors or []:
+            ray.kill(actor)
+
+
+def run(study: Study, *, address: str | None = None) -> dict:
+    """The dissect stage: every generator of `dissect.generators` (default: all), resuming what is
+    stored. Returns {"computed": [...], "skipped": [...]}."""
+    from ganscale.sample import init_ray
 
     if study.dissect is None:
         return {"skipped": "the study has no dissect section"}
     t_start = time.time()
     root = schema.open_store(study.store, study.storage_options)
-    stages = dict(root.attrs.get("stages", {}))
-    done = dict(stages.get("dissect", {}).get("generators", {}))
-    init_ray(address)
+    done = dict(root.attrs.get("stages", {}).get("dissect", {}).get("generators", {}))
     computed = []
     for name in generators_of(study):
         fp = fingerprint(study, name)
-        if done.get(name, {}).get("fingerprint") == fp:
+        if done.get(name, {}).get("fingerprint") == fp and root.get(f"dissect/{name}") is not None:
             continue
+        init_ray(address)
         t0 = time.time()
-        seeds = sources.dataset_seeds(study.seed, f"dissect/{name}", study.dissect.samples)
-        n_workers, resources = worker_resources(study, None)
-        n_workers = min(n_workers, -(-len(seeds) // study.dissect.chunk_size))
-        threads = max(1, int(resources["num_cpus"]))
-        if "num_gpus" not in resources:  # leave a CPU free for the Dask merge tasks that run between passes
-            total = ray.cluster_resources().get("CPU", 1)
-            resources = {"num_cpus": min(resources["num_cpus"], max(0.25, (total - 1) / n_workers))}
-        actor = ray.remote(max_restarts=2, max_task_retries=2)(DissectWorker)
-        workers = [actor.options(**resources).remote(study, name, threads) for _ in range(n_workers)]
+        workers = _Workers(study, name)
         try:
-            ray.get([w.__ray_ready__.remote() for w in workers])
-        except ray.exceptions.RayActorError as e:
-            from ganscale.sample import _actor_failure
-
-            raise GanscaleError(_actor_failure(e, ("dissect", 0))) from None
-        try:
-            unit = unit_statistics(study, name, workers, seeds, progress=lambda p: log.info("dissect %s: %s pass", name, p))
+            dissect_generator(study, root, name, fp, workers)
         finally:
-            for w in workers:
-                ray.kill(w)
-        labels = {layer: stats.label_units(unit["contingency"][layer], study.dissect.threshold,
-                                           unit["levels"].index(round(study.dissect.quantile, 6)))
-                  for layer in study.dissect.layers}
-        quantile_values = {layer: unit["histograms"][layer].quantiles([study.dissect.quantile])[:, 0]
-                           for layer in study.dissect.layers}
-        from ganscale.metrics.stage import _task_options
-
-        results = ray.get(ray.remote(intervention_task).options(**_task_options()).remote(
-            study, name, {layer: {k: np.asarray(v).tolist() for k, v in lab.items()} for layer, lab in labels.items()},
-            {layer: q.tolist() for layer, q in quantile_values.items()}))
-        write_generator(root, study, name, seeds, unit, labels, results, fp)
+            workers.close()
         done[name] = {"fingerprint": fp, "seconds": round(time.time() - t0, 2)}
         computed.append(name)
         stages = dict(root.attrs.get("stages", {}))
-        stages["dissect"] = {"generators": done, "seconds": round(time.time() - t_start, 2), "fingerprint": digest(done)}
+        stages["dissect"] = {"generators": done, "seconds": round(time.time() - t_start, 2),
+                             "fingerprint": digest(done)}
         root.attrs["stages"] = stages
     return {"computed": computed, "skipped": [n for n in generators_of(study) if n not in computed]}
 
 
-def layer_summary(label: dict, class_names: list[str], iou_min: float) -> dict:
-    interpretable = np.asarray(label["iou"]) > iou_min
-    concepts: dict[str, int] = {}
-    for c in np.asarray(label["class"])[interpretable]:
-        concepts[class_names[int(c)]] = concepts.get(class_names[int(c)], 0) + 1
-    order = np.argsort(-np.asarray(label["iou"]), kind="stable")
-    return {"units": len(interpretable), "interpretable": int(interpretable.sum()), "concepts": concepts,
-            "distinct_concepts": len(concepts), "iou_min": iou_min,
-            "top_units": [{"unit": int(u), "class": class_names[int(label["class"][u])],
-                           "iou": float(label["iou"][u]), "iqr": float(label["iqr"][u]),
-                           "threshold": float(label["threshold"][u])} for u in order[:10]]}
+def dissect_generator(study: Study, root, name: str, fp: str, workers: _Workers) -> None:
+    import ray
+
+    from ganscale.progress import Progress
+
+    settings = study.dissect
+    group = root.get(f"dissect/{name}")
+    if group is None or group.attrs.get("fingerprint") != fp:
+        group = root.create_group(f"dissect/{name}", overwrite=True, attributes={"fingerprint": fp, "passes": []})
+    passes = list(group.attrs.get("passes", []))
+    seeds = sources.dataset_seeds(study.seed, f"dissect/{name}", settings.samples)
+    layers = settings.layers
+    levels = candidate_levels(settings.quantile)
+    n_chunks = -(-len(seeds) // settings.chunk_size)
+
+    def layer_group(layer):
+        return group.require_group(layer)
+
+    def finish(pass_name: str) -> None:
+        passes.append(pass_name)
+        group.attrs["passes"] = passes
+
+    def run_pass(method: str, arg) -> dict:
+        bar = Progress(f"dissect {name}: {method}", n_chunks, unit="chunks")
+        try:
+            return statistics_pass(study, workers.get(), seeds, method, arg, lambda: bar.advance(1))
+        finally:
+            bar.close()
+
+    if "ranges" not in passes:
+        ranges = run_pass("ranges", None)
+        for layer, r in ranges.items():
+            g = layer_group(layer)
+            _write(g, "seeds", seeds, ("sample",))
+            for key in ("low", "high"):
+                _write(g, key, getattr(r, key), ("unit",))
+            _write(g, "top_ids", r.top_ids, ("unit", "rank"))
+            _write(g, "top_values", r.top_values, ("unit", "rank"))
+        finish("ranges")
+    bounds = {layer: (group[f"{layer}/low"][...], group[f"{layer}/high"][...]) for layer in layers}
+
+    if "histograms" not in passes:
+        histograms = run_pass("histograms", bounds)
+        for layer, h in histograms.items():
+            _write(layer_group(layer), "histogram", h.counts, ("unit", "bin"))
+            _write(layer_group(layer), "quantile_value", h.quantiles([settings.quantile])[:, 0].astype(np.float32),
+                   ("unit",))
+            _write(layer_group(layer), "thresholds", h.quantiles(levels), ("unit", "candidate"))
+        finish("histograms")
+    thresholds = {layer: group[f"{layer}/thresholds"][...] for layer in layers}
+
+    if "contingency" not in passes:
+        contingency = run_pass("contingency", thresholds)
+        info = ray.get(_call(workers.get()[0], "info"))
+        class_names, size = info["classes"], info["stats_size"]
+        for layer, c in contingency.items():
+            g = layer_group(layer)
+            _write(g, "intersection", c.intersection, ("unit", "class", "candidate"))
+            _write(g, "unit_area", c.unit_area, ("unit", "candidate"))
+            _write(g, "class_area", c.class_area, ("class",))
+            label = stats.label_units(c, settings.threshold, levels.index(round(settings.quantile, 6)))
+            _write(g, "label", label["class"].astype(np.int32), ("unit",))
+            for key in ("iou", "iqr", "threshold"):
+                _write(g, key, label[key].astype(np.float32), ("unit",))
+            _write(g, "iou_all", label["iou_all"].astype(np.float32), ("unit", "class"))
+            _write(g, "iqr_all", label["iqr_all"].astype(np.float32), ("unit", "class"))
+            _write(g, "threshold_all", label["threshold_all"].astype(np.float32), ("unit", "class"))
+            g.attrs.update(_jsonable({"fingerprint": fp, "classes": class_names, "method": settings.threshold,
+                                      "quantile": settings.quantile, "candidate_levels": levels,
+                                      "stats_size": list(size), "pixels": c.pixels,
+                                      "labels": stats.layer_summary(label, class_names, settings.iou_min)}))
+        finish("contingency")
+
+    for layer in layers:
+        g = group[layer]
+        if "results" in g.attrs:
+            continue
+        log.info("dissect %s %s: interventions", name, layer)
+        results, arrays = layer_interventions(study, g, layer, workers)
+        for key, (value, dims) in arrays.items():
+            _write(g, key, value, dims)
+        g.attrs["results"] = _jsonable(results)
 
 
-def write_generator(root, study: Study, name: str, seeds, unit: dict, labels: dict, results: dict, fp: str) -> None:
-    for layer in study.dissect.layers:
-        group = root.create_group(f"dissect/{name}/{layer}", overwrite=True)
-        c = unit["contingency"][layer]
-        r = unit["ranges"][layer]
-        lab = labels[layer]
-        arrays = {"seeds": seeds, "low": r.low, "high": r.high, "histogram": unit["histograms"][layer].counts,
-                  "thresholds": c.thresholds, "intersection": c.intersection, "unit_area": c.unit_area,
-                  "class_area": c.class_area, "label": lab["class"].astype(np.int32),
-                  "iou": lab["iou"].astype(np.float32), "iqr": lab["iqr"].astype(np.float32),
-                  "threshold": lab["threshold"].astype(np.float32), "top_ids": r.top_ids}
-        for key, value in arrays.items():
-            value = np.asarray(value)
-            group.create_array(key, shape=value.shape, dtype=value.dtype)[...] = value
-        class_names = results["class_names"]
-        summary = layer_summary(lab, class_names, study.dissect.iou_min)
-        group.attrs.update({"fingerprint": fp, "classes": class_names, "method": study.dissect.threshold,
-                            "quantile": study.dissect.quantile, "candidate_levels": unit["levels"],
-                            "results": {"labels": summary, **results["layers"][layer]}})
+def top_units(iou_all: np.ndarray, cls: int, k: int) -> np.ndarray:
+    """The k units with the highest IoU for class `cls` (ties: lower unit first)."""
+    return np.argsort(-iou_all[:, cls], kind="stable")[:k]
 
 
-def intervention_task(study: Study, name: str, labels: dict, quantile_values: dict) -> dict:
-    """Ablation and insertion of each class's top units, insertion maps, downstream tracing and
-    artifact units, on `dissect.intervention_samples` fresh seeds (Ray task, GPU when there is one)."""
-    from ganscale.metrics.stage import _device, _threads
-
-    _threads()
-    device = _device()
-    from ganscale.models import registry
-
-    generator = registry.build_generator(study.datasets[name], f"datasets.{name}", study.storage_options).to(device)
-    segmenter = build_segmenter(study).to(device)
-    class_names = list(segmenter.class_names)
-    seeds = sources.dataset_seeds(study.seed, f"dissect/{name}/interventions", study.dissect.intervention_samples)
-    intervene.check_deterministic(generator, seeds[:4].tolist(), f"datasets.{name}")
-    out = {"class_names": class_names, "layers": {}}
-    artifact = artifact_scorer(study, name)
-    for layer in study.dissect.layers:
-        lab = {k: np.asarray(v) for k, v in labels[layer].items()}
-        high = torch.as_tensor(quantile_values[layer], dtype=torch.float32)
-        layer_out = {"interventions": {}, "insertion_maps": {}, "downstream": {}}
-        base_images = intervene.render_batched(generator, seeds.tolist())
-        base_seg = segment(segmenter, base_images)
-        later = intervene.later_layers(generator, layer, getattr(generator, "layer_names", study.dissect.layers))
-        for c, cname in enumerate(class_names):
-            units = np.argsort(-lab["iou_all"][:, c], kind="stable")[:study.dissect.top_k]
-            if lab["iou_all"][units[0], c] <= study.dissect.iou_min:
-                continue  # no unit of this layer stands for the class
-            base = float((base_seg == c).float().mean())
-            with intervene.intervention(generator, layer, units, 0.0):
-                ablated = float((segment(segmenter, intervene.render_batched(generator, seeds.tolist())) == c).float().mean())
-            with intervene.intervention(generator, layer, units, high[units]):
-                inserted = float((segment(segmenter, intervene.render_batched(generator, seeds.tolist())) == c).float().mean())
-            layer_out["interventions"][cname] = {
-                "units": units.tolist(), "ious": lab["iou_all"][units, c].tolist(), "base_fraction": base,
-                "ablated_fraction": ablated, "inserted_fraction": inserted,
-                "removed_share": 1 - ablated / base if base > 0 else None, "ace": inserted - ablated}
-            layer_out["insertion_maps"][cname] = insertion_map(generator, segmenter, layer, units, high[units], c,
-                                                              seeds[:64].tolist(), base_seg[:64])
-            layer_out["downstream"][cname] = intervene.downstream_change(generator, seeds[:64].tolist(), layer,
-                                                                         units, high[units], later)
-        if artifact is not None:
-            layer_out["artifacts"] = artifact_units(study, generator, layer, seeds, artifact)
-        out["layers"][layer] = layer_out
-    return out
+def panel_units(label: np.ndarray, iou: np.ndarray, n: int) -> list[int]:
+    """Units for the report: the best unit of each concept first (by IoU), then the rest by IoU."""
+    order = [int(u) for u in np.argsort(-iou, kind="stable")]
+    best: dict[int, int] = {}
+    for u in order:
+        best.setdefault(int(label[u]), u)
+    first = sorted(best.values(), key=lambda u: -iou[u])
+    return (first + [u for u in order if u not in first])[:n]
 
 
-@torch.no_grad()
-def segment(segmenter, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
-    return torch.cat([segmenter(images[i:i + batch]) for i in range(0, len(images), batch)])
+def layer_interventions(study: Study, g, layer: str, workers: _Workers) -> tuple[dict, dict]:
+    """The layer's intervention tasks on the workers: per class with an interpretable unit, the
+    switch effect, insertion map and downstream trace of its top-k units; artifact units; pictures."""
+    import ray
+
+    settings = study.dissect
+    class_names = list(g.attrs["classes"])
+    iou_all, high = g["iou_all"][...], g["quantile_value"][...]
+    label, iou, threshold_all = g["label"][...], g["iou"][...], g["threshold_all"][...]
+    classes = [c for c in range(len(class_names)) if iou_all[:, c].max() > settings.iou_min]
+    unit_sets = {c: top_units(iou_all, c, settings.top_k) for c in classes}
+    tasks = [("class_effects", (layer, c, unit_sets[c].tolist(), high[unit_sets[c]], MAP_SIDE, MAP_IMAGES))
+             for c in classes]
+    shown = panel_units(label, iou, PANEL_UNITS)
+    top_ids = g["top_ids"][...]
+    seeds = g["seeds"][...].tolist()
+    tasks.append(("panels", (layer, shown, [top_ids[u].tolist() for u in shown],
+                             [float(threshold_all[u, label[u]]) for u in shown], seeds)))
+    tasks.append(("pictures", (layer, [unit_sets[c].tolist() for c in classes], [high[unit_sets[c]] for c in classes])))
+    real = _real_moments(study) if settings.intervention_samples >= 4 else None
+    units = len(iou)
+    if real is not None:
+        real_ref = ray.put(real)
+        blocks = [list(range(u0, min(units, u0 + ARTIFACT_BLOCK))) for u0 in range(0, units, ARTIFACT_BLOCK)]
+        tasks += [("artifact_scores", (layer, block, real_ref)) for block in blocks]
+    try:
+        out = ray.get(run_tasks(workers.get(), tasks))
+    except ray.exceptions.RayError as e:
+        raise _translate(e, f"the interventions on {layer}") from None
+    effects, panels, pictures = out[:len(classes)], out[len(classes)], out[len(classes) + 1]
+    results = {"labels": dict(g.attrs["labels"]), "interventions": {}, "insertion_maps": {}, "downstream": {}}
+    for c, res in zip(classes, effects):
+        name = class_names[c]
+        res["effect"]["ious"] = iou_all[unit_sets[c], c].tolist()
+        results["interventions"][name] = res["effect"]
+        results["insertion_maps"][name] = res["insertion_map"]
+        results["downstream"][name] = res["downstream"]
+    arrays = {"panel_units": (np.asarray(shown, np.int32), ("panel",)),
+              "panel_images": (panels["images"], ("panel", "image", "y", "x", "rgb")),
+              "panel_masks": (panels["masks"], ("panel", "image", "y", "x")),
+              "intervention_images": (pictures, ("class", "switch", "image", "y", "x", "rgb"))}
+    if real is not None:
+        scores = np.concatenate([np.asarray(s) for s in out[len(classes) + 2:]])
+        k = min(settings.artifact_units, units)
+        improvement_order = np.argsort(scores, kind="stable")  # lowest score after ablation first
+        top = improvement_order[:k]
+        random_units = np.sort(np.random.default_rng(study.seed).choice(units, size=k, replace=False))
+        try:
+            table = ray.get(_call(workers.get()[0], "artifact_table", layer, top.tolist(), random_units.tolist(),
+                                  real_ref))
+        except ray.exceptions.RayError as e:
+            raise _translate(e, f"the artifact table of {layer}") from None
+        baseline = table.pop("rank_baseline")
+        results["artifacts"] = {
+            "score": f"Fréchet distance to {_artifact_reference(study)} on {study.probe.name} {study.layers[-1]} "
+                     "spatially pooled features",
+            "k": int(k), **table, "units": top.tolist(), "improvement": (baseline - scores[top]).tolist(),
+            "random_units": random_units.tolist(), "rank_samples": settings.intervention_samples // 2}
+        arrays["artifact_scores"] = (scores.astype(np.float32), ("unit",))
+    return results, arrays
 
 
-MAP_SIDE = 8  # insertion maps probe at most an 8x8 grid of featuremap pixels
-
-
-@torch.no_grad()
-def insertion_map(generator, segmenter, layer: str, units, values, cls: int, seeds: list[int], base_seg) -> dict:
-    """Where inserting the units at one featuremap pixel adds the class: mean increase of the
-    class's pixel share per inserted pixel position (seed 004's doors)."""
-    _, maps = intervene.featuremaps(generator, seeds[:1], [layer])
-    h, w = maps[layer].shape[-2:]
-    ys = np.unique(np.linspace(0, h - 1, min(h, MAP_SIDE)).round().astype(int))
-    xs = np.unique(np.linspace(0, w - 1, min(w, MAP_SIDE)).round().astype(int))
-    base = (base_seg == cls).float().mean().item()
-    gain = np.zeros((len(ys), len(xs)))
-    for i, y in enumerate(ys):
-        for j, x in enumerate(xs):
-            where = torch.zeros(h, w)
-            where[y, x] = 1
-            with intervene.intervention(generator, layer, units, values, where):
-                seg = segment(segmenter, intervene.render_batched(generator, seeds))
-            gain[i, j] = (seg == cls).float().mean().item() - base
-    return {"rows": ys.tolist(), "cols": xs.tolist(), "gain": gain.tolist()}
-
-
-def artifact_scorer(study: Study, name: str):
-    """FID-like score of generated images against the first real dataset: Fréchet distance of the
-    probe's pooled features of the last study layer (stored by the sample stage)."""
+def _real_moments(study: Study):
+    """Feature moments of the first real dataset's stored pooled features (last study layer), or
+    None when they are not in the store (the sample stage has not run it)."""
     from ganscale.metrics import features as fm
-    from ganscale.metrics.stage import real_datasets, stored_moments
-    from ganscale.models import registry
 
-    reals = real_datasets(study)
-    root = schema.open_store(study.store, study.storage_options, mode="r")
-    if not reals or root.get(f"{schema.dataset_path(reals[0])}/layers/{study.layers[-1]}/pooled") is None:
+    real = _artifact_reference(study)
+    if real is None:
         return None
-    layer = study.layers[-1]
-    real = stored_moments(study, root, reals[0], f"layers/{layer}/pooled")
-    probe = registry.build_probe(study.probe, study.storage_options).only([layer]).to(_device_of())
-
-    @torch.no_grad()
-    def score(images: torch.Tensor) -> float:
-        feats = []
-        for i in range(0, len(images), 256):
-            maps, _ = probe(sources.resize_square(images[i:i + 256].to(_device_of()), probe.input_size))
-            feats.append(maps[layer].float().mean((2, 3)).cpu().numpy())
-        return fm.frechet_distance_from_moments(real, fm.FeatureMoments.of(np.concatenate(feats)))
-
-    score.description = f"Fréchet distance to {reals[0]} on {study.probe.name} {layer} pooled features"
-    return score
-
-
-def _device_of():
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@torch.no_grad()
-def artifact_units(study: Study, generator, layer: str, seeds: np.ndarray, score) -> dict:
-    """Rank units by how much ablating each alone lowers the score on the first half of the seeds;
-    then, on the other half, the score before and after ablating the top-k artifact units, against
-    ablating k random units (seed 004's table)."""
-    k = study.dissect.artifact_units
-    half = len(seeds) // 2
-    rank_seeds, test_seeds = seeds[:half].tolist(), seeds[half:].tolist()
-    base = score(intervene.render_batched(generator, rank_seeds))
-    _, maps = intervene.featuremaps(generator, rank_seeds[:1], [layer])
-    units = maps[layer].shape[1]
-    improvement = np.zeros(units)
-    for u in range(units):
-        with intervene.intervention(generator, layer, [u], 0.0):
-            improvement[u] = base - score(intervene.render_batched(generator, rank_seeds))
-    top = np.argsort(-improvement, kind="stable")[:k]
-    random_units = np.random.default_rng(study.seed).choice(units, size=min(k, units), replace=False)
-    before = score(intervene.render_batched(generator, test_seeds))
-    with intervene.intervention(generator, layer, top, 0.0):
-        after_top = score(intervene.render_batched(generator, test_seeds))
-    with intervene.intervention(generator, layer, random_units, 0.0):
-        after_random = score(intervene.render_batched(generator, test_seeds))
-    return {"score": score.description, "k": int(k), "samples": len(test_seeds), "units": top.tolist(),
-            "improvement": improvement[top].tolist(), "before": before, "after_top": after_top,
-            "random_units": random_units.tolist(), "after_random": after_random}
+    root = schema.open_store(study.store, study.storage_options, mode="r")
+    group = root.get(schema.dataset_path(real))
+    path = f"layers/{study.layers[-1]}/pooled"
+    if group is None or group.get(path) is None or not schema.done_chunks(group).all():
+        log.warning("dissect: no artifact units (dataset %s is not sampled)", real)
+        return None
+    array = group[path]
+    total = None
+    for start in range(0, array.shape[0], array.chunks[0]):
+        part = fm.FeatureMoments.of(array[start:start + array.chunks[0]])
+        total = part if total is None else total.merge(part)
+    return total

@@ -1,6 +1,10 @@
-"""The dissection section of the report: per generator and layer, interpretable units per concept,
-the top units' top-activating images with their thresholded masks, interventions (ablated and
-inserted images), insertion maps, downstream tracing and the artifact-units table."""
+"""The dissection section of the report, from the store alone (no model is run): per generator and
+layer, interpretable units per concept (bar chart), the top units' top-activating images with the
+thresholded unit outlined, the interventions table and pictures (each class's top units switched
+off and on), insertion maps (where inserting a class's units at one featuremap pixel adds the
+class, and by the class that was there), downstream tracing, and the artifact-units table.
+
+`dissect_section(study, root, out) -> (html, summary)` is what the report calls."""
 
 from __future__ import annotations
 
@@ -12,45 +16,63 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from ganscale import render  # noqa: E402
-from ganscale.dissect import generators_of, intervene, stats  # noqa: E402
+from ganscale.dissect import generators_of  # noqa: E402
 from ganscale.study import Study  # noqa: E402
 
-UNITS_SHOWN = 8
-IMAGES_PER_UNIT = 4
 
-
-def concept_bars(concepts: dict[str, int], title: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(max(3, 0.7 * len(concepts) + 1.5), 2.6))
-    names = sorted(concepts, key=lambda k: -concepts[k])
-    ax.bar(names, [concepts[n] for n in names], color="#4c72b0")
+def concept_bars(concepts: dict[str, int], title: str, path: Path, strict: dict[str, int] | None = None,
+                 labels: tuple[str, str] = ("IoU", "IoU and IQR")) -> Path:
+    """Interpretable units per concept; with `strict`, a second bar per concept (a stricter rule)."""
+    fig, ax = plt.subplots(figsize=(max(3.2, 0.8 * len(concepts) + 1.8), 2.8))
+    names = sorted(concepts, key=lambda k: (-concepts[k], k))
+    x = np.arange(len(names))
+    width = 0.4 if strict is not None else 0.8
+    series = [(concepts, "#4c72b0", labels[0])] + ([(strict, "#dd8452", labels[1])] if strict is not None else [])
+    for i, (counts, colour, label) in enumerate(series):
+        xs = x + (i - (len(series) - 1) / 2) * width
+        values = [counts.get(n, 0) for n in names]
+        ax.bar(xs, values, width, color=colour, label=label)
+        for xi, v in zip(xs, values):
+            ax.text(xi, v, str(v), ha="center", va="bottom", fontsize=6)
+    ax.set_xticks(x, names)
     ax.set_ylabel("interpretable units", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=8)
+    if strict is not None:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def unit_panel(images: dict[int, tuple[torch.Tensor, torch.Tensor]], labels: dict[int, str], title: str,
-               path: Path) -> Path:
-    """Rows of units: each top-activating image with the unit's above-threshold region outlined in yellow."""
-    fig, axes = plt.subplots(len(images), IMAGES_PER_UNIT, figsize=(1.2 * IMAGES_PER_UNIT + 1.8, 1.25 * len(images) + 0.5),
-                             squeeze=False)
-    for r, (unit, (pics, masks)) in enumerate(images.items()):
-        axes[r, 0].set_ylabel(labels[unit], rotation=0, ha="right", va="center", fontsize=7)
-        for c in range(IMAGES_PER_UNIT):
+def unit_panel(images: np.ndarray, masks: np.ndarray, labels: list[str], title: str, path: Path) -> Path:
+    """Rows of units: each top-activating image (uint8 [I, h, w, 3]) with the unit's
+    above-threshold region (masks [I, S, S']) outlined in yellow and the rest darkened."""
+    rows, cols = images.shape[:2]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols + 1.8, 1.25 * rows + 0.5), squeeze=False)
+    for r in range(rows):
+        axes[r, 0].set_ylabel(labels[r], rotation=0, ha="right", va="center", fontsize=7)
+        for c in range(cols):
             ax = axes[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
-            if c >= len(pics):
+            image = images[r, c].astype(np.float32) / 255
+            if not image.any():
                 ax.axis("off")
                 continue
-            ax.imshow(pics[c].permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-            ax.contour(masks[c].numpy().astype(float), levels=[0.5], colors="yellow", linewidths=1.0)
+            h, w = image.shape[:2]
+            mask = masks[r, c].astype(float)
+            extent = (-0.5, w - 0.5, h - 0.5, -0.5)
+            ax.imshow(image, interpolation="nearest")
+            ax.imshow(np.zeros_like(mask), cmap="gray", vmin=0, vmax=1, alpha=0.6 * (1 - mask), extent=extent,
+                      interpolation="nearest")  # outside the unit's mask: darkened
+            if 0 < mask.sum() < mask.size:
+                ys = (np.arange(mask.shape[0]) + 0.5) * h / mask.shape[0] - 0.5
+                xs = (np.arange(mask.shape[1]) + 0.5) * w / mask.shape[1] - 0.5
+                ax.contour(xs, ys, mask, levels=[0.5], colors="yellow", linewidths=1.0)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -58,109 +80,160 @@ def unit_panel(images: dict[int, tuple[torch.Tensor, torch.Tensor]], labels: dic
     return path
 
 
-def insertion_heatmaps(maps: dict[str, dict], title: str, path: Path) -> Path:
-    fig, axes = plt.subplots(1, len(maps), figsize=(2.6 * len(maps), 2.6), squeeze=False)
-    for ax, (cls, m) in zip(axes[0], maps.items()):
-        gain = np.asarray(m["gain"])
-        image = ax.imshow(gain, cmap="viridis", origin="upper")
-        ax.set_title(f"{cls}", fontsize=8)
-        ax.set_xticks(range(len(m["cols"])), m["cols"], fontsize=6)
-        ax.set_yticks(range(len(m["rows"])), m["rows"], fontsize=6)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+def insertion_figure(maps: dict[str, dict], title: str, path: Path) -> Path:
+    """Per class: mean gain and success rate per inserted featuremap pixel, and gain by the class
+    that was at the pixel before the insertion."""
+    fig, axes = plt.subplots(3, len(maps), figsize=(2.7 * len(maps), 7.4), squeeze=False)
+    for k, (cls, m) in enumerate(maps.items()):
+        for row, (key, label) in enumerate((("gain", "class share gained"), ("success", "success rate"))):
+            ax = axes[row, k]
+            image = ax.imshow(np.asarray(m[key]), cmap="viridis", origin="upper",
+                              vmin=0 if key == "success" else None, vmax=1 if key == "success" else None)
+            ax.set_title(f"{cls}: {label}", fontsize=8)
+            ax.set_xticks(range(len(m["cols"])), m["cols"], fontsize=6)
+            ax.set_yticks(range(len(m["rows"])), m["rows"], fontsize=6)
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+        ax = axes[2, k]
+        contexts = m["by_context"]
+        names = list(contexts)
+        ax.bar(names, [contexts[n]["gain"] for n in names], color="#55a868")
+        ax.set_title(f"{cls}: gain by class at the pixel", fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.tick_params(axis="x", rotation=45)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def downstream_figure(downstream: dict[str, dict], maps: dict[str, dict], title: str, path: Path) -> Path | None:
+    """Per class: the mean normalised change in each later layer after ablating / inserting the
+    units over the whole map, and after 1-pixel insertions that did / did not add the class."""
+    panels = []
+    for cls, d in downstream.items():
+        series = {f"{kind}, whole map": d[kind] for kind in ("ablation", "insertion") if d.get(kind)}
+        by_vis = maps.get(cls, {}).get("downstream_by_visibility") or {}
+        for vis in ("visible", "invisible"):
+            values = {n: v[vis] for n, v in by_vis.items() if v[vis] is not None}
+            if values:
+                series[f"1-pixel insertion, {vis}"] = values
+        if series:
+            panels.append((cls, series))
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (cls, series) in zip(axes.flat, panels):
+        for label, values in series.items():
+            names = list(values)
+            ax.plot(range(len(names)), [max(values[n], 1e-6) for n in names], marker="o", markersize=3, label=label)
+            ax.set_xticks(range(len(names)), names, fontsize=7)
+        ax.set_yscale("log")
+        ax.set_title(cls, fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
 def dissect_section(study: Study, root, out: Path) -> tuple[str, dict]:
+    """The report's dissection section: (html fragment, summary entry {generator: {layer: results}})."""
     if study.dissect is None or root.get("dissect") is None:
         return "", {}
-    from ganscale.dissect import build_segmenter
-    from ganscale.models import registry
-
     folder = out / "dissect"
     folder.mkdir(exist_ok=True)
-    parts = [f"<h2>Dissection</h2><p>Generator layers against the {html.escape(study.dissect.segmenter.name)} "
-             f"segmenter over {study.dissect.samples} samples; threshold per unit: "
-             f"{'IQR-maximising (Bau et al. 2019)' if study.dissect.threshold == 'iqr' else f'{study.dissect.quantile} quantile'}"
-             f"; a unit is interpretable with IoU &gt; {study.dissect.iou_min}. Interventions on "
-             f"{study.dissect.intervention_samples} other samples: the top {study.dissect.top_k} units of each class "
-             "set to 0 (ablation) or to their high quantile (insertion); ACE = class share after insertion minus "
-             "after ablation.</p>"]
+    settings = study.dissect
+    method = ("the threshold maximising the information quality ratio I/H (Bau et al. 2019)"
+              if settings.threshold == "iqr" else f"the {settings.quantile} quantile")
+    parts = [f"<h2>Dissection</h2><p>Generator layers against the {html.escape(settings.segmenter.name)} "
+             f"segmenter over {settings.samples} samples, featuremaps upsampled to the segmentation; threshold per "
+             f"unit and class: {method}; IoU pools pixels over all images; a unit is interpretable with IoU &gt; "
+             f"{settings.iou_min}. Interventions on {settings.intervention_samples} other samples: the top "
+             f"{settings.top_k} units of each class (by IoU) set to 0 (ablation) or to their {settings.quantile} "
+             "quantile (insertion); ACE = class share after insertion minus after ablation; 'removed' = share of "
+             "the class's pixels gone after ablation.</p>"]
     summary: dict = {}
-    segmenter = build_segmenter(study)
     for name in generators_of(study):
         if root.get(f"dissect/{name}") is None:
             continue
-        generator = registry.build_generator(study.datasets[name], f"datasets.{name}", study.storage_options)
         summary[name] = {}
-        for layer in study.dissect.layers:
-            group = root[f"dissect/{name}/{layer}"]
+        for layer in settings.layers:
+            group = root.get(f"dissect/{name}/{layer}")
+            if group is None or "results" not in group.attrs:
+                continue
             results = dict(group.attrs["results"])
             summary[name][layer] = results
-            labels = results["labels"]
-            parts.append(f"<h3>{html.escape(name)} {html.escape(layer)}: {labels['interpretable']} of "
-                         f"{labels['units']} units interpretable, {labels['distinct_concepts']} concepts</h3>")
-            if labels["concepts"]:
-                bars = concept_bars(labels["concepts"], f"{name} {layer}: interpretable units per concept",
-                                    folder / f"concepts_{name}_{layer}.png")
-                parts.append(f'<img src="{bars.relative_to(out)}">')
-            parts.append(render.html_table(["unit", "class", "IoU", "IQR", "threshold"],
-                                [[u["unit"], u["class"], u["iou"], u["iqr"], u["threshold"]] for u in labels["top_units"]]))
-            panel = top_units_figure(generator, group, layer, labels, folder / f"units_{name}_{layer}.png",
-                                     f"{name} {layer}: top-activating images, unit above its threshold outlined")
-            parts.append(f'<img src="{panel.relative_to(out)}">')
-            if results["interventions"]:
-                parts.append("<h4>Interventions</h4>" + render.html_table(
-                    ["class", "units", "share before", "after ablation", "removed", "after insertion", "ACE"],
-                    [[c, len(v["units"]), v["base_fraction"], v["ablated_fraction"], v["removed_share"],
-                      v["inserted_fraction"], v["ace"]] for c, v in results["interventions"].items()]))
-                pictures = interventions_figure(generator, segmenter, group, layer, results,
-                                                folder / f"interventions_{name}_{layer}.png", f"{name} {layer}")
-                heat = insertion_heatmaps(results["insertion_maps"], f"{name} {layer}: class share gained by inserting "
-                                          "the class's units at one featuremap pixel", folder / f"insertion_{name}_{layer}.png")
-                parts.append(f'<img src="{pictures.relative_to(out)}"><img src="{heat.relative_to(out)}">')
-                parts.append("<p>Downstream: normalised change in later layers after insertion: " + "; ".join(
-                    f"{html.escape(c)}: " + ", ".join(f"{k} {v:.3f}" for k, v in d.items())
-                    for c, d in results["downstream"].items()) + "</p>")
-            if "artifacts" in results:
-                a = results["artifacts"]
-                parts.append(f"<h4>Artifact units ({html.escape(a['score'])}, {a['samples']} held-out samples)</h4>"
-                             + render.html_table(["", "score"], [["before", a["before"]],
-                                                       [f"ablating the top {a['k']} artifact units", a["after_top"]],
-                                                       [f"ablating {a['k']} random units", a["after_random"]]]))
+            parts.append(layer_html(name, layer, group, results, folder, out))
     return "\n".join(parts), summary
 
 
-@torch.no_grad()
-def top_units_figure(generator, group, layer: str, labels: dict, path: Path, title: str) -> Path:
-    seeds = group["seeds"][...]
-    top_ids = group["top_ids"][...]
-    thresholds = group["threshold"][...]
-    shown: dict[int, tuple] = {}
-    names = {}
-    for u in labels["top_units"][:UNITS_SHOWN]:
-        unit = u["unit"]
-        ids = [i for i in top_ids[unit][:IMAGES_PER_UNIT] if i >= 0]
-        images, maps = intervene.featuremaps(generator, seeds[ids].tolist(), [layer])
-        up = stats.upsample(maps[layer][:, unit:unit + 1], tuple(images.shape[-2:]))[:, 0]
-        shown[unit] = (images.cpu(), (up > float(thresholds[unit])).cpu())
-        names[unit] = f"unit {unit}\n{u['class']} {u['iou']:.2f}"
-    return unit_panel(shown, names, title, path)
-
-
-@torch.no_grad()
-def interventions_figure(generator, segmenter, group, layer: str, results: dict, path: Path, title: str) -> Path:
-    seeds = group["seeds"][:4].tolist()
-    high = stats.UnitHistogram(group["low"][...], group["high"][...], group["histogram"][...]).quantiles(
-        [group.attrs["quantile"]])[:, 0]
-    rows = [("original", [x.permute(1, 2, 0).numpy() for x in intervene.render(generator, seeds)])]
-    for cls, v in results["interventions"].items():
-        units = v["units"]
-        with intervene.intervention(generator, layer, units, 0.0):
-            rows.append((f"{cls}: ablated", [x.permute(1, 2, 0).numpy() for x in intervene.render(generator, seeds)]))
-        with intervene.intervention(generator, layer, units, torch.as_tensor(high[units], dtype=torch.float32)):
-            rows.append((f"{cls}: inserted", [x.permute(1, 2, 0).numpy() for x in intervene.render(generator, seeds)]))
-    return render.image_rows(rows, f"{title}: each class's top units switched off and on", path)
+def layer_html(name: str, layer: str, group, results: dict, folder: Path, out: Path) -> str:
+    labels = results["labels"]
+    tag = f"{name}_{layer}"
+    parts = [f"<h3>{html.escape(name)} {html.escape(layer)}: {labels['interpretable']} of {labels['units']} units "
+             f"interpretable, {labels['distinct_concepts']} concepts</h3>"
+             f"<p>With gandissect's stricter rule (IQR &gt; {labels['iqr_min']} too): {labels['interpretable_iqr']} "
+             f"units, {labels['distinct_concepts_iqr']} concepts.</p>"]
+    if labels["concepts"]:
+        bars = concept_bars(labels["concepts"], f"{name} {layer}: interpretable units per concept",
+                            folder / f"concepts_{tag}.png", labels["concepts_iqr"],
+                            (f"IoU > {labels['iou_min']}", f"and IQR > {labels['iqr_min']}"))
+        parts.append(f'<img src="{bars.relative_to(out)}">')
+    parts.append(render.html_table(["unit", "class", "IoU", "IQR", "threshold"],
+                                   [[u["unit"], u["class"], u["iou"], u["iqr"], u["threshold"]]
+                                    for u in labels["top_units"]]))
+    classes = list(group.attrs["classes"])
+    units = group["panel_units"][...]
+    if len(units):
+        label, iou = group["label"][...], group["iou"][...]
+        panel = unit_panel(group["panel_images"][...], group["panel_masks"][...],
+                           [f"unit {u}\n{classes[label[u]]} {iou[u]:.2f}" for u in units],
+                           f"{name} {layer}: top-activating images; unit above its threshold outlined",
+                           folder / f"units_{tag}.png")
+        parts.append(f'<img src="{panel.relative_to(out)}">')
+    effects = results["interventions"]
+    if effects:
+        parts.append("<h4>Interventions</h4>" + render.html_table(
+            ["class", "units", "share before", "after ablation", "removed", "after insertion", "ACE",
+             "images with class", "cleared by ablation"],
+            [[c, len(v["units"]), v["base_fraction"], v["ablated_fraction"],
+              v["removed_share"] if v["removed_share"] is not None else "-", v["inserted_fraction"], v["ace"],
+              v["images_with_class"], v["images_cleared"]] for c, v in effects.items()]))
+        pictures = group["intervention_images"][...]
+        rows = []
+        for k, cls in enumerate(effects):
+            for s, what in enumerate(("original", "ablated", "inserted")):
+                if what == "original" and k > 0:
+                    continue
+                label = "original" if what == "original" else f"{cls}: {what}"
+                rows.append((label, [im.astype(np.float32) / 255 for im in pictures[k, s]]))
+        pics = render.image_rows(rows, f"{name} {layer}: each class's top units switched off and on",
+                                 folder / f"interventions_{tag}.png")
+        heat = insertion_figure(results["insertion_maps"], f"{name} {layer}: inserting a class's units at one "
+                                "featuremap pixel", folder / f"insertion_{tag}.png")
+        parts.append(f'<img src="{pics.relative_to(out)}"><img src="{heat.relative_to(out)}">')
+        parts.append(render.html_table(
+            ["class", "1-pixel insertions that add the class", "best context", "gain there"],
+            [[c, m["success_rate"], *max(((k, v["gain"]) for k, v in m["by_context"].items()), key=lambda kv: kv[1])]
+             for c, m in results["insertion_maps"].items()]))
+        trace = downstream_figure(results["downstream"], results["insertion_maps"],
+                                  f"{name} {layer}: mean normalised change in later layers",
+                                  folder / f"downstream_{tag}.png")
+        if trace is not None:
+            parts.append(f'<img src="{trace.relative_to(out)}">')
+    if "artifacts" in results:
+        a = results["artifacts"]
+        parts.append(f"<h4>Artifact units ({html.escape(a['score'])}; units ranked on {a['rank_samples']} samples, "
+                     f"scored on {a['samples']} others)</h4>" + render.html_table(
+                         ["", "score"], [["original images", a["before"]],
+                                         [f"top {a['k']} artifact units ablated", a["after_top"]],
+                                         [f"{a['k']} random units ablated", a["after_random"]]])
+                     + f"<p>Artifact units: {', '.join(str(u) for u in a['units'])}</p>")
+    return "\n".join(parts)

@@ -1,11 +1,15 @@
 """Feature visualisation in small composable pieces, as lucent does: an image parameterisation
-(`param`), random transforms (`transforms`), objectives over a layer's activations (`objectives`)
-and an optimisation loop (`render`). Everything is batched: B images optimised together, one
-objective value per image, so the icons of B atlas cells render in one pass.
+(`param`: Fourier coefficients, decorrelated colour, sigmoid), random transforms (`transforms`: pad,
+jitter, random scale, random rotate), objectives over a layer's activations (`objectives`, among
+them the activation atlas's direction x cosine^n with optional whitening) and an optimisation loop
+(`render`: Adam, steps, best of several tries). Everything is batched: B images optimised together,
+one objective value per image, so the icons of B atlas cells render in one pass.
 
-    image = param.fourier_image(batch=4, size=64)
-    objective = objectives.direction_cosine("mixed4c", vectors, power=4)
-    result = render.render(probe.module, ["mixed4c"], image, objective, transforms.standard(size=64))
+    tap = render.LayerTap(probe.module, ["mixed4c"])
+    objective = objectives.direction_cosine("mixed4c", vectors, power=4)          # vectors [B, C]
+    result = render.render(tap, objective, lambda seed: param.fourier_image(len(vectors), 224, seed=seed),
+                           transforms.standard(224), steps=256, lr=0.05, tries=2)
+    result.images, result.objective                                                # [B, 3, 224, 224], [B]
 """
 
 from ganscale.fv import objectives, param, render, transforms

@@ -38,6 +38,7 @@ from ganscale import schema, sources
 from ganscale.errors import GanscaleError
 from ganscale.metrics import features as fm
 from ganscale.metrics import images as im
+from ganscale.partials import tree_reduce
 from ganscale.study import Study, digest
 
 log = logging.getLogger("ganscale.metrics")
@@ -118,19 +119,6 @@ def chunk_partial(store: str, storage_options: dict, dataset: str, start: int, s
     sharp = group["image/sharpness"][start:stop].astype(np.float64)
     hist = group["image/colour_hist"][start:stop].astype(np.uint64).sum(0)
     return DatasetPartial(moments, p_sum, plogp, count, float(sharp.sum()), float((sharp ** 2).sum()), hist)
-
-
-def _merge(parts: list[DatasetPartial]) -> DatasetPartial:
-    out = parts[0]
-    for part in parts[1:]:
-        out = out.merge(part)
-    return out
-
-
-def tree_reduce(parts: list, fan_in: int = 8):
-    while len(parts) > 1:
-        parts = [dask.delayed(_merge)(parts[i:i + fan_in]) for i in range(0, len(parts), fan_in)]
-    return parts[0]
 
 
 def dataset_partial(study: Study, root, dataset: str):

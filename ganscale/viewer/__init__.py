@@ -1,123 +1,211 @@
-"""The interactive atlas viewer: a self-contained static page in the report (report/viewer/), usable
-from a local folder or a bucket, with no server and no network.
+"""The interactive atlas viewer: a self-contained static page in the report (report/viewer/) that
+works from a local folder (file://) or a bucket: no server, no network, no libraries.
 
-Files: index.html (the manifest inline), viewer.js, data/{layer}_g{G}.js (per cell: counts per
-dataset, KL terms per ordered pair, top labels, example thumbnails with the receptive-field box of
-the sampled position), sprites/{layer}_{dataset}.png (the thumbnails of one layer and dataset) and
-icons/{layer}_g{G}.png (the icon atlas, when the icons stage ran). Data files are scripts that assign
-into window.GANSCALE.data, because browsers refuse fetch() of local files.
+    viewer/index.html            the page; the manifest (layers, grids, datasets, files, colours) inline
+    viewer/viewer.js             the viewer (canvas drawing, zoom/pan, cell details)
+    viewer/data/L{l}_g{G}.js     per layer l and grid G, per cell: counts per dataset, KL terms per
+                                 ordered pair, top labels and their counts, examples (thumbnail index,
+                                 receptive-field box, sample id) and, when the icons stage ran, icons
+    viewer/sprites/D{d}_{k}.png  sheets of example thumbnails of dataset d (shared by layers and
+                                 grids; .jpg for thumbnails over 32 px)
+    viewer/icons/L{l}_g{G}.png   the icon atlas of a layer and grid (row iy = 0 at the bottom)
+
+Data files are scripts that assign into window.GANSCALE.data (browsers refuse fetch() of file://
+URLs). Files are named by index, so any layer or dataset name makes a valid URL.
+
+Thumbnails: at most MAX_THUMBS example ids per layer and dataset are drawn, chosen so that every
+non-empty cell of every grid gets its first example before any cell gets a second (fullest cells
+first); cells beyond that list their sample ids only.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ganscale import schema, sources
+from ganscale import schema
+from ganscale.errors import GanscaleError
 from ganscale.study import Study
 
 HERE = Path(__file__).parent
-THUMB_MAX = 64  # thumbnail side in the sprites
-SPRITE_COLUMNS = 32
-MAX_THUMBS = 2048  # per layer and dataset: example ids of the smaller grids first
+THUMB_MAX = 64  # thumbnail side in the sprite sheets (smaller probes: their input size)
+SHEET_COLUMNS = 32  # thumbnails per row of a sheet
+SHEET_THUMBS = 1024  # thumbnails per sheet (32 x 32: 2048 px square at 64 px)
+MAX_THUMBS = 2048  # example thumbnails per layer and dataset
+ICON_ATLAS_MAX = 4096  # side of an icon atlas picture; bigger atlases are downscaled to fit
+BATCH = 256  # images regenerated per call
 
 
-def _example_ids(root, layer: str, grids: list[int], dataset_index: int) -> list[int]:
+def _class_names(probe) -> list[str]:
+    names = getattr(probe, "class_names", None) or getattr(getattr(probe, "module", None), "class_names", None)
+    return [str(n) for n in names] if names else []
+
+
+def _colormap() -> list[str]:
+    """render.comparison_atlas's colours: RdBu_r sampled at 256 shares of dataset a (0: all b)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["RdBu_r"]
+    return ["#%02x%02x%02x" % tuple(int(round(255 * c)) for c in cmap(x)[:3]) for x in np.linspace(0, 1, 256)]
+
+
+def _chosen_ids(groups: dict[int, dict], d: int) -> list[int]:
+    """The example ids of one layer and dataset that get thumbnails (see the module docstring)."""
     chosen: dict[int, None] = {}
-    for i, grid in enumerate(sorted(grids)):
-        examples = root[f"{schema.atlas_path(layer, grid)}/examples"][dataset_index]  # [G, G, E]
-        per_cell = examples.shape[-1] if i == 0 else min(2, examples.shape[-1])
-        for ids in examples.reshape(-1, examples.shape[-1])[:, :per_cell]:
-            for sample in ids[ids >= 0]:
+    ranks = max(g["examples"].shape[-1] for g in groups.values())
+    for rank in range(ranks):
+        for grid, g in sorted(groups.items()):
+            examples = g["examples"][d].reshape(grid * grid, -1)
+            if rank >= examples.shape[1]:
+                continue
+            counts = g["counts"][d].ravel()
+            cells = np.nonzero(examples[:, rank] >= 0)[0]
+            cells = cells[np.argsort(-counts[cells], kind="stable")]
+            for sample in examples[cells, rank]:
+                chosen.setdefault(int(sample))
                 if len(chosen) >= MAX_THUMBS:
                     return list(chosen)
-                chosen.setdefault(int(sample))
     return list(chosen)
 
 
-def _sprite(images: np.ndarray, path: Path) -> None:
+def _thumbnails(study: Study, root, dataset: str, ids: list[int], thumb: int, out: Path, d: int,
+                generators: dict) -> dict:
+    """Regenerate the images of `ids` once, write them as sheets; the sprite entry of the manifest."""
+    import torch
     from PIL import Image
 
-    n, t = len(images), images.shape[1]
-    rows = max(1, -(-n // SPRITE_COLUMNS))
-    sheet = np.full((rows * t, SPRITE_COLUMNS * t, 3), 255, dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, SPRITE_COLUMNS)
-        sheet[r * t:(r + 1) * t, c * t:(c + 1) * t] = image
-    Image.fromarray(sheet).save(path, optimize=True)
+    from ganscale import sources
+    from ganscale.sample import images_by_id
+
+    ext = "png" if thumb <= 32 else "jpg"
+    files = []
+    rows = -(-SHEET_THUMBS // SHEET_COLUMNS)
+    sheet = None
+    for start in range(0, len(ids), BATCH):
+        part = ids[start:start + BATCH]
+        images = sources.resize_square(images_by_id(study, root, dataset, part, generators), thumb)
+        pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for i, picture in enumerate(pixels, start):
+            k, slot = divmod(i, SHEET_THUMBS)
+            if slot == 0:
+                used = min(SHEET_THUMBS, len(ids) - i)
+                sheet = np.full((min(rows, -(-used // SHEET_COLUMNS)) * thumb, SHEET_COLUMNS * thumb, 3), 255, np.uint8)
+            r, c = divmod(slot, SHEET_COLUMNS)
+            sheet[r * thumb:(r + 1) * thumb, c * thumb:(c + 1) * thumb] = picture
+            if slot == SHEET_THUMBS - 1 or i == len(ids) - 1:
+                name = f"sprites/D{d}_{k}.{ext}"
+                image = Image.fromarray(sheet)
+                image.save(out / name, **({"optimize": True} if ext == "png" else {"quality": 90}))
+                files.append(name)
+    return {"files": files, "thumb": thumb, "columns": SHEET_COLUMNS, "per_sheet": SHEET_THUMBS}
+
+
+def _icons(group, grid: int, out: Path, name: str) -> dict | None:
+    """The icon atlas of one layer and grid as a picture, and per cell whether it has an icon and
+    its objective; None when the icons stage has not written this grid."""
+    from PIL import Image
+
+    if "icons" not in group:
+        return None
+    icons = np.asarray(group["icons"][...], dtype=np.uint8)  # [G, G, S, S, 3]
+    size = icons.shape[2]
+    has = icons.reshape(grid * grid, -1).max(1) > 0
+    picture = icons[::-1].transpose(0, 2, 1, 3, 4).reshape(grid * size, grid * size, 3)  # row iy = 0 at the bottom
+    image = Image.fromarray(picture)
+    if grid * size > ICON_ATLAS_MAX:
+        size = max(1, ICON_ATLAS_MAX // grid)
+        image = image.resize((grid * size, grid * size), Image.LANCZOS)
+    image.save(out / name, optimize=True)
+    objective = [None] * (grid * grid)
+    if "icon_objective" in group:
+        values = np.asarray(group["icon_objective"][...], dtype=np.float64).ravel()
+        objective = [float(f"{v:.6g}") if np.isfinite(v) else None for v in values]
+    return {"file": name, "size": size, "cells": has.astype(int).tolist(), "objective": objective}
 
 
 def write_viewer(study: Study, root, folder: Path, probe=None) -> Path:
-    """Write folder/viewer/ for the study's atlas and return the path of its index.html."""
-    import torch
-
-    from ganscale.icons import icon_canvas
+    """Write folder/viewer/ (replacing an older one) from the study's atlas (and icons, when the
+    store has them) and return the path of its index.html. `probe`: the study's probe if the
+    caller has it built (for class names, featuremap sizes and receptive fields)."""
     from ganscale.models import registry
     from ganscale.report import _fmap_sizes, patch_box, receptive_field_size
-    from ganscale.sample import images_by_id
 
-    out = folder / "viewer"
+    out = Path(folder) / "viewer"
+    if out.exists():
+        shutil.rmtree(out)
     for sub in ("data", "sprites", "icons"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy(HERE / "viewer.js", out / "viewer.js")
+        (out / sub).mkdir(parents=True)
     names, grids = list(study.datasets), sorted(study.atlas.grids)
+    layers = [layer for layer in study.layers
+              if all(root.get(schema.atlas_path(layer, g)) is not None for g in grids)]
+    if not layers:
+        raise GanscaleError("viewer: the store has no atlas; run the atlas stage first")
     probe = probe or registry.build_probe(study.probe, study.storage_options)
-    class_names = list(getattr(probe.module, "class_names", []) or [])
-    fmap_sizes = _fmap_sizes(probe.only(study.layers))
+    class_names = _class_names(probe)
+    fmap_sizes = _fmap_sizes(probe.only(layers))
     size = probe.input_size
     thumb = min(size, THUMB_MAX)
+
+    # Which examples get thumbnails: per layer and dataset; each image is then regenerated once.
+    stats = {layer: {g: {key: root[f"{schema.atlas_path(layer, g)}/{key}"][...] for key in ("counts", "examples")}
+                     for g in grids} for layer in layers}
+    union: list[dict[int, None]] = [{} for _ in names]
+    for layer in layers:
+        for d in range(len(names)):
+            union[d].update(dict.fromkeys(_chosen_ids(stats[layer], d)))
     generators: dict = {}
-    for layer in study.layers:
+    sprites, thumb_index = [], []
+    for d, name in enumerate(names):
+        ids = list(union[d])
+        sprites.append(_thumbnails(study, root, name, ids, thumb, out, d, generators))
+        thumb_index.append({sample: i for i, sample in enumerate(ids)})
+
+    files: dict[str, dict[str, str]] = {}
+    for li, layer in enumerate(layers):
         field = receptive_field_size(probe, layer)
-        sprites, index_of = [], []
-        for d, name in enumerate(names):
-            ids = _example_ids(root, layer, grids, d)
-            positions = root[f"{schema.layer_path(name, layer)}/position"]
-            boxes, pictures = {}, []
-            for start in range(0, len(ids), 256):
-                part = ids[start:start + 256]
-                images = sources.resize_square(images_by_id(study, root, name, part, generators), thumb)
-                pictures.append((images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
-                for sample, pos in zip(part, positions.get_orthogonal_selection((np.asarray(part, dtype=np.int64),
-                                                                                   slice(None)))):
-                    y0, x0, y1, x1 = patch_box(pos, fmap_sizes[layer], field, size)
-                    boxes[sample] = [round(v * thumb / size, 1) for v in (y0, x0, y1, x1)]
-            file = f"sprites/{layer}_{name}.png"
-            if pictures:
-                _sprite(np.concatenate(pictures), out / file)
-            sprites.append({"file": file, "thumb": thumb, "columns": SPRITE_COLUMNS})
-            index_of.append({sample: (i, boxes[sample]) for i, sample in enumerate(ids)})
+        positions = [root[f"{schema.layer_path(name, layer)}/position"][...] for name in names]
+        scale = thumb / size
+        boxes: dict[tuple[int, int], list[float]] = {}
+
+        def example(d: int, sample: int) -> list:
+            if (d, sample) not in boxes:
+                y0, x0, y1, x1 = patch_box(positions[d][sample], fmap_sizes[layer], field, size)
+                boxes[d, sample] = [round(v * scale, 2) for v in (y0, x0, y1, x1)]
+            return [thumb_index[d][sample], *boxes[d, sample], sample]
+
+        files[layer] = {}
         for grid in grids:
             group = root[schema.atlas_path(layer, grid)]
-            counts = group["counts"][...].reshape(len(names), -1)
+            n_cells = grid * grid
+            counts = stats[layer][grid]["counts"].reshape(len(names), n_cells)
+            examples = stats[layer][grid]["examples"].reshape(len(names), n_cells, -1)
             kl_cells = group["kl_cells"][...]
-            examples = group["examples"][...].reshape(len(names), grid * grid, -1)
             data = {
-                "layer": layer, "grid": grid, "datasets": names, "class_names": class_names,
+                "layer": layer, "grid": grid,
                 "counts": counts.tolist(), "totals": counts.sum(1).tolist(), "kl": group["kl"][...].tolist(),
                 "kl_cells": {f"{a}_{b}": [float(f"{v:.6g}") for v in kl_cells[a, b].ravel()]
                              for a in range(len(names)) for b in range(len(names)) if a != b},
-                "top_labels": group["top_labels"][...].reshape(len(names), grid * grid, -1).tolist(),
-                "label_counts": group["label_counts"][...].reshape(len(names), grid * grid, -1).tolist(),
-                "examples": [[[[index_of[d][s][0], *index_of[d][s][1]] for s in cell if s in index_of[d]]
+                "top_labels": group["top_labels"][...].reshape(len(names), n_cells, -1).tolist(),
+                "label_counts": group["label_counts"][...].reshape(len(names), n_cells, -1).tolist(),
+                "examples": [[[example(d, int(s)) for s in cell if s >= 0 and int(s) in thumb_index[d]]
                               for cell in examples[d]] for d in range(len(names))],
-                "sprites": sprites, "icons": None, "icon_cells": None,
+                "example_ids": [[[int(s) for s in cell if s >= 0] for cell in examples[d]] for d in range(len(names))],
+                "icons": _icons(group, grid, out, f"icons/L{li}_g{grid}.png"),
             }
-            if "icons" in group:
-                from PIL import Image
+            file = f"data/L{li}_g{grid}.js"
+            (out / file).write_text(f"window.GANSCALE.data[{json.dumps(file)}] = "
+                                    f"{json.dumps(data, separators=(',', ':'))};\n")
+            files[layer][str(grid)] = file
 
-                stored = group["icons"][...]
-                Image.fromarray(icon_canvas(stored)).save(out / "icons" / f"{layer}_g{grid}.png")
-                data["icons"] = f"icons/{layer}_g{grid}.png"
-                data["icon_cells"] = (stored.reshape(grid * grid, -1).max(1) > 0).tolist()
-            key = f"{layer}_g{grid}"
-            (out / "data" / f"{key}.js").write_text(
-                f"window.GANSCALE.data[{json.dumps(key)}] = {json.dumps(data, separators=(',', ':'))};\n")
-    manifest = {"study": study.name, "layers": study.layers, "grids": grids, "datasets": names}
-    page = (HERE / "index.html").read_text().replace("__MANIFEST__", json.dumps(manifest)).replace(
-        "__TITLE__", study.name)
+    manifest = {"study": study.name, "layers": layers, "grids": grids, "datasets": names,
+                "class_names": class_names, "files": files, "sprites": sprites, "colormap": _colormap()}
+    shutil.copy(HERE / "viewer.js", out / "viewer.js")
+    page = (HERE / "index.html").read_text()
+    page = page.replace("__MANIFEST__", json.dumps(manifest).replace("</", "<\\/")).replace(
+        "__TITLE__", html.escape(study.name))
     (out / "index.html").write_text(page)
     return out / "index.html"

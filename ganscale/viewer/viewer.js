@@ -1,137 +1,257 @@
-// ganscale atlas viewer: a static page (works from file:// or a bucket). Data files assign into
-// window.GANSCALE.data[key]; key = layer + "_g" + grid. No network, no libraries.
+// ganscale atlas viewer: a static page that works from file:// or a bucket. No network, no libraries.
+// window.GANSCALE.manifest (inline in index.html) names the data files; each data file, loaded with a
+// <script> tag, assigns its layer/grid into window.GANSCALE.data[file]. Cells are [iy, ix] with
+// iy = 0 at the bottom of the picture, as in the report's atlases.
 (function () {
-  const G = window.GANSCALE;
+  "use strict";
+  const G = window.GANSCALE, M = G.manifest;
   const $ = (id) => document.getElementById(id);
-  let canvas, ctx;
+  const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  const SIDE = 640, THUMB = 64, ICON = 96;  // CSS pixels: canvas, example thumbnails, icon in the details
   const view = { scale: 1, x: 0, y: 0 };
-  let current = null, selected = null, iconImage = null;
+  const state = { data: null, iconImage: null, selected: null, hovered: null };
+  let canvas, ctx;
 
-  function load(key, done) {
-    if (G.data[key]) return done(G.data[key]);
+  function load(file, done) {
+    if (G.data[file]) return done(G.data[file]);
     const script = document.createElement("script");
-    script.src = "data/" + key + ".js";
-    script.onload = () => done(G.data[key]);
-    script.onerror = () => { $("status").textContent = "cannot load data/" + key + ".js"; };
+    script.src = file;
+    script.onload = () => done(G.data[file]);
+    script.onerror = () => { $("status").textContent = "cannot load " + file; };
     document.head.appendChild(script);
   }
 
-  function shareColour(share) {  // red where a is over-represented, blue where b is (RdBu)
-    const t = Math.max(-1, Math.min(1, 2 * share - 1));
-    const w = 1 - Math.abs(t);
-    return t > 0 ? `rgb(${200 + 55 * w},${40 + 215 * w},${40 + 215 * w})` : `rgb(${40 + 215 * w},${90 + 165 * w},${200 + 55 * w})`;
+  const pair = () => [+$("a").value, +$("b").value];
+  const iconsShown = () => $("mode").value === "icons" && state.data && state.data.icons && state.iconImage;
+  const shade = (share) => Math.max(0, Math.min(255, Math.round(share * 255)));  // index into the colormap
+  const colour = (share) => M.colormap[shade(share)];
+  const dark = M.colormap.map((hex) => {  // colours that need white text
+    const v = parseInt(hex.slice(1), 16);
+    return 0.299 * (v >> 16) + 0.587 * ((v >> 8) & 255) + 0.114 * (v & 255) < 120;
+  });
+
+  function shares(k) {  // each dataset's share of its own total in cell k
+    const d = state.data, [a, b] = pair();
+    return [d.counts[a][k] / (d.totals[a] || 1), d.counts[b][k] / (d.totals[b] || 1)];
   }
 
-  function pair() { return [+$("a").value, +$("b").value]; }
-
   function draw() {
-    if (!current) return;
-    const d = current, g = d.grid, size = canvas.width, cell = size / g;
+    const d = state.data;
+    if (!d) return;
+    const g = d.grid, cell = SIDE / g, dpr = canvas.width / SIDE, [a, b] = pair();
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.fillStyle = "#ffffff";
-    ctx.fillRect(0, 0, size, size);
-    ctx.setTransform(view.scale, 0, 0, view.scale, view.x, view.y);
-    const [a, b] = pair();
-    const ta = d.totals[a] || 1, tb = d.totals[b] || 1;
-    const mode = $("mode").value;
-    if (mode === "icons" && iconImage) ctx.drawImage(iconImage, 0, 0, size, size);
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.setTransform(dpr * view.scale, 0, 0, dpr * view.scale, dpr * view.x, dpr * view.y);
+    const icons = iconsShown(), line = 1 / view.scale;
+    ctx.imageSmoothingEnabled = true;
     for (let iy = 0; iy < g; iy++) for (let ix = 0; ix < g; ix++) {
-      const k = iy * g + ix, pa = d.counts[a][k] / ta, pb = d.counts[b][k] / tb;
-      const x = ix * cell, y = (g - 1 - iy) * cell;
-      if (mode === "icons" && iconImage) {
-        if (pa + pb > 0) { ctx.strokeStyle = shareColour(pa / (pa + pb)); ctx.lineWidth = 2 / view.scale; ctx.strokeRect(x + 1, y + 1, cell - 2, cell - 2); }
-        continue;
+      const k = iy * g + ix, [pa, pb] = shares(k), x = ix * cell, y = (g - 1 - iy) * cell;
+      if (icons) {
+        const s = d.icons.size;
+        if (d.icons.cells[k]) ctx.drawImage(state.iconImage, ix * s, (g - 1 - iy) * s, s, s, x, y, cell, cell);
+        else { ctx.fillStyle = "#f2f2f2"; ctx.fillRect(x, y, cell, cell); }
+        if (pa + pb > 0) {
+          ctx.strokeStyle = colour(pa / (pa + pb));
+          ctx.lineWidth = Math.min(cell / 8, 3 * line);
+          ctx.strokeRect(x + ctx.lineWidth / 2, y + ctx.lineWidth / 2, cell - ctx.lineWidth, cell - ctx.lineWidth);
+        }
+      } else {
+        ctx.fillStyle = pa + pb > 0 ? colour(pa / (pa + pb)) : "#dddddd";
+        ctx.fillRect(x, y, cell + line, cell + line);  // + line: no hairline seams between cells
       }
-      ctx.fillStyle = pa + pb > 0 ? shareColour(pa / (pa + pb)) : "#dddddd";
-      ctx.fillRect(x, y, cell + 0.5, cell + 0.5);
     }
-    if (selected !== null) {
-      const ix = selected % g, iy = Math.floor(selected / g);
-      ctx.strokeStyle = "#000"; ctx.lineWidth = 2 / view.scale;
-      ctx.strokeRect(ix * cell, (g - 1 - iy) * cell, cell, cell);
+    if (!icons && cell * view.scale >= 30) {  // counts, once cells are big enough to read them
+      ctx.textAlign = "center";
+      ctx.textBaseline = "middle";
+      ctx.font = `${10 / view.scale}px sans-serif`;
+      for (let k = 0; k < g * g; k++) {
+        const ca = d.counts[a][k], cb = d.counts[b][k];
+        if (ca + cb === 0) continue;
+        const [pa, pb] = shares(k);
+        ctx.fillStyle = dark[shade(pa / (pa + pb))] ? "#ffffff" : "#000000";
+        const x = (k % g + 0.5) * cell, y = (g - 1 - Math.floor(k / g) + 0.5) * cell;
+        ctx.fillText(String(ca), x, y - 6 / view.scale);
+        ctx.fillText(String(cb), x, y + 6 / view.scale);
+      }
     }
-    $("status").textContent = `${d.layer}, ${g}x${g}: KL(${d.datasets[a]}||${d.datasets[b]}) = ${d.kl[a][b].toFixed(4)}, ` +
-      `KL(${d.datasets[b]}||${d.datasets[a]}) = ${d.kl[b][a].toFixed(4)}`;
+    for (const [k, style] of [[state.hovered, "#555555"], [state.selected, "#000000"]]) {
+      if (k === null) continue;
+      ctx.strokeStyle = style;
+      ctx.lineWidth = 2.5 * line;
+      ctx.strokeRect((k % g) * cell, (g - 1 - Math.floor(k / g)) * cell, cell, cell);
+    }
+    const names = M.datasets;
+    $("status").textContent = `${d.layer}, ${g}x${g}: KL(${names[a]}||${names[b]}) = ${d.kl[a][b].toFixed(4)}, ` +
+      `KL(${names[b]}||${names[a]}) = ${d.kl[b][a].toFixed(4)}; ${names[a]} ${d.totals[a]} samples, ${names[b]} ${d.totals[b]}`;
+  }
+
+  function canvasPoint(event) {  // CSS pixels inside the canvas's content box (its border excluded)
+    const rect = canvas.getBoundingClientRect();
+    return [(event.clientX - rect.left - canvas.clientLeft) * SIDE / canvas.clientWidth,
+      (event.clientY - rect.top - canvas.clientTop) * SIDE / canvas.clientHeight];
   }
 
   function cellAt(event) {
-    const rect = canvas.getBoundingClientRect();
-    const px = (event.clientX - rect.left) * canvas.width / rect.width, py = (event.clientY - rect.top) * canvas.height / rect.height;
-    const x = (px - view.x) / view.scale, y = (py - view.y) / view.scale, g = current.grid, cell = canvas.width / g;
+    if (!state.data) return null;
+    const [px, py] = canvasPoint(event), g = state.data.grid, cell = SIDE / g;
+    const x = (px - view.x) / view.scale, y = (py - view.y) / view.scale;
     const ix = Math.floor(x / cell), iy = g - 1 - Math.floor(y / cell);
     return ix >= 0 && ix < g && iy >= 0 && iy < g ? iy * g + ix : null;
   }
 
+  function crop(src, sheetWidth, left, top, width, height, zoom, cls, extra) {  // a window onto a sprite sheet
+    return `<span class="${cls}" style="width:${width * zoom}px;height:${height * zoom}px"><img src="${esc(src)}" alt="" ` +
+      `style="left:${-left * zoom}px;top:${-top * zoom}px;width:${sheetWidth * zoom}px">${extra || ""}</span>`;
+  }
+
+  function exampleHtml(dataset, [index, y0, x0, y1, x1, sample]) {
+    const s = M.sprites[dataset], t = s.thumb, slot = index % s.per_sheet, file = s.files[Math.floor(index / s.per_sheet)];
+    const left = (slot % s.columns) * t, top = Math.floor(slot / s.columns) * t, f = THUMB / t;
+    const box = `<span class="box" style="left:${x0 * f}px;top:${y0 * f}px;width:${(x1 - x0) * f}px;height:${(y1 - y0) * f}px"></span>`;
+    const w = x1 - x0, h = y1 - y0, z = THUMB / Math.max(w, h);
+    return `<span class="example" data-sample="${sample}" title="${esc(M.datasets[dataset])} sample ${sample}"><span class="pairing">` +
+      crop(file, s.columns * t, left, top, t, t, f, "thumb", box) +
+      crop(file, s.columns * t, left + x0, top + y0, w, h, z, "patch") + `</span>#${sample}</span>`;
+  }
+
   function details(k) {
-    const d = current, [a, b] = pair(), box = $("details");
-    if (k === null) { box.innerHTML = ""; return; }
-    const g = d.grid, iy = Math.floor(k / g), ix = k % g;
-    let html = `<h3>cell (iy ${iy}, ix ${ix})</h3><table><tr><th>dataset</th><th>count</th><th>top labels</th></tr>`;
-    d.datasets.forEach((name, i) => {
-      const labels = d.top_labels[i][k].map((l, j) => l < 0 ? "" : `${d.class_names[l] ?? l} (${d.label_counts[i][k][j]})`).filter(Boolean).join(", ");
-      html += `<tr class="counts"><td>${name}</td><td data-dataset="${name}">${d.counts[i][k]}</td><td>${labels}</td></tr>`;
+    const d = state.data, box = $("details");
+    if (!d || k === null) { box.innerHTML = ""; return; }
+    const g = d.grid, iy = Math.floor(k / g), ix = k % g, [a, b] = pair(), names = M.datasets;
+    let out = `<h3>${esc(d.layer)}, ${g}x${g}: cell iy ${iy}, ix ${ix}${state.selected === k ? " (pinned)" : ""}</h3>` +
+      `<table class="cell-counts"><tr><th>dataset</th><th>samples</th><th>share of dataset</th><th>top labels (count)</th></tr>`;
+    names.forEach((name, i) => {
+      const labels = d.top_labels[i][k].map((l, j) => l < 0 ? null : `${esc(M.class_names[l] ?? l)} (${d.label_counts[i][k][j]})`)
+        .filter((x) => x !== null).join(", ");
+      out += `<tr data-dataset="${esc(name)}"><td>${esc(name)}</td><td class="count">${d.counts[i][k]}</td>` +
+        `<td class="share">${(100 * d.counts[i][k] / (d.totals[i] || 1)).toFixed(2)}%</td><td class="labels">${labels || "-"}</td></tr>`;
     });
-    html += `</table><p class="kl">KL term (${d.datasets[a]}||${d.datasets[b]}): <b>${d.kl_cells[a + "_" + b][k].toExponential(3)}</b>; ` +
-      `(${d.datasets[b]}||${d.datasets[a]}): ${d.kl_cells[b + "_" + a][k].toExponential(3)}</p>`;
-    if (d.icons && d.icon_cells[k]) html += `<p>icon: <span class="icon" style="background-image:url(${d.icons});background-size:${g * 64}px ${g * 64}px;background-position:-${ix * 64}px -${(g - 1 - iy) * 64}px"></span></p>`;
-    d.datasets.forEach((name, i) => {
-      const examples = (d.examples[i][k] || []);
-      if (!examples.length) return;
-      html += `<div class="examples"><b>${name}</b> `;
-      for (const [index, y0, x0, y1, x1] of examples) {
-        const s = d.sprites[i], t = s.thumb, col = index % s.columns, row = Math.floor(index / s.columns), f = 64 / t;
-        html += `<span class="thumb" style="background-image:url(${s.file});background-size:${s.columns * 64}px auto;` +
-          `background-position:-${col * 64}px -${row * 64}px"><span class="patch" style="left:${x0 * f}px;top:${y0 * f}px;` +
-          `width:${(x1 - x0) * f}px;height:${(y1 - y0) * f}px"></span></span>`;
+    out += "</table>";
+    const term = (p, q) => d.kl_cells[p + "_" + q][k];
+    const part = (p, q) => d.kl[p][q] > 0 ? ` (${(100 * term(p, q) / d.kl[p][q]).toFixed(1)}% of ${d.kl[p][q].toFixed(4)})` : "";
+    if (a !== b) {
+      out += `<p class="kl">KL term of this cell: KL(${esc(names[a])}||${esc(names[b])}) <b class="kl-ab">${term(a, b).toExponential(3)}</b>` +
+        `${part(a, b)}; KL(${esc(names[b])}||${esc(names[a])}) <b class="kl-ba">${term(b, a).toExponential(3)}</b>${part(b, a)}</p>`;
+    } else {
+      out += `<p class="kl">Choose two different datasets for the KL terms.</p>`;
+    }
+    const ic = d.icons;
+    if (ic) {
+      if (ic.cells[k]) {
+        const z = ICON / ic.size, objective = ic.objective[k];
+        out += `<div class="cell-icon"><b>icon</b>` + crop(ic.file, g * ic.size, ix * ic.size, (g - 1 - iy) * ic.size,
+          ic.size, ic.size, z, "icon") + `<span>${objective === null ? "" : `objective ${+objective.toPrecision(4)}`}</span></div>`;
+      } else {
+        out += `<p class="none">no icon for this cell</p>`;
       }
-      html += "</div>";
+    }
+    names.forEach((name, i) => {
+      const shown = d.examples[i][k], all = d.example_ids[i][k];
+      if (!all.length) return;
+      out += `<div class="examples" data-dataset="${esc(name)}"><span class="name">${esc(name)}</span>` +
+        shown.map((e) => exampleHtml(i, e)).join("");
+      const rest = all.filter((s) => !shown.some((e) => e[5] === s));
+      if (rest.length) out += `<span class="none"> not drawn: sample ${rest.join(", ")}</span>`;
+      out += "</div>";
     });
-    box.innerHTML = html;
+    box.innerHTML = out;
+  }
+
+  function hover(k) {
+    const d = state.data;
+    if (k === state.hovered) return;
+    state.hovered = k;
+    if (k === null || !d) { $("hover").textContent = ""; } else {
+      const [a, b] = pair(), g = d.grid;
+      $("hover").textContent = `cell iy ${Math.floor(k / g)}, ix ${k % g}: ` +
+        M.datasets.map((n, i) => `${n} ${d.counts[i][k]}`).join(", ") +
+        (a !== b ? `; KL term ${d.kl_cells[a + "_" + b][k].toExponential(2)}` : "");
+    }
+    if (state.selected === null) details(k);
+    draw();
+  }
+
+  function select(k) {
+    state.selected = k === state.selected ? null : k;
+    details(state.selected ?? state.hovered);
+    draw();
   }
 
   function show() {
-    const key = $("layer").value + "_g" + $("grid").value;
-    load(key, (d) => {
-      current = d; selected = null; details(null);
-      iconImage = null;
-      $("mode").disabled = !d.icons;
-      if (d.icons) { iconImage = new Image(); iconImage.onload = draw; iconImage.src = d.icons; } else { $("mode").value = "density"; }
+    const layer = $("layer").value, grid = $("grid").value;
+    load(M.files[layer][grid], (d) => {
+      if ($("layer").value !== layer || $("grid").value !== grid) return;  // the choice changed meanwhile
+      state.data = d;
+      state.selected = state.hovered = null;
+      state.iconImage = null;
+      const option = $("mode").querySelector("option[value=icons]");
+      option.disabled = option.hidden = !d.icons;
+      if (!d.icons) $("mode").value = "density";
+      if (d.icons) {
+        const image = new Image();
+        image.onload = () => { if (state.data === d) { state.iconImage = image; draw(); } };
+        image.src = d.icons.file;
+      }
+      details(null);
       draw();
     });
   }
 
-  function init() {
-    canvas = $("atlas");
-    ctx = canvas.getContext("2d");
-    const m = G.manifest;
-    const fill = (id, items, label) => { $(id).innerHTML = items.map((v, i) => `<option value="${label ? i : v}">${v}</option>`).join(""); };
-    fill("layer", m.layers); fill("grid", m.grids); fill("a", m.datasets, true); fill("b", m.datasets, true);
-    $("b").value = m.datasets.length > 1 ? 1 : 0;
-    ["layer", "grid"].forEach((id) => $(id).addEventListener("change", show));
-    ["a", "b", "mode"].forEach((id) => $(id).addEventListener("change", () => { draw(); details(selected); }));
-    canvas.addEventListener("click", (e) => { if (!drag.moved) { selected = cellAt(e); draw(); details(selected); } });
-    canvas.addEventListener("mousemove", (e) => { const k = cellAt(e); if (current && k !== null) $("hover").textContent = "cell " + Math.floor(k / current.grid) + ", " + (k % current.grid) + ": " + current.datasets.map((n, i) => n + " " + current.counts[i][k]).join(", "); });
-    canvas.addEventListener("wheel", (e) => { e.preventDefault(); zoom(e.deltaY < 0 ? 1.25 : 0.8, e); }, { passive: false });
-    const drag = { on: false, moved: false };
-    canvas.addEventListener("mousedown", (e) => { drag.on = true; drag.moved = false; drag.x = e.clientX; drag.y = e.clientY; });
-    window.addEventListener("mouseup", () => { drag.on = false; });
-    window.addEventListener("mousemove", (e) => {
-      if (!drag.on) return;
-      const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
-      if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
-      if (drag.moved) { view.x += dx; view.y += dy; drag.x = e.clientX; drag.y = e.clientY; draw(); }
-    });
-    $("zoom-in").onclick = () => zoom(1.5); $("zoom-out").onclick = () => zoom(1 / 1.5);
-    $("reset").onclick = () => { view.scale = 1; view.x = 0; view.y = 0; draw(); };
-    show();
+  function legend() {
+    const [a, b] = pair();
+    $("legend-a").textContent = M.datasets[a];
+    $("legend-b").textContent = M.datasets[b];
+    const stops = [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1].map((s) => colour(s)).join(",");
+    $("legend-bar").style.background = `linear-gradient(to right, ${stops})`;
   }
 
   function zoom(factor, event) {
-    const rect = canvas.getBoundingClientRect();
-    const px = event ? (event.clientX - rect.left) * canvas.width / rect.width : canvas.width / 2;
-    const py = event ? (event.clientY - rect.top) * canvas.height / rect.height : canvas.height / 2;
-    view.x = px - (px - view.x) * factor; view.y = py - (py - view.y) * factor; view.scale *= factor;
+    const [px, py] = event ? canvasPoint(event) : [SIDE / 2, SIDE / 2];
+    const scale = Math.max(0.5, Math.min(64, view.scale * factor));
+    view.x = px - (px - view.x) * scale / view.scale;
+    view.y = py - (py - view.y) * scale / view.scale;
+    view.scale = scale;
     draw();
+  }
+
+  function init() {
+    canvas = $("atlas");
+    const dpr = Math.max(1, Math.min(3, window.devicePixelRatio || 1));
+    canvas.width = canvas.height = Math.round(SIDE * dpr);
+    ctx = canvas.getContext("2d");
+    const fill = (id, items, byIndex) => {
+      $(id).innerHTML = items.map((v, i) => `<option value="${esc(byIndex ? i : v)}">${esc(v)}</option>`).join("");
+    };
+    fill("layer", M.layers); fill("grid", M.grids); fill("a", M.datasets, true); fill("b", M.datasets, true);
+    $("b").value = M.datasets.length > 1 ? 1 : 0;
+    ["layer", "grid"].forEach((id) => $(id).addEventListener("change", show));
+    ["a", "b", "mode"].forEach((id) => $(id).addEventListener("change", () => {
+      legend(); details(state.selected ?? state.hovered); draw();
+    }));
+    const drag = { on: false, moved: false, x: 0, y: 0 };
+    canvas.addEventListener("mousedown", (e) => { drag.on = true; drag.moved = false; drag.x = e.clientX; drag.y = e.clientY; });
+    window.addEventListener("mouseup", () => { drag.on = false; canvas.classList.remove("dragging"); });
+    window.addEventListener("mousemove", (e) => {
+      if (!drag.on) return;
+      const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
+      if (!drag.moved && Math.abs(dx) + Math.abs(dy) <= 3) return;
+      drag.moved = true;
+      canvas.classList.add("dragging");
+      view.x += dx * SIDE / canvas.clientWidth; view.y += dy * SIDE / canvas.clientHeight;
+      drag.x = e.clientX; drag.y = e.clientY;
+      draw();
+    });
+    canvas.addEventListener("mousemove", (e) => { if (!drag.on) hover(cellAt(e)); });
+    canvas.addEventListener("mouseleave", () => hover(null));
+    canvas.addEventListener("click", (e) => { if (!drag.moved) { const k = cellAt(e); if (k !== null) select(k); } });
+    canvas.addEventListener("wheel", (e) => { e.preventDefault(); zoom(e.deltaY < 0 ? 1.25 : 0.8, e); }, { passive: false });
+    window.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.selected !== null) select(state.selected); });
+    $("zoom-in").onclick = () => zoom(1.5);
+    $("zoom-out").onclick = () => zoom(1 / 1.5);
+    $("reset").onclick = () => { view.scale = 1; view.x = 0; view.y = 0; draw(); };
+    legend();
+    show();
   }
 
   window.addEventListener("DOMContentLoaded", init);
