@@ -173,8 +173,15 @@ class DissectSettings(_Strict):
     quantile: float = Field(default=0.99, gt=0, lt=1)
     iou_min: float = Field(default=0.05, ge=0, le=1)  # a unit is interpretable above this IoU
     top_k: PositiveInt = 10  # units per class for the interventions
-    artifact_units: PositiveInt = 10
+    # the value inserted units are set to: their `quantile` level, or their mean activation where the class is
+    insertion: Literal["quantile", "class_mean"] = "quantile"
     intervention_samples: PositiveInt = 500
+    # Artifact units: ranked on the first half of `artifact_samples` seeds by how much ablating a unit
+    # alone lowers the Fréchet distance of the `artifact_share` of images where it is most active;
+    # the top `artifact_units` are then scored on the other half (the paper's table).
+    artifact_units: PositiveInt = 10
+    artifact_samples: int = Field(default=2000, ge=0)  # 0: no artifact units
+    artifact_share: float = Field(default=0.1, gt=0, le=1)
 
 
 class Study(_Strict):

@@ -81,14 +81,18 @@ class MaskGenerator:
     def generate(self, seeds):
         onehot = torch.zeros(len(seeds), 4, 16, 16)
         for i, seed in enumerate(seeds):
-            g = torch.Generator().manual_seed(int(seed))
-            classmap = torch.zeros(16, 16, dtype=torch.long)
-            for cls in range(1, 5):
-                h, w = (int(v) for v in torch.randint(3, 7, (2,), generator=g))
-                y, x = (int(v) for v in torch.randint(0, 16 - 6, (2,), generator=g))
-                classmap[y:y + h, x:x + w] = cls
-            onehot[i] = torch.nn.functional.one_hot(classmap, 5)[..., 1:].permute(2, 0, 1).float()
+            onehot[i] = _object_masks(torch.Generator().manual_seed(int(seed)))
         return self.module(onehot), None
+
+
+def _object_masks(g: torch.Generator) -> torch.Tensor:
+    """[4, 16, 16] one-hot masks of four rectangles (classes 1-4, later ones on top) drawn from g."""
+    classmap = torch.zeros(16, 16, dtype=torch.long)
+    for cls in range(1, 5):
+        h, w = (int(v) for v in torch.randint(3, 7, (2,), generator=g))
+        y, x = (int(v) for v in torch.randint(0, 16 - 6, (2,), generator=g))
+        classmap[y:y + h, x:x + w] = cls
+    return torch.nn.functional.one_hot(classmap, 5)[..., 1:].permute(2, 0, 1).float()
 
 
 def mask_generator():
@@ -109,3 +113,43 @@ class PaletteSegmenter:
 
 def palette_segmenter():
     return PaletteSegmenter()
+
+
+# --- a generator with a planted artifact unit: unit 4 of layer `units` paints a magenta square ----
+
+MAGENTA = torch.tensor([1.0, 0.0, 1.0])
+
+
+class _ArtifactNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.units = torch.nn.Identity()  # units 0-3: object masks; unit 4: the artifact
+
+    def forward(self, maps):
+        maps = self.units(maps)
+        masks, artifact = maps[:, :4], maps[:, 4:5].clamp(0, 1)
+        weights = torch.cat([(1 - masks.sum(1, keepdim=True)).clamp(0, 1), masks], 1)
+        scene = torch.einsum("bkhw,kc->bchw", weights, PALETTE)
+        return scene * (1 - artifact) + MAGENTA.view(1, 3, 1, 1) * artifact
+
+
+class ArtifactGenerator(MaskGenerator):
+    """MaskGenerator's scenes; in a third of the images unit 4 adds a magenta 4x4 square, which real
+    scenes (`artifacts=False`) never have."""
+
+    def __init__(self, artifacts: bool = True):
+        self.module, self.artifacts = _ArtifactNet(), artifacts
+
+    def generate(self, seeds):
+        maps = torch.zeros(len(seeds), 5, 16, 16)
+        for i, seed in enumerate(seeds):
+            g = torch.Generator().manual_seed(int(seed))
+            maps[i, :4] = _object_masks(g)
+            if self.artifacts and int(torch.randint(0, 3, (1,), generator=g)) == 0:
+                y, x = (int(v) for v in torch.randint(0, 12, (2,), generator=g))
+                maps[i, 4, y:y + 4, x:x + 4] = 1
+        return self.module(maps), None
+
+
+def artifact_generator(artifacts: bool = True, weights=None):
+    return ArtifactGenerator(artifacts)

@@ -47,6 +47,41 @@ def test_a_unit_that_is_a_class_mask_gets_iou_one(ray_local, tmp_path):
     assert dissect.run(study)["skipped"] == ["synth"]
 
 
+def test_a_planted_artifact_unit_is_found_and_ablating_it_brings_the_images_closer_to_real(ray_local, tmp_path):
+    from PIL import Image
+
+    from plugins import ArtifactGenerator
+
+    folder = tmp_path / "real"
+    folder.mkdir()
+    clean = ArtifactGenerator(artifacts=False).generate(list(range(10_000, 10_300)))[0]
+    for i, image in enumerate(clean):
+        Image.fromarray((image.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / f"{i:03d}.png")
+    path = toy_study(tmp_path, layers=["block3"],
+                     datasets={"real": {"kind": "images", "path": str(folder), "samples": 300},
+                               "synth": {"kind": "generator", "name": "plugins:artifact_generator", "samples": 8}},
+                     sample={"batch_size": 50},
+                     dissect={"layers": ["units"], "segmenter": {"name": "plugins:palette_segmenter"},
+                              "samples": 100, "chunk_size": 50, "intervention_samples": 8, "top_k": 1,
+                              "artifact_units": 1, "artifact_samples": 400, "artifact_share": 0.2})
+    study = load_study(path)
+    from ganscale.pipeline import run_study
+
+    with small_insertion_maps():
+        run_study(study, stages=["sample", "dissect"])
+    group = zarr.open_group(study.store, mode="r")["dissect/synth/units"]
+    artifacts = group.attrs["results"]["artifacts"]
+    assert artifacts["units"] == [4] and artifacts["random_units"] != [4]  # the magenta unit, found
+    assert artifacts["improvement"][0] > 0 and artifacts["images_per_unit"] == 40
+    before = group["artifact_before"][...] - group["artifact_after"][...]
+    assert before.argmax() == 4 and (before[:4] < before[4] / 4).all()
+    active = artifacts["active"]  # held-out images where unit 4 is most active: all have the square
+    assert active["after_top"] < active["before"] / 2 and active["after_random"] > active["after_top"]
+    shown = group["artifact_images"][...].astype(int)
+    magenta = lambda im: ((im[..., 0] > 200) & (im[..., 1] < 50) & (im[..., 2] > 200)).sum()  # noqa: E731
+    assert all(magenta(im) >= 16 for im in shown[0]) and all(magenta(im) == 0 for im in shown[1])
+
+
 def _toy_generator():
     module = DCGAN()
     module.load_state_dict(load_state_dict("builtin:dcgan_full.pt"))
@@ -93,6 +128,7 @@ def test_thresholds_and_iou_from_merged_partials_equal_one_pass():
         np.testing.assert_array_equal(getattr(c_merged, key), getattr(c_one, key))
     np.testing.assert_array_equal(c_merged.iou(), c_one.iou())
     np.testing.assert_array_equal(c_merged.iqr(), c_one.iqr())
+    np.testing.assert_allclose(c_merged.class_mean(), c_one.class_mean(), rtol=1e-12)
     # the bucketed counts equal a direct count at every candidate threshold
     u, j = 7, levels.index(0.99)
     above_uj = maps[:, u] > float(thresholds[u, j])
@@ -110,6 +146,8 @@ def test_iou_and_iqr_by_hand():
     c = stats.Contingency.of(maps, segmentation, np.array([[0.5]]), 2)
     assert c.iou()[0, 1, 0] == pytest.approx(4 / 9)  # pooled over images: |A&S| = 4, |A|S| = 4 + 9 - 4
     assert c.iou()[0, 0, 0] == 0
+    # the unit's mean activation where each class is: 4 of class 1's 9 pixels are active
+    np.testing.assert_allclose(c.class_mean(), [[0.0, 4 / 9]])
     # IQR = I(A;S)/H(A,S): 1 when the unit is the class, 0 when it is independent of it
     same = stats.Contingency.of(segmentation[:, None].float(), segmentation, np.array([[0.5]]), 2)
     assert same.iqr()[0, 1, 0] == pytest.approx(1.0)
@@ -225,7 +263,7 @@ def toy_dissection(ray_local, tmp_path_factory):
                                "full": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_full.pt",
                                         "samples": 200}},
                      dissect={"layers": ["layer2"], "samples": 600, "chunk_size": 200, "intervention_samples": 120,
-                              "artifact_units": 5})
+                              "artifact_units": 5, "artifact_samples": 200})
     study = load_study(path)
     from ganscale.pipeline import run_study
 
@@ -249,9 +287,11 @@ def test_toy_world_object_units_are_found_and_switching_them_works(toy_dissectio
     assert set(results["downstream"]["sun"]["insertion"]) == {"layer3", "output"}
     assert set(sun["downstream_by_visibility"]) == {"layer3", "output"}
     artifacts = results["artifacts"]
-    assert artifacts["k"] == 5 and len(artifacts["units"]) == 5
-    assert np.isfinite([artifacts["before"], artifacts["after_top"], artifacts["after_random"]]).all()
+    assert artifacts["k"] == 5 and len(artifacts["units"]) == 5 and not set(artifacts["units"]) & set(artifacts["random_units"])
+    for images in ("active", "all"):
+        assert np.isfinite(list(artifacts[images].values())).all()
     assert artifacts["improvement"] == sorted(artifacts["improvement"], reverse=True)  # ranked by improvement
+    assert artifacts["images_per_unit"] == 10 and artifacts["images_active"] == 10  # 10% of 100 samples
 
 
 def test_a_stopped_stage_resumes_at_the_first_unfinished_pass(toy_dissection):

@@ -32,8 +32,9 @@ dissect/{generator}/{layer}/ (U units, C classes, J candidate thresholds, N samp
            with the class and cleared}, insertion_maps {class: featuremap pixels probed, gain and
            success per pixel, success rate, local share, by_context {class there: gain, success},
            downstream per pixel and by visibility}, downstream {class: {ablation, insertion:
-           {later layer: mean normalised change}}}, artifacts {score, k, before, after_top,
-           after_random, units, improvement, random_units, samples, rank_samples}
+           {later layer: mean normalised change}}}, artifacts {score, k, units, improvement,
+           top_images_distance, random_units, rank_samples, images_per_unit, units_improving,
+           active {before, after_top, after_random}, images_active, all {...}, images_all}
     seeds         int64   [N]        the seeds dissected (sample i = generator image of seeds[i])
     low, high     float64 [U]        per-unit activation range (featuremaps upsampled to stats_size)
     top_ids       int64   [U, k]     samples with the highest peak activation of the unit (-1: none)
@@ -46,13 +47,17 @@ dissect/{generator}/{layer}/ (U units, C classes, J candidate thresholds, N samp
     class_area    int64   [C]        pixels of class c
     label         int32   [U]        best class (highest IoU at the chosen thresholds)
     iou, iqr, threshold float32 [U]  of the best class, at its chosen threshold
+    class_mean    float32 [U, C]     the unit's mean activation where the class is (dissect.insertion class_mean)
     iou_all, iqr_all, threshold_all float32 [U, C]  every class at its chosen threshold (top-k units of a class)
     panel_units   int32   [P]        units shown in the report (best per concept, then by IoU)
     panel_images  uint8   [P, I, h, w, 3]  their top-activating images (thumbnails)
     panel_masks   uint8   [P, I, S, S']    1 where the unit is above its threshold (stats_size)
     intervention_images uint8 [K, 3, I, h, w, 3]  per class with interventions (attrs.results
                                      interventions, in order): original, ablated, inserted
-    artifact_scores float32 [U]      the artifact score with the unit ablated alone (lower: better)
+    artifact_before, artifact_after float32 [U]  Fréchet distance of the images where the unit is most
+                                     active, as they are and with the unit ablated alone
+    artifact_images uint8 [2, I, h, w, 3]  held-out images where the artifact units are most active:
+                                     as they are, with the top artifact units ablated
 
 Threshold per unit and class: `dissect.threshold` iqr (the candidate maximising I/H, the paper) or
 quantile (the `dissect.quantile` quantile). IoU pools pixels over all images.
@@ -76,7 +81,7 @@ from ganscale.study import Study, digest
 
 log = logging.getLogger("ganscale.dissect")
 
-DISSECT_VERSION = 2  # bump when stored results change meaning
+DISSECT_VERSION = 3  # bump when stored results change meaning
 TOP_IMAGES = 8  # top-activating samples kept per unit
 STATS_SIDE = 64  # statistics resolution: segmentations subsampled to at most this side (gandissect: 64 for 256)
 MAP_SIDE = 8  # insertion maps probe at most an 8x8 grid of featuremap pixels
@@ -258,25 +263,45 @@ class DissectWorker:
         return score
 
     @torch.no_grad()
-    def artifact_scores(self, layer: str, units: list[int], real) -> list[float]:
-        """The artifact score (Fréchet distance to the real features) with each unit ablated alone,
-        on the first half of the intervention seeds."""
-        seeds = self._seeds()
-        return intervene.ablation_scores(self.generator, layer, [[u] for u in units], seeds[:len(seeds) // 2].tolist(),
-                                         self.batch, self._frechet(real))
+    def unit_peaks(self, layer: str, seeds: list[int]) -> np.ndarray:
+        """[n, U] float32: each image's peak activation of each unit of `layer`."""
+        out = []
+        for padded, keep in intervene.batches(seeds, self.batch):
+            _, maps = intervene.featuremaps(self.generator, padded, [layer])
+            out.append(maps[layer][:keep].amax((2, 3)).float().cpu().numpy())
+        return np.concatenate(out)
 
     @torch.no_grad()
-    def artifact_table(self, layer: str, top: list[int], random_units: list[int], real) -> dict:
-        """Scores on the held-out half: as is, without the top artifact units, without random units;
-        and the rank-half score as is (the baseline of the ranking)."""
-        seeds = self._seeds()
-        half = len(seeds) // 2
-        held = intervene.ablation_scores(self.generator, layer, [[], top, random_units], seeds[half:].tolist(),
-                                         self.batch, self._frechet(real))
-        base = intervene.ablation_scores(self.generator, layer, [[]], seeds[:half].tolist(), self.batch,
-                                         self._frechet(real))[0]
-        return {"before": held[0], "after_top": held[1], "after_random": held[2], "rank_baseline": base,
-                "samples": len(seeds) - half}
+    def artifact_scores(self, layer: str, units: list[int], seed_sets: list[list[int]], real) -> list[list[float]]:
+        """Per unit: [Fréchet distance of its seeds' images, the same with the unit ablated alone];
+        the seeds are the images where the unit is most active."""
+        score = self._frechet(real)
+        return [intervene.ablation_scores(self.generator, layer, [[], [u]], seeds, min(self.batch, len(seeds)), score)
+                for u, seeds in zip(units, seed_sets)]
+
+    @torch.no_grad()
+    def artifact_table(self, layer: str, top: list[int], random_units: list[int], high: np.ndarray, real,
+                       seeds: list[int], share: float) -> dict:
+        """The paper's table on held-out seeds: the Fréchet distance of the images where the top
+        artifact units are most active (`share` of the seeds; activation relative to each unit's
+        high quantile), as they are, with the top units ablated and with random units ablated; the
+        same over all the held-out images; and thumbnails of a few of those images before/after."""
+        peaks = self.unit_peaks(layer, seeds)
+        strength = (peaks[:, top] / np.maximum(np.asarray(high)[top], 1e-12)).max(1)
+        chosen = np.asarray(seeds)[np.argsort(-strength, kind="stable")[:max(2, int(np.ceil(share * len(seeds))))]]
+        score = self._frechet(real)
+        sets = [[], top, random_units]
+        active = intervene.ablation_scores(self.generator, layer, sets, chosen.tolist(), self.batch, score)
+        every = intervene.ablation_scores(self.generator, layer, sets, seeds, self.batch, score)
+        shown = chosen[:PICTURE_SEEDS].tolist()
+        padded = shown + [shown[-1]] * max(0, self.batch - len(shown))
+        pictures = []
+        for units in ([], top):
+            with intervene.intervention(self.generator, layer, units, 0.0):
+                pictures.append(_thumbnails(intervene.render(self.generator, padded)[:len(shown)]))
+        return {"active": dict(zip(("before", "after_top", "after_random"), active)), "images_active": len(chosen),
+                "all": dict(zip(("before", "after_top", "after_random"), every)), "images_all": len(seeds),
+                "pictures": np.stack(pictures)}
 
     @torch.no_grad()
     def panels(self, layer: str, units: list[int], ids: list[list[int]], thresholds: list[float],
@@ -582,6 +607,7 @@ def dissect_generator(study: Study, root, name: str, fp: str, workers: _Workers)
             _write(g, "iou_all", label["iou_all"].astype(np.float32), ("unit", "class"))
             _write(g, "iqr_all", label["iqr_all"].astype(np.float32), ("unit", "class"))
             _write(g, "threshold_all", label["threshold_all"].astype(np.float32), ("unit", "class"))
+            _write(g, "class_mean", c.class_mean().astype(np.float32), ("unit", "class"))
             g.attrs.update(_jsonable({"fingerprint": fp, "classes": class_names, "method": settings.threshold,
                                       "quantile": settings.quantile, "candidate_levels": levels,
                                       "stats_size": list(size), "pixels": c.pixels,
@@ -593,7 +619,7 @@ def dissect_generator(study: Study, root, name: str, fp: str, workers: _Workers)
         if "results" in g.attrs:
             continue
         log.info("dissect %s %s: interventions", name, layer)
-        results, arrays = layer_interventions(study, g, layer, workers)
+        results, arrays = layer_interventions(study, name, g, layer, workers)
         for key, (value, dims) in arrays.items():
             _write(g, key, value, dims)
         g.attrs["results"] = _jsonable(results)
@@ -614,7 +640,7 @@ def panel_units(label: np.ndarray, iou: np.ndarray, n: int) -> list[int]:
     return (first + [u for u in order if u not in first])[:n]
 
 
-def layer_interventions(study: Study, g, layer: str, workers: _Workers) -> tuple[dict, dict]:
+def layer_interventions(study: Study, name: str, g, layer: str, workers: _Workers) -> tuple[dict, dict]:
     """The layer's intervention tasks on the workers: per class with an interpretable unit, the
     switch effect, insertion map and downstream trace of its top-k units; artifact units; pictures."""
     import ray
@@ -625,20 +651,17 @@ def layer_interventions(study: Study, g, layer: str, workers: _Workers) -> tuple
     label, iou, threshold_all = g["label"][...], g["iou"][...], g["threshold_all"][...]
     classes = [c for c in range(len(class_names)) if iou_all[:, c].max() > settings.iou_min]
     unit_sets = {c: top_units(iou_all, c, settings.top_k) for c in classes}
-    tasks = [("class_effects", (layer, c, unit_sets[c].tolist(), high[unit_sets[c]], MAP_SIDE, MAP_IMAGES))
+    class_mean = g["class_mean"][...]
+    inserted = {c: high[unit_sets[c]] if settings.insertion == "quantile" else class_mean[unit_sets[c], c]
+                for c in classes}
+    tasks = [("class_effects", (layer, c, unit_sets[c].tolist(), inserted[c], MAP_SIDE, MAP_IMAGES))
              for c in classes]
     shown = panel_units(label, iou, PANEL_UNITS)
     top_ids = g["top_ids"][...]
     seeds = g["seeds"][...].tolist()
     tasks.append(("panels", (layer, shown, [top_ids[u].tolist() for u in shown],
                              [float(threshold_all[u, label[u]]) for u in shown], seeds)))
-    tasks.append(("pictures", (layer, [unit_sets[c].tolist() for c in classes], [high[unit_sets[c]] for c in classes])))
-    real = _real_moments(study) if settings.intervention_samples >= 4 else None
-    units = len(iou)
-    if real is not None:
-        real_ref = ray.put(real)
-        blocks = [list(range(u0, min(units, u0 + ARTIFACT_BLOCK))) for u0 in range(0, units, ARTIFACT_BLOCK)]
-        tasks += [("artifact_scores", (layer, block, real_ref)) for block in blocks]
+    tasks.append(("pictures", (layer, [unit_sets[c].tolist() for c in classes], [inserted[c] for c in classes])))
     try:
         out = ray.get(run_tasks(workers.get(), tasks))
     except ray.exceptions.RayError as e:
@@ -646,33 +669,68 @@ def layer_interventions(study: Study, g, layer: str, workers: _Workers) -> tuple
     effects, panels, pictures = out[:len(classes)], out[len(classes)], out[len(classes) + 1]
     results = {"labels": dict(g.attrs["labels"]), "interventions": {}, "insertion_maps": {}, "downstream": {}}
     for c, res in zip(classes, effects):
-        name = class_names[c]
         res["effect"]["ious"] = iou_all[unit_sets[c], c].tolist()
-        results["interventions"][name] = res["effect"]
-        results["insertion_maps"][name] = res["insertion_map"]
-        results["downstream"][name] = res["downstream"]
+        res["effect"]["inserted_values"] = inserted[c].tolist()
+        results["interventions"][class_names[c]] = res["effect"]
+        results["insertion_maps"][class_names[c]] = res["insertion_map"]
+        results["downstream"][class_names[c]] = res["downstream"]
     arrays = {"panel_units": (np.asarray(shown, np.int32), ("panel",)),
               "panel_images": (panels["images"], ("panel", "image", "y", "x", "rgb")),
               "panel_masks": (panels["masks"], ("panel", "image", "y", "x")),
               "intervention_images": (pictures, ("class", "switch", "image", "y", "x", "rgb"))}
+    real = _real_moments(study) if settings.artifact_samples >= 4 else None
     if real is not None:
-        scores = np.concatenate([np.asarray(s) for s in out[len(classes) + 2:]])
+        results["artifacts"], artifact_arrays = artifact_units(study, name, layer, workers, real, high)
+        arrays.update(artifact_arrays)
+    return results, arrays
+
+
+def artifact_units(study: Study, name: str, layer: str, workers: _Workers, real, high: np.ndarray) -> tuple[dict, dict]:
+    """Artifact units (Bau et al. 2019, section 4.3 and table 1). The `artifact_samples` seeds are
+    split in halves. Ranking half: each unit's peak activation per image (chunks on the workers);
+    for each unit, the `artifact_share` of those images where it peaks highest; its score is the
+    Fréchet distance of those images to the real features minus the distance with the unit ablated
+    alone (the improvement; blocks of units on the workers). The `artifact_units` best units are then
+    scored on the held-out half, against as many random units, on the images where the chosen units
+    are most active (the paper's table) and on all held-out images."""
+    import ray
+
+    settings = study.dissect
+    seeds = sources.dataset_seeds(study.seed, f"dissect/{name}/artifacts", settings.artifact_samples)
+    half = len(seeds) // 2
+    rank, held = seeds[:half], seeds[half:]
+    step = settings.chunk_size
+    try:
+        peaks = np.concatenate(ray.get(run_tasks(workers.get(), [("unit_peaks", (layer, rank[s:s + step].tolist()))
+                                                                 for s in range(0, half, step)])))
+        units = peaks.shape[1]
+        per_unit = max(2, int(np.ceil(settings.artifact_share * half)))
+        top_seeds = [rank[np.argsort(-peaks[:, u], kind="stable")[:per_unit]].tolist() for u in range(units)]
+        real_ref = ray.put(real)
+        blocks = [list(range(u0, min(units, u0 + ARTIFACT_BLOCK))) for u0 in range(0, units, ARTIFACT_BLOCK)]
+        scores = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in ray.get(run_tasks(
+            workers.get(), [("artifact_scores", (layer, block, [top_seeds[u] for u in block], real_ref))
+                            for block in blocks]))])
+        improvement = scores[:, 0] - scores[:, 1]
         k = min(settings.artifact_units, units)
-        improvement_order = np.argsort(scores, kind="stable")  # lowest score after ablation first
-        top = improvement_order[:k]
-        random_units = np.sort(np.random.default_rng(study.seed).choice(units, size=k, replace=False))
-        try:
-            table = ray.get(_call(workers.get()[0], "artifact_table", layer, top.tolist(), random_units.tolist(),
-                                  real_ref))
-        except ray.exceptions.RayError as e:
-            raise _translate(e, f"the artifact table of {layer}") from None
-        baseline = table.pop("rank_baseline")
-        results["artifacts"] = {
-            "score": f"Fréchet distance to {_artifact_reference(study)} on {study.probe.name} {study.layers[-1]} "
-                     "spatially pooled features",
-            "k": int(k), **table, "units": top.tolist(), "improvement": (baseline - scores[top]).tolist(),
-            "random_units": random_units.tolist(), "rank_samples": settings.intervention_samples // 2}
-        arrays["artifact_scores"] = (scores.astype(np.float32), ("unit",))
+        top = np.argsort(-improvement, kind="stable")[:k]
+        others = np.setdiff1d(np.arange(units), top)  # the baseline: as many random units among the others
+        random_units = np.sort(np.random.default_rng(study.seed).choice(others, size=min(k, len(others)),
+                                                                        replace=False))
+        table = ray.get(_call(workers.get()[0], "artifact_table", layer, top.tolist(), random_units.tolist(), high,
+                              real_ref, held.tolist(), settings.artifact_share))
+    except ray.exceptions.RayError as e:
+        raise _translate(e, f"the artifact units of {layer}") from None
+    pictures = table.pop("pictures")
+    results = {"score": f"Fréchet distance to {_artifact_reference(study)} on {study.probe.name} {study.layers[-1]} "
+                        "spatially pooled features",
+               "k": int(k), "units": top.tolist(), "improvement": improvement[top].tolist(),
+               "top_images_distance": scores[top, 0].tolist(), "random_units": random_units.tolist(),
+               "rank_samples": int(half), "images_per_unit": per_unit,
+               "units_improving": int((improvement > 0).sum()), **table}
+    arrays = {"artifact_before": (scores[:, 0].astype(np.float32), ("unit",)),
+              "artifact_after": (scores[:, 1].astype(np.float32), ("unit",)),
+              "artifact_images": (pictures, ("switch", "image", "y", "x", "rgb"))}
     return results, arrays
 
 

@@ -156,8 +156,9 @@ def dissect_section(study: Study, root, out: Path) -> tuple[str, dict]:
              f"segmenter over {settings.samples} samples, featuremaps upsampled to the segmentation; threshold per "
              f"unit and class: {method}; IoU pools pixels over all images; a unit is interpretable with IoU &gt; "
              f"{settings.iou_min}. Interventions on {settings.intervention_samples} other samples: the top "
-             f"{settings.top_k} units of each class (by IoU) set to 0 (ablation) or to their {settings.quantile} "
-             "quantile (insertion); ACE = class share after insertion minus after ablation; 'removed' = share of "
+             f"{settings.top_k} units of each class (by IoU) set to 0 (ablation) or to "
+             + (f"their {settings.quantile} quantile" if settings.insertion == "quantile"
+                else "their mean activation where the class is") + " (insertion); ACE = class share after insertion minus after ablation; 'removed' = share of "
              "the class's pixels gone after ablation.</p>"]
     summary: dict = {}
     for name in generators_of(study):
@@ -230,10 +231,23 @@ def layer_html(name: str, layer: str, group, results: dict, folder: Path, out: P
             parts.append(f'<img src="{trace.relative_to(out)}">')
     if "artifacts" in results:
         a = results["artifacts"]
-        parts.append(f"<h4>Artifact units ({html.escape(a['score'])}; units ranked on {a['rank_samples']} samples, "
-                     f"scored on {a['samples']} others)</h4>" + render.html_table(
-                         ["", "score"], [["original images", a["before"]],
-                                         [f"top {a['k']} artifact units ablated", a["after_top"]],
-                                         [f"{a['k']} random units ablated", a["after_random"]]])
-                     + f"<p>Artifact units: {', '.join(str(u) for u in a['units'])}</p>")
+        k = a["k"]
+        parts.append(
+            f"<h4>Artifact units</h4><p>Score: {html.escape(a['score'])} (lower: closer to real). Each unit is "
+            f"ranked on the {a['images_per_unit']} of {a['rank_samples']} samples where it peaks highest, by how much "
+            f"ablating it alone lowers that score ({a['units_improving']} units lower it). The top {k} are scored on "
+            "other samples, against as many random units: on the images where they are most active (the paper's "
+            "table) and on all.</p>" + render.html_table(
+                ["images", "original", f"top {k} artifact units ablated", f"{k} random units ablated"],
+                [[f"where the artifact units are most active ({a['images_active']})", a["active"]["before"],
+                  a["active"]["after_top"], a["active"]["after_random"]],
+                 [f"all ({a['images_all']})", a["all"]["before"], a["all"]["after_top"], a["all"]["after_random"]]])
+            + f"<p>Artifact units: {', '.join(str(u) for u in a['units'])}</p>")
+        if "artifact_images" in group:
+            pics = group["artifact_images"][...]
+            figure = render.image_rows(
+                [("original", [im.astype(np.float32) / 255 for im in pics[0]]),
+                 (f"top {k} ablated", [im.astype(np.float32) / 255 for im in pics[1]])],
+                f"{name} {layer}: where the artifact units are most active", folder / f"artifacts_{tag}.png")
+            parts.append(f'<img src="{figure.relative_to(out)}">')
     return "\n".join(parts)

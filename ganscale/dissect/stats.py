@@ -142,6 +142,7 @@ class Contingency:
     class_area: np.ndarray  # [C] int64: pixels of each class
     intersection: np.ndarray  # [U, C, J] int64: both
     pixels: int  # pixels counted (images x statistics resolution)
+    class_sum: np.ndarray  # [U, C] float64: the unit's activation summed over the pixels of each class
 
     @classmethod
     def of(cls, maps: torch.Tensor, segmentation: torch.Tensor, thresholds: np.ndarray, classes: int) -> "Contingency":
@@ -154,6 +155,7 @@ class Contingency:
         t = torch.as_tensor(np.array(thresholds), dtype=torch.float32, device=flat.device).contiguous()
         cells = classes * (J + 1)
         counts = torch.zeros(units * cells, dtype=torch.int64, device=flat.device)
+        class_sum = torch.zeros(units, classes, dtype=torch.float64, device=flat.device)
         seg_key = (seg * (J + 1)).view(1, -1)  # [1, B*P]
         for u0, u1 in _unit_blocks(units, flat.shape[0] * flat.shape[2]):
             x = flat[:, u0:u1].transpose(0, 1).reshape(u1 - u0, -1).contiguous()  # [u, B*P]
@@ -161,16 +163,23 @@ class Contingency:
             above = torch.searchsorted(t[u0:u1], x, side="left")
             key = above + seg_key + torch.arange(u0, u1, device=flat.device).view(-1, 1) * cells
             counts += torch.bincount(key.flatten(), minlength=units * cells)
+            class_sum[u0:u1].index_add_(1, seg.flatten(), x.double())
         counts = counts.view(units, classes, J + 1).cpu().numpy()
         # above threshold j <=> bucket > j: reverse cumulative sum over buckets j+1..J
         intersection = np.cumsum(counts[:, :, ::-1], 2)[:, :, ::-1][:, :, 1:]
         class_area = np.bincount(seg.flatten().cpu().numpy(), minlength=classes).astype(np.int64)
         return cls(np.asarray(thresholds, dtype=np.float64), intersection.sum(1), class_area,
-                   np.ascontiguousarray(intersection), int(seg.numel()))
+                   np.ascontiguousarray(intersection), int(seg.numel()), class_sum.cpu().numpy())
 
     def merge(self, other: "Contingency") -> "Contingency":
         return Contingency(self.thresholds, self.unit_area + other.unit_area, self.class_area + other.class_area,
-                           self.intersection + other.intersection, self.pixels + other.pixels)
+                           self.intersection + other.intersection, self.pixels + other.pixels,
+                           self.class_sum + other.class_sum)
+
+    def class_mean(self) -> np.ndarray:
+        """[U, C] each unit's mean activation where each class is (0 for a class never seen): the
+        other insertion value of Bau et al."""
+        return np.where(self.class_area > 0, self.class_sum / np.maximum(self.class_area, 1), 0.0)
 
     def iou(self) -> np.ndarray:
         """[U, C, J]"""

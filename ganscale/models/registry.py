@@ -310,7 +310,16 @@ def _toy_segmenter(weights: str | None = None, sha256: str | None = None):
     return ModuleSegmenter(module, list(CLASS_NAMES))
 
 
-SEGMENTERS: dict[str, Callable[..., Any]] = {"toy_segmenter": _toy_segmenter}
+def _ade20k_upernet(weights: str | None = None, sha256: str | None = None):
+    """CSAILVision's ADE20K UPerNet (ResNet-50) from a local folder or file (see ganscale.dissect.upernet)."""
+    from ganscale.dissect.upernet import ade20k_upernet
+
+    if sha256:
+        raise GanscaleError("dissect.segmenter.sha256: not supported for ade20k_upernet (a folder of two files)")
+    return ade20k_upernet(weights)
+
+
+SEGMENTERS: dict[str, Callable[..., Any]] = {"toy_segmenter": _toy_segmenter, "ade20k_upernet": _ade20k_upernet}
 
 
 def build_segmenter(name: str, weights: str | None = None, sha256: str | None = None):
