@@ -164,10 +164,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
 
     t0 = time.time()
     root = schema.open_store(study.store, study.storage_options)
-    for name in study.datasets:
-        group = root.get(schema.dataset_path(name))
-        if group is None or not schema.done_chunks(group).all():
-            raise GanscaleError(f"embed: dataset {name} is not fully sampled yet; run the sample stage first")
+    schema.require_sampled(root, study.datasets, "embed")
     init_ray(address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     backend = choose_backend(study, gpus)

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
+from ganscale.errors import GanscaleError
+
 LAYOUT_VERSION = 2
 
 HIST_BINS = 25  # colour histogram bins per channel
@@ -142,3 +144,11 @@ def write_chunk(group: zarr.Group, layout: DatasetLayout, chunk: int, *, seed: n
 
 def done_chunks(group: zarr.Group) -> np.ndarray:
     return group["done"][:].astype(bool)
+
+
+def require_sampled(root: zarr.Group, datasets, stage: str) -> None:
+    """Raise a one-line error naming the first dataset whose samples are not all written."""
+    for name in datasets:
+        group = root.get(dataset_path(name))
+        if group is None or not done_chunks(group).all():
+            raise GanscaleError(f"{stage}: dataset {name} is not fully sampled yet; run the sample stage first")

@@ -161,10 +161,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
         return {"skipped": "metrics.enabled is false"}
     t0 = time.time()
     root = schema.open_store(study.store, study.storage_options)
-    for name in study.datasets:
-        group = root.get(schema.dataset_path(name))
-        if group is None or not schema.done_chunks(group).all():
-            raise GanscaleError(f"metrics: dataset {name} is not fully sampled; run the sample stage first")
+    schema.require_sampled(root, study.datasets, "metrics")
     fp = fingerprint(study, root)
     stages = dict(root.attrs.get("stages", {}))
     if stages.get("metrics", {}).get("fingerprint") == fp and "metrics" in root:
