@@ -35,17 +35,45 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_head():
     """One local Ray head for the whole session, started as users start one (`ray start --head`,
-    with the job server), so tests can both attach drivers to it and `ray job submit` to it."""
+    with the job server), so tests can both attach drivers to it and `ray job submit` to it.
+
+    It runs with `--block` in its own temp dir: stopping that one command stops exactly the Ray it
+    started (never `ray stop`, which would stop every Ray on the machine)."""
+    import tempfile
+    import time
+
     port, dashboard = free_port(), free_port()
     ray_cli = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray_cli, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
-                    "--dashboard-host=127.0.0.1", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
-                    "--disable-usage-stats"], check=True, capture_output=True)
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}",
+                             "--dashboard-host=127.0.0.1", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=true",
+                             "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not _dashboard_up(dashboard):
+        if head.poll() is not None or time.time() > deadline:
+            head.kill()
+            raise RuntimeError(f"ray start --head did not come up (exit {head.poll()})")
+        time.sleep(0.5)
     yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}"}
     import ray
 
     ray.shutdown()
-    subprocess.run([ray_cli, "stop", "--force"], capture_output=True)
+    head.terminate()  # `ray start --block` stops the processes it started on SIGTERM
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+
+
+def _dashboard_up(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 @pytest.fixture(scope="session")
