@@ -9,15 +9,16 @@ from typing import Optional
 
 import typer
 
-from ganscale.errors import GanscaleError
+from ganscale.errors import GanscaleError, describe
 
 app = typer.Typer(help="ganscale: what GANs learned, at cluster scale.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 
 
-def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(2)
+def _fail(e: BaseException) -> None:
+    line, code = describe(e)
+    typer.echo(f"error: {line}", err=True)
+    raise typer.Exit(code)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -42,7 +43,8 @@ def run(study: Path = typer.Argument(..., help="The study YAML."),
             if s not in STAGES:
                 raise GanscaleError(f"--stages: unknown stage '{s}' (known: {', '.join(STAGES)})")
         results = run_study(load_study(study), chosen, address)
-    except GanscaleError as e:
+    except Exception as e:  # every failure ends in one line (-v logs the traceback)
+        logging.getLogger("ganscale").debug("failure", exc_info=True)
         _fail(e)
     for name, result in results.items():
         typer.echo(f"{name}: {result}")
@@ -56,7 +58,7 @@ def status(study: Path = typer.Argument(..., help="The study YAML.")) -> None:
 
     try:
         rows = stage_status(load_study(study, check_files=False))
-    except GanscaleError as e:
+    except Exception as e:
         _fail(e)
     for row in rows:
         typer.echo(f"{row['stage']:<7} {row['item']:<24} {row['state']}")
@@ -82,7 +84,7 @@ def demo(out: Path = typer.Option(Path("ganscale-demo"), help="Folder for the de
     try:
         study_file = demo_study_path(out)
         results = run_study(load_study(study_file), None, address)
-    except GanscaleError as e:
+    except Exception as e:
         _fail(e)
     for name, result in results.items():
         typer.echo(f"{name}: {result}")

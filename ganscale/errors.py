@@ -1,5 +1,43 @@
-"""The one error type users see: a one-line message that names the field or file at fault."""
+"""The errors users see: one line that names the field or file at fault, and an exit code.
+
+Exit codes: 2 for bad input (GanscaleError: the study, weights, data), 1 for the environment (a
+store that cannot be written, a storage endpoint or credentials that fail, a cluster that goes
+away). Either way a rerun of the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+BAD_INPUT, ENVIRONMENT = 2, 1
+RERUN = "fix it and rerun the same command: finished work is kept"
 
 
 class GanscaleError(Exception):
     """A problem with the user's input (study, weights, data). Printed as one line, exit code 2."""
+
+
+class EnvironmentFailure(Exception):
+    """A problem outside the user's input (storage, network, cluster). Printed as one line, exit code 1."""
+
+
+def describe(error: BaseException) -> tuple[str, int]:
+    """The one line to print for an error that ends a command, and the exit code."""
+    if isinstance(error, GanscaleError):
+        return str(error).splitlines()[0] if str(error) else type(error).__name__, BAD_INPUT
+    text = " ".join(str(error).split()) or type(error).__name__
+    if len(text) > 300:
+        text = text[:297] + "..."
+    if isinstance(error, EnvironmentFailure):
+        return f"{text}; {RERUN}", ENVIRONMENT
+    if isinstance(error, PermissionError):
+        where = f" {error.filename}" if getattr(error, "filename", None) else ""
+        return f"cannot write{where}: permission denied; {RERUN}", ENVIRONMENT
+    if isinstance(error, (OSError, TimeoutError, ConnectionError)):
+        return f"storage or network failure: {type(error).__name__}: {text}; {RERUN}", ENVIRONMENT
+    try:
+        import ray.exceptions
+
+        if isinstance(error, ray.exceptions.RayError):
+            return f"the Ray cluster failed: {type(error).__name__}: {text.splitlines()[0][:200]}; {RERUN}", ENVIRONMENT
+    except ImportError:  # pragma: no cover - ray is a dependency
+        pass
+    return f"internal error: {type(error).__name__}: {text}; {RERUN} (please report it with `-v` output)", ENVIRONMENT

@@ -2,7 +2,8 @@
 
     ray job submit --address http://HEAD:8265 --working-dir . -- python jobs/run_study.py STUDY.yaml [--stages sample]
 
-Exits 0 when every stage finished, 2 on bad input (one line on stderr), 1 on other failures.
+Exits 0 when every stage finished, 2 on bad input, 1 on environment failures (storage, network,
+cluster); either failure is one line on stderr.
 Ray does not retry jobs: rerunning the same command resumes, skipping completed work.
 """
 
@@ -20,16 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
 
-    from ganscale.errors import GanscaleError
+    from ganscale.errors import describe
     from ganscale.pipeline import run_study
     from ganscale.study import load_study
 
     try:
         study = load_study(args.study)
         results = run_study(study, args.stages.split(",") if args.stages else None)
-    except GanscaleError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        logging.getLogger("ganscale").debug("failure", exc_info=True)
+        line, code = describe(e)
+        print(f"error: {line}", file=sys.stderr)
+        return code
     for name, result in results.items():
         print(f"{name}: {result}")
     return 0

@@ -124,3 +124,27 @@ def test_demo_study_is_valid(tmp_path):
     study = load_study(demo_study_path(tmp_path))
     assert set(study.datasets) == {"real", "full", "no_tree"}
     assert yaml.safe_load((tmp_path / "demo.yaml").read_text())["store"] == "demo.zarr"
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("name: x\nstore: s.zarr\nprobe: {name: toy_probe}\nlayers: [block1]\ndatasets:\n"
+                    "  real: {kind: toyworld, samples: 10}\n  real: {kind: toyworld, samples: 20}\n")
+    with pytest.raises(GanscaleError, match="line 7.*key 'real' is given twice"):
+        load_study(path)
+
+
+def test_environment_failures_are_one_line_with_exit_1(tmp_path):
+    """A store that cannot be created is the environment's fault (exit 1), not bad input (exit 2)."""
+    from typer.testing import CliRunner
+
+    from ganscale.cli import app
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    path = toy_study(tmp_path, store=str(blocker / "store.zarr"))
+    result = CliRunner().invoke(app, ["run", str(path), "--stages", "sample"])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "rerun" in errors[0] and "Traceback" not in result.output
+    assert blocker.read_text() == "not a folder"
