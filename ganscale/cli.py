@@ -31,6 +31,8 @@ def run(study: Path = typer.Argument(..., help="The study YAML."),
         stages: Optional[str] = typer.Option(None, help="Comma-separated stages to run (default: all)."),
         address: Optional[str] = typer.Option(None, help="Ray cluster address (default: the job's cluster, "
                                                         "or a new local one)."),
+        verify: bool = typer.Option(False, "--verify", help="Check every stored sample chunk against its checksum "
+                                                            "first and recompute the damaged ones."),
         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run a study through the pipeline. Completed work in its store is reused."""
     from ganscale.pipeline import STAGES, run_study
@@ -42,7 +44,7 @@ def run(study: Path = typer.Argument(..., help="The study YAML."),
         for s in chosen or []:
             if s not in STAGES:
                 raise GanscaleError(f"--stages: unknown stage '{s}' (known: {', '.join(STAGES)})")
-        results = run_study(load_study(study), chosen, address)
+        results = run_study(load_study(study), chosen, address, verify=verify)
     except Exception as e:  # every failure ends in one line (-v logs the traceback)
         logging.getLogger("ganscale").debug("failure", exc_info=True)
         _fail(e)
@@ -51,17 +53,21 @@ def run(study: Path = typer.Argument(..., help="The study YAML."),
 
 
 @app.command()
-def status(study: Path = typer.Argument(..., help="The study YAML.")) -> None:
-    """What is done and what is left, per stage, dataset and layer."""
+def status(study: Path = typer.Argument(..., help="The study YAML."),
+           verify: bool = typer.Option(False, "--verify", help="Read every stored sample chunk and check it "
+                                                               "against its checksum.")) -> None:
+    """What is done and what is left, per stage, dataset and layer. Exit 1 if --verify finds damage."""
     from ganscale.pipeline import stage_status
     from ganscale.study import load_study
 
     try:
-        rows = stage_status(load_study(study, check_files=False))
+        rows = stage_status(load_study(study, check_files=False), verify=verify)
     except Exception as e:
         _fail(e)
     for row in rows:
         typer.echo(f"{row['stage']:<7} {row['item']:<24} {row['state']}")
+    if any(row["state"].startswith("damaged") for row in rows):
+        raise typer.Exit(1)
 
 
 def demo_study_path(out: Path) -> Path:

@@ -23,8 +23,10 @@ STAGES: dict[str, Callable[..., object]] = {
 }
 
 
-def run_study(study: Study, stages: list[str] | None = None, address: str | None = None) -> dict[str, object]:
-    """Run the named stages (default: all) in pipeline order; each skips work already in the store."""
+def run_study(study: Study, stages: list[str] | None = None, address: str | None = None,
+              verify: bool = False) -> dict[str, object]:
+    """Run the named stages (default: all) in pipeline order; each skips work already in the store.
+    `verify`: the sample stage first checks stored chunks against their checksums and redoes damaged ones."""
     chosen = stages or list(STAGES)
     results = {}
     for name in STAGES:
@@ -32,23 +34,27 @@ def run_study(study: Study, stages: list[str] | None = None, address: str | None
             continue
         t0 = time.time()
         log.info("stage %s: starting", name)
-        results[name] = STAGES[name](study, address=address)
+        extra = {"verify": True} if verify and name == "sample" else {}
+        results[name] = STAGES[name](study, address=address, **extra)
         log.info("stage %s: finished in %.1f s: %s", name, time.time() - t0, results[name])
     return results
 
 
-def stage_status(study: Study) -> list[dict]:
-    """One row per stage and dataset/layer: complete, partial, stale or not started."""
+def stage_status(study: Study, verify: bool = False) -> list[dict]:
+    """One row per stage and dataset/layer: complete, partial, stale, damaged or not started."""
     from ganscale import schema
 
-    rows = [{"stage": "sample", "item": r["dataset"], "state": f"{r['state']} ({r['done']}/{r['chunks']} chunks)"}
-            for r in sample.status(study)]
+    rows = []
+    for r in sample.status(study, verify=verify):
+        rows.append({"stage": "sample", "item": r["dataset"], "state": f"{r['state']} ({r['done']}/{r['chunks']} chunks)"})
+        rows += [{"stage": "", "item": "", "state": f"  {path} chunk {chunk}: {problem}"}
+                 for path, chunk, problem in r.get("damaged", [])]
     try:
         root = schema.open_store(study.store, study.storage_options, mode="r")
         stages = root.attrs.get("stages", {})
     except FileNotFoundError:
         root, stages = None, {}
-    sampled = all(r["state"].startswith("complete") for r in rows)
+    sampled = all(r["state"].startswith("complete") for r in rows if r["stage"] == "sample")
     for layer in study.layers:
         fitted = stages.get("embed", {}).get("layers", {}).get(layer, {}).get("fingerprint")
         current = embed.layer_fingerprint(study, root, layer) if sampled else None

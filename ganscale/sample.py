@@ -61,7 +61,7 @@ class DatasetPlan:
     files: list[str] | None = None  # image datasets: the file of each sample
 
 
-def plan(study: Study, root, *, check_inputs: bool = True) -> list[DatasetPlan]:
+def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False) -> list[DatasetPlan]:
     """Which chunks are left to compute. Creates missing dataset groups and recreates those whose
     fingerprint changed (a changed study never reuses stale samples). Inputs are checked first, so
     a bad input fails before anything in the store is touched."""
@@ -105,9 +105,20 @@ def plan(study: Study, root, *, check_inputs: bool = True) -> list[DatasetPlan]:
                 "resize": sources.RESIZE_NOTE, "spec": spec.model_dump(mode="json")})
             pending = list(range(layout.n_chunks))
         else:
+            if verify:
+                redo_damaged_chunks(group, layout, name)
             pending = [int(i) for i in np.flatnonzero(~schema.done_chunks(group))]
         plans.append(DatasetPlan(name, layout, pending, files_of.get(name)))
     return plans
+
+
+def redo_damaged_chunks(group, layout: schema.DatasetLayout, dataset: str) -> None:
+    """Mark chunks whose stored checksums no longer match as not done, so this run recomputes them."""
+    damaged = schema.verify_chunks(group, layout)
+    for path, chunk, problem in damaged:
+        log.warning("dataset %s: %s chunk %d: %s; recomputing it", dataset, path, chunk, problem)
+    for chunk in sorted({chunk for _, chunk, _ in damaged}):
+        group["done"][chunk] = 0
 
 
 def pick_device(requested: str) -> torch.device:
@@ -314,14 +325,15 @@ def init_ray(address: str | None = None) -> None:
 
 
 def run(study: Study, *, address: str | None = None, workers: int | None = None,
-        on_chunk: Callable[[str, int, dict], None] | None = None) -> SampleResult:
+        on_chunk: Callable[[str, int, dict], None] | None = None, verify: bool = False) -> SampleResult:
     """Sample every dataset of the study into its store, on the Ray cluster at `address` (or the
-    one this process is attached to, or a new local one)."""
+    one this process is attached to, or a new local one). `verify`: first check every stored chunk
+    against its checksum and recompute the damaged ones."""
     import ray
 
     t0 = time.time()
     root = schema.open_store(study.store, study.storage_options)
-    plans = plan(study, root)
+    plans = plan(study, root, verify=verify)
     total_chunks = sum(p.layout.n_chunks for p in plans)
     queue = deque((p.name, c) for p in plans for c in p.pending)
     skipped = total_chunks - len(queue)
@@ -397,8 +409,9 @@ def _actor_failure(error: Exception, task: tuple[str, int]) -> str:
             f"({type(error).__name__}); rerun to resume")
 
 
-def status(study: Study) -> list[dict]:
-    """Per dataset: chunks done of total, and whether the stored samples match the study."""
+def status(study: Study, verify: bool = False) -> list[dict]:
+    """Per dataset: chunks done of total, and whether the stored samples match the study; with
+    `verify`, also the chunks whose data no longer match their checksums."""
     try:
         root = schema.open_store(study.store, study.storage_options, mode="r")
     except FileNotFoundError:
@@ -413,5 +426,11 @@ def status(study: Study) -> list[dict]:
         stale = group.attrs.get("fingerprint") != fingerprint(study, name)
         done = int(schema.done_chunks(group).sum())
         state = "stale (study changed)" if stale else ("complete" if done == layout.n_chunks else "partial")
-        out.append({"dataset": name, "done": 0 if stale else done, "chunks": layout.n_chunks, "state": state})
+        row = {"dataset": name, "done": 0 if stale else done, "chunks": layout.n_chunks, "state": state}
+        if verify and not stale:
+            row["damaged"] = schema.verify_chunks(group, layout)
+            if row["damaged"]:
+                row["state"] = f"damaged ({len({c for _, c, _ in row['damaged']})} chunks; `ganscale run --verify` " \
+                               "recomputes them)"
+        out.append(row)
     return out

@@ -10,6 +10,7 @@ One zarr v3 hierarchy per study (a local folder or s3://bucket/prefix.zarr):
         label       int32   [N]          class label of a conditional generator / toy scene (-1: none)
         logits      float32 [N, K]       probe logits
         done        uint8   [n_chunks]   1 once chunk i of every array above and below is written
+        checksum    uint32  [n_chunks, A] CRC-32 of chunk i of each array (attrs checksum_arrays: their paths)
         layers/{layer}/activations  float32 [N, C]  the probe's activation at one spatial position
         layers/{layer}/position     int16   [N, 2]  that position (y, x) in the layer's featuremap
         layers/{layer}/pooled       float32 [N, C]  the layer's featuremap averaged over space (metrics)
@@ -38,7 +39,7 @@ import zarr
 
 from ganscale.errors import GanscaleError
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3  # 3: per-chunk checksums
 
 HIST_BINS = 25  # colour histogram bins per channel
 FID_FEATURES = 2048
@@ -116,7 +117,53 @@ def create_dataset_group(root: zarr.Group, dataset: str, layout: DatasetLayout, 
         if layout.fid_features:
             group.create_array("features/fid_pool3", shape=(n, FID_FEATURES), chunks=(c, FID_FEATURES),
                                dtype=ACTIVATION_DTYPE, dimension_names=("sample", "feature"))
+        paths = checksummed_arrays(layout)
+        group.create_array("checksum", shape=(layout.n_chunks, len(paths)), chunks=(1, len(paths)), dtype=np.uint32,
+                           fill_value=0, dimension_names=("chunk", "array"))
+        group.attrs["checksum_arrays"] = paths
     return group
+
+
+def checksummed_arrays(layout: DatasetLayout) -> list[str]:
+    """The per-sample arrays of a dataset group, in the order of the `checksum` columns."""
+    paths = ["seed", "source", "label", "logits"]
+    for layer in layout.layer_channels:
+        paths += [f"layers/{layer}/activations", f"layers/{layer}/position", f"layers/{layer}/pooled"]
+    paths += ["image/sharpness", "image/colour_hist"] + (["features/fid_pool3"] if layout.fid_features else [])
+    return paths
+
+
+def chunk_checksum(values: np.ndarray, dtype) -> int:
+    """CRC-32 of one chunk of an array, as stored (so what is read back hashes the same)."""
+    import zlib
+
+    if np.dtype(dtype).kind in "OTU":  # variable-length strings
+        return zlib.crc32("\0".join(str(v) for v in np.asarray(values).ravel()).encode())
+    return zlib.crc32(np.ascontiguousarray(np.asarray(values, dtype=dtype)).tobytes())
+
+
+def verify_chunks(group: zarr.Group, layout: DatasetLayout, chunks=None) -> list[tuple[str, int, str]]:
+    """(array, chunk, problem) for every done chunk whose data no longer matches its checksum, or
+    cannot be read: a deleted chunk file reads back as the fill value, a corrupt one fails to decode."""
+    done = done_chunks(group)
+    chunks = np.flatnonzero(done) if chunks is None else [c for c in chunks if done[c]]
+    if "checksum" not in group:
+        return [("checksum", int(c), "no checksums (written by an older ganscale)") for c in chunks]
+    paths = group.attrs.get("checksum_arrays", checksummed_arrays(layout))
+    bad = []
+    for chunk in chunks:
+        start, stop = layout.chunk_range(int(chunk))
+        stored = group["checksum"][int(chunk)]
+        for column, path in enumerate(paths):
+            array = group[path]
+            try:
+                got = chunk_checksum(array[start:stop], array.dtype)
+            except Exception as e:  # codecs raise many types for damaged bytes
+                bad.append((path, int(chunk), f"unreadable ({type(e).__name__})"))
+                continue
+            if got != int(stored[column]):
+                bad.append((path, int(chunk), "checksum mismatch (missing or changed chunk)"))
+    return bad
 
 
 def write_chunk(group: zarr.Group, layout: DatasetLayout, chunk: int, *, seed: np.ndarray, source: np.ndarray,
@@ -139,6 +186,12 @@ def write_chunk(group: zarr.Group, layout: DatasetLayout, chunk: int, *, seed: n
         group["image/colour_hist"][start:stop] = colour_hist
         if layout.fid_features:
             group["features/fid_pool3"][start:stop] = fid_pool3
+        values = {"seed": seed, "source": source, "label": label, "logits": logits, "image/sharpness": sharpness,
+                  "image/colour_hist": colour_hist, "features/fid_pool3": fid_pool3}
+        for layer in layout.layer_channels:
+            values.update({f"layers/{layer}/activations": activations[layer],
+                           f"layers/{layer}/position": positions[layer], f"layers/{layer}/pooled": pooled[layer]})
+        group["checksum"][chunk] = [chunk_checksum(values[p], group[p].dtype) for p in checksummed_arrays(layout)]
     group["done"][chunk] = 1
 
 
