@@ -33,6 +33,7 @@ def run(study: Path = typer.Argument(..., help="The study YAML."),
                                                         "or a new local one)."),
         verify: bool = typer.Option(False, "--verify", help="Check every stored sample chunk against its checksum "
                                                             "first and recompute the damaged ones."),
+        force: bool = typer.Option(False, "--force", help="Replace a store that holds another study."),
         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run a study through the pipeline. Completed work in its store is reused."""
     from ganscale.pipeline import STAGES, run_study
@@ -44,7 +45,7 @@ def run(study: Path = typer.Argument(..., help="The study YAML."),
         for s in chosen or []:
             if s not in STAGES:
                 raise GanscaleError(f"--stages: unknown stage '{s}' (known: {', '.join(STAGES)})")
-        results = run_study(load_study(study), chosen, address, verify=verify)
+        results = run_study(load_study(study), chosen, address, verify=verify, force=force)
     except Exception as e:  # every failure ends in one line (-v logs the traceback)
         logging.getLogger("ganscale").debug("failure", exc_info=True)
         _fail(e)

@@ -24,9 +24,10 @@ STAGES: dict[str, Callable[..., object]] = {
 
 
 def run_study(study: Study, stages: list[str] | None = None, address: str | None = None,
-              verify: bool = False) -> dict[str, object]:
+              verify: bool = False, force: bool = False) -> dict[str, object]:
     """Run the named stages (default: all) in pipeline order; each skips work already in the store.
-    `verify`: the sample stage first checks stored chunks against their checksums and redoes damaged ones."""
+    `verify`: the sample stage first checks stored chunks against their checksums and redoes damaged ones.
+    `force`: the sample stage may replace a store that holds another study."""
     chosen = stages or list(STAGES)
     results = {}
     for name in STAGES:
@@ -34,7 +35,7 @@ def run_study(study: Study, stages: list[str] | None = None, address: str | None
             continue
         t0 = time.time()
         log.info("stage %s: starting", name)
-        extra = {"verify": True} if verify and name == "sample" else {}
+        extra = {"verify": verify, "force": force} if name == "sample" else {}
         results[name] = STAGES[name](study, address=address, **extra)
         log.info("stage %s: finished in %.1f s: %s", name, time.time() - t0, results[name])
     return results

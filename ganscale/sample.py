@@ -59,66 +59,85 @@ class DatasetPlan:
     layout: schema.DatasetLayout
     pending: list[int]
     files: list[str] | None = None  # image datasets: the file of each sample
+    fingerprint: str = ""
+    replace: bool = False  # the stored group is missing or stale: create it afresh
 
 
 def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False) -> list[DatasetPlan]:
-    """Which chunks are left to compute. Creates missing dataset groups and recreates those whose
-    fingerprint changed (a changed study never reuses stale samples). Inputs are checked first, so
-    a bad input fails before anything in the store is touched."""
+    """Which chunks are left to compute, without writing anything: inputs are checked, missing or
+    stale (changed fingerprint) dataset groups are marked for replacement, and with `verify` the
+    chunks whose checksums no longer match count as pending."""
     files_of: dict[str, list[str]] = {}
     if check_inputs:
         from ganscale import weights
 
-        def verify(uri: str | None, sha256: str | None, field: str) -> None:
+        def verify_file(uri: str | None, sha256: str | None, field: str) -> None:
             if uri and sha256:  # fetch once and check the hash here, before any worker starts
                 weights.resolve(uri, sha256, field=field, storage_options=study.storage_options)
             elif uri:
                 weights.check_exists(uri, field, study.storage_options)
 
-        verify(study.probe.weights, study.probe.sha256, "probe.weights")
+        verify_file(study.probe.weights, study.probe.sha256, "probe.weights")
         if study.metrics.fid_inception:
-            verify(study.metrics.fid_inception.weights, study.metrics.fid_inception.sha256,
-                   "metrics.fid_inception.weights")
+            verify_file(study.metrics.fid_inception.weights, study.metrics.fid_inception.sha256,
+                        "metrics.fid_inception.weights")
         for name, spec in study.datasets.items():
             if spec.kind == "images":
                 found = sources.list_images(spec.path, study.storage_options, f"datasets.{name}.path")
                 files_of[name] = sources.choose_files(found, spec.samples, study.seed, name, f"datasets.{name}")
             elif spec.kind == "generator" and spec.name != "biggan":  # biggan's weights are a directory
-                verify(spec.weights, spec.sha256, f"datasets.{name}.weights")
-                verify(spec.path, spec.sha256, f"datasets.{name}.path")
+                verify_file(spec.weights, spec.sha256, f"datasets.{name}.weights")
+                verify_file(spec.path, spec.sha256, f"datasets.{name}.path")
 
-    root.attrs.update({"ganscale_version": __version__, "layout_version": schema.LAYOUT_VERSION,
-                       "study": study.model_dump(mode="json"), "config_hash": study.config_hash()})
     plans = []
-    for name, spec in study.datasets.items():
+    for name in study.datasets:
         layout = layout_for(study, name)
         fp = fingerprint(study, name)
-        path = schema.dataset_path(name)
-        group = root.get(path)
+        group = root.get(schema.dataset_path(name))
         if group is None or group.attrs.get("fingerprint") != fp:
-            if group is not None:
-                log.warning("dataset %s: its configuration changed since it was sampled; resampling it", name)
-            entry = registry.probe_entry(study.probe.name)
-            schema.create_dataset_group(root, name, layout, {
-                "fingerprint": fp, "kind": spec.kind, "samples": spec.samples, "chunk_size": layout.chunk_size,
-                "n_chunks": layout.n_chunks, "probe": study.probe.name, "input_size": entry.input_size,
-                "resize": sources.RESIZE_NOTE, "spec": spec.model_dump(mode="json")})
-            pending = list(range(layout.n_chunks))
+            pending, replace = list(range(layout.n_chunks)), True
         else:
+            done = schema.done_chunks(group)
             if verify:
-                redo_damaged_chunks(group, layout, name)
-            pending = [int(i) for i in np.flatnonzero(~schema.done_chunks(group))]
-        plans.append(DatasetPlan(name, layout, pending, files_of.get(name)))
+                damaged = schema.verify_chunks(group, layout)
+                for path, chunk, problem in damaged:
+                    log.warning("dataset %s: %s chunk %d: %s; recomputing it", name, path, chunk, problem)
+                done[[chunk for _, chunk, _ in damaged]] = False
+            pending, replace = [int(i) for i in np.flatnonzero(~done)], False
+        plans.append(DatasetPlan(name, layout, pending, files_of.get(name), fp, replace))
     return plans
 
 
-def redo_damaged_chunks(group, layout: schema.DatasetLayout, dataset: str) -> None:
-    """Mark chunks whose stored checksums no longer match as not done, so this run recomputes them."""
-    damaged = schema.verify_chunks(group, layout)
-    for path, chunk, problem in damaged:
-        log.warning("dataset %s: %s chunk %d: %s; recomputing it", dataset, path, chunk, problem)
-    for chunk in sorted({chunk for _, chunk, _ in damaged}):
-        group["done"][chunk] = 0
+def check_store_owner(study: Study, root, force: bool = False) -> None:
+    """A store belongs to one study: another study's store is refused unless `force`."""
+    held = (root.attrs.get("study") or {}).get("name")
+    if held is not None and held != study.name and not force:
+        raise GanscaleError(f"store: {study.store} holds study '{held}', not '{study.name}'; "
+                            "point the study at another store, or pass --force to replace it")
+
+
+def prepare_store(study: Study, root, plans: list[DatasetPlan]) -> None:
+    """The first writes of a run, once every input has been checked: root metadata, fresh groups
+    for missing or stale datasets, and damaged chunks marked not done."""
+    meta = {"ganscale_version": __version__, "layout_version": schema.LAYOUT_VERSION,
+            "study": study.model_dump(mode="json"), "config_hash": study.config_hash()}
+    if any(root.attrs.get(k) != v for k, v in meta.items()):
+        root.attrs.update(meta)
+    entry = registry.probe_entry(study.probe.name)
+    for p in plans:
+        spec = study.datasets[p.name]
+        if p.replace:
+            if schema.dataset_path(p.name) in root:
+                log.warning("dataset %s: its configuration changed since it was sampled; resampling it", p.name)
+            schema.create_dataset_group(root, p.name, p.layout, {
+                "fingerprint": p.fingerprint, "kind": spec.kind, "samples": spec.samples,
+                "chunk_size": p.layout.chunk_size, "n_chunks": p.layout.n_chunks, "probe": study.probe.name,
+                "input_size": entry.input_size, "resize": sources.RESIZE_NOTE, "spec": spec.model_dump(mode="json")})
+        else:
+            group = root[schema.dataset_path(p.name)]
+            undone = set(np.flatnonzero(~schema.done_chunks(group)).tolist())
+            for chunk in set(p.pending) - undone:
+                group["done"][chunk] = 0
 
 
 def pick_device(requested: str) -> torch.device:
@@ -220,6 +239,16 @@ class ChunkSampler:
             "positions": {layer: np.concatenate(v) for layer, v in positions.items()},
             "pooled": {layer: np.concatenate(v) for layer, v in pooled.items()},
         }
+
+    @torch.inference_mode()
+    def preflight(self, datasets: list[str]) -> None:
+        """Build every model these datasets need and push one batch of each through the probe
+        (and the FID network): the checks that can only be made by running them."""
+        for dataset in datasets:
+            images, _, _ = self._images(dataset, np.zeros(1, dtype=np.int64))
+            self.probe(sources.resize_square(images, self.probe.input_size))
+            if self.fid_net is not None:
+                self.fid_net.features(images)
 
     def run_chunk(self, dataset: str, chunk: int) -> tuple[str, int, int, dict]:
         arrays = self.compute(dataset, chunk)
@@ -325,14 +354,16 @@ def init_ray(address: str | None = None) -> None:
 
 
 def run(study: Study, *, address: str | None = None, workers: int | None = None,
-        on_chunk: Callable[[str, int, dict], None] | None = None, verify: bool = False) -> SampleResult:
+        on_chunk: Callable[[str, int, dict], None] | None = None, verify: bool = False,
+        force: bool = False) -> SampleResult:
     """Sample every dataset of the study into its store, on the Ray cluster at `address` (or the
     one this process is attached to, or a new local one). `verify`: first check every stored chunk
-    against its checksum and recompute the damaged ones."""
+    against its checksum and recompute the damaged ones. `force`: replace another study's store."""
     import ray
 
     t0 = time.time()
     root = schema.open_store(study.store, study.storage_options)
+    check_store_owner(study, root, force)
     plans = plan(study, root, verify=verify)
     total_chunks = sum(p.layout.n_chunks for p in plans)
     queue = deque((p.name, c) for p in plans for c in p.pending)
@@ -350,6 +381,15 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     actor_cls = ray.remote(max_restarts=3, max_task_retries=3)(ChunkSampler)
     actors = [actor_cls.options(**resources).remote(study, files, threads)
               for _ in range(n_workers)]
+    # Every model built and one batch of every source read, on a worker, before the first write:
+    # bad weights, plugins or images fail here and the store stays as it was.
+    try:
+        ray.get(actors[0].preflight.remote(sorted({name for name, _ in queue})))
+    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+        for actor in actors:
+            ray.kill(actor)
+        raise GanscaleError(_worker_failure(e, "sample: checking the inputs on a worker")) from None
+    prepare_store(study, root, plans)
 
     def samples_in(task):
         start, stop = sizes[task[0]].chunk_range(task[1])
@@ -373,14 +413,8 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
             actor, task = in_flight.pop(ready[0])
             try:
                 dataset, chunk, n, worker = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as e:
-                cause = getattr(e, "cause", None)
-                if isinstance(cause, GanscaleError):
-                    raise GanscaleError(str(cause)) from None
-                raise GanscaleError(f"sample: chunk {task[1]} of dataset {task[0]} failed: "
-                                    f"{str(cause or e).strip().splitlines()[-1]}") from None
-            except ray.exceptions.RayActorError as e:
-                raise GanscaleError(_actor_failure(e, task)) from None
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+                raise GanscaleError(_worker_failure(e, f"sample: chunk {task[1]} of dataset {task[0]}")) from None
             written += n
             computed += 1
             progress.advance(n)
@@ -399,14 +433,25 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     return SampleResult(computed, skipped, written, seconds, n_workers)
 
 
-def _actor_failure(error: Exception, task: tuple[str, int]) -> str:
-    """One line for a worker that could not start or died for good: the GanscaleError its
-    constructor raised (bad weights, say) when there was one."""
+def _worker_failure(error: Exception, context: str) -> str:
+    """One line for a failed worker task or a worker that could not start or died for good: the
+    GanscaleError raised inside it (bad weights, say) when there was one."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, GanscaleError):
+        return str(cause)
     for line in str(error).splitlines():
         if "GanscaleError: " in line:
             return line.split("GanscaleError: ", 1)[1].strip()
-    return (f"sample: a worker died for good on chunk {task[1]} of dataset {task[0]} "
-            f"({type(error).__name__}); rerun to resume")
+    if isinstance(error, ray_actor_error()):
+        return f"{context}: a worker died for good ({type(error).__name__}); rerun to resume"
+    last = str(cause or error).strip().splitlines()
+    return f"{context} failed: {last[-1] if last else type(error).__name__}"
+
+
+def ray_actor_error():
+    import ray
+
+    return ray.exceptions.RayActorError
 
 
 def status(study: Study, verify: bool = False) -> list[dict]:

@@ -331,3 +331,40 @@ def test_damaged_chunks_are_found_named_and_recomputed(reference, tmp_path):
     assert "computed_chunks=2" in result.output
     assert_same(all_arrays(str(copy)), expected)
     assert CliRunner().invoke(app, ["status", str(path), "--verify"]).exit_code == 0
+
+
+def store_digest(path) -> str:
+    """sha256 over every file of a local store (names and bytes): 'untouched' means equal digests."""
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for f in sorted(Path(path).rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(path)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("change", ["probe_weights", "generator_weights", "plugin", "other_study"])
+def test_errors_found_on_workers_leave_the_store_untouched(reference, tmp_path, change):
+    """Bad inputs that only show once a worker builds the models fail before the first write."""
+    import shutil
+
+    study, _, _ = reference
+    copy = tmp_path / "store.zarr"
+    shutil.copytree(study.store, copy)
+    before = store_digest(copy)
+    overrides = {
+        "probe_weights": {"probe": {"weights": "builtin:dcgan_full.pt"}},
+        "generator_weights": {"datasets": {"real": {"kind": "toyworld", "samples": 200},
+                                           "full": {"kind": "generator", "name": "dcgan", "samples": 150,
+                                                    "weights": "builtin:segmenter.pt"}}},
+        "plugin": {"datasets": {"real": {"kind": "toyworld", "samples": 200},
+                                "full": {"kind": "generator", "name": "plugins:nan_dcgan", "samples": 150}}},
+        "other_study": {"name": "someone-elses"},
+    }[change]
+    path = toy_study(tmp_path, store=str(copy), **overrides)
+    with pytest.raises(GanscaleError) as err:
+        sample.run(load_study(path), workers=1)
+    assert "\n" not in str(err.value)
+    assert store_digest(copy) == before, f"{change}: the store changed"
