@@ -1,0 +1,118 @@
+"""Where the work runs: attaching to Ray, what each worker reserves, its torch device, and one
+actor pool that hands tasks to actors as they free up and turns any worker failure into one line.
+
+Why not `ray.util.ActorPool`: when a task fails it raises without saying which task it was, and the
+one-line error must name the chunk, layer or batch at fault; everything else here is the same
+submit-as-they-free-up loop ActorPool runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+from ganscale.errors import GanscaleError
+
+log = logging.getLogger("ganscale")
+
+
+def init_ray(address: str | None = None) -> None:
+    """Attach to the Ray cluster at `address`, or the one this process runs in, or start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise GanscaleError("sample.device: 'cuda' requested but this worker has no GPU")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def worker_resources(device: str, workers: int | None) -> tuple[int, dict]:
+    """How many model-hosting actors, and what each reserves: one per GPU when the cluster has
+    GPUs (and `device` is not 'cpu'), else CPU workers sharing the cluster's CPUs (one per 4)."""
+    import ray
+
+    total = ray.cluster_resources()
+    gpus = int(total.get("GPU", 0))
+    if gpus and device != "cpu":
+        return workers or gpus, {"num_gpus": 1, "num_cpus": 1}
+    if device == "cuda":
+        raise GanscaleError("sample.device: 'cuda' requested but the Ray cluster has no GPUs")
+    cpus = max(1, int(total.get("CPU", 1)))
+    n = workers or max(1, cpus // 4)
+    return n, {"num_cpus": max(1, cpus // n) if n <= cpus else cpus / n}
+
+
+@dataclass(frozen=True)
+class Task:
+    method: str  # the actor method to call
+    args: tuple
+    what: str  # names the work in error messages: "chunk 3 of dataset real"
+
+
+def worker_failure(error: BaseException, what: str) -> str:
+    """One line for a failed task, or a worker that could not start or died for good: the
+    GanscaleError raised inside it (bad weights, say) when there was one."""
+    import ray
+
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, GanscaleError):
+        return str(cause)
+    for line in str(error).splitlines():
+        if "GanscaleError: " in line:
+            return line.split("GanscaleError: ", 1)[1].strip()
+    if isinstance(error, ray.exceptions.RayActorError):
+        return f"{what}: a worker died for good ({type(error).__name__}); rerun to resume"
+    lines = str(cause or error).strip().splitlines()
+    return f"{what} failed: {lines[-1] if lines else type(error).__name__}"
+
+
+def run_on_actors(actors: list, tasks: Iterable[Task], on_result: Callable[[Task, Any], None] | None = None, *,
+                  in_flight_per_actor: int = 1, fetch: bool = True, kill: bool = True) -> list:
+    """Hand `tasks` to `actors` as they free up (`in_flight_per_actor` queued on each, so a worker
+    never waits for the driver between tasks). `on_result(task, value)` runs on the driver as each
+    finishes (value is the ObjectRef when `fetch` is False: the result stays in the object store for
+    a later merge). Returns the results in task order. A failure raises a one-line GanscaleError
+    naming the task; the actors are killed at the end when `kill`."""
+    import ray
+
+    queue = deque(enumerate(tasks))
+    results: list = [None] * len(queue)
+    in_flight: dict = {}
+
+    def submit(actor) -> None:
+        if queue:
+            i, task = queue.popleft()
+            in_flight[getattr(actor, task.method).remote(*task.args)] = (actor, i, task)
+
+    try:
+        for _ in range(in_flight_per_actor):
+            for actor in actors:
+                submit(actor)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            actor, i, task = in_flight.pop(ready[0])
+            try:
+                value = ray.get(ready[0]) if fetch else ready[0]
+                if not fetch:
+                    ray.wait([ready[0]], fetch_local=False)
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+                raise GanscaleError(worker_failure(e, task.what)) from None
+            results[i] = value
+            if on_result is not None:
+                on_result(task, value)
+            submit(actor)
+    finally:
+        if kill:
+            for actor in actors:
+                ray.kill(actor)
+    return results
