@@ -9,7 +9,7 @@ Written to the store, under atlas/{layer}/g{G}/ (cells are indexed [iy, ix], iy 
 
     counts       int64   [D, G, G]       samples per cell, per dataset (D in the study's order)
     mean         float32 [G, G, C]       mean activation of the cell over all datasets (NaN if empty)
-    top_labels   int32   [D, G, G, T]    most frequent top-1 probe labels (-1: none)
+    top_labels   int32   [D, G, G, T]    most frequent top-1 probe labels (-1: none, always for a probe without classes)
     label_counts int64   [D, G, G, T]    how often each of them
     examples     int64   [D, G, G, E]    smallest sample ids in the cell (-1: none)
     kl           float64 [D, D]          KL(p_a || p_b) of the smoothed cell distributions
@@ -74,8 +74,9 @@ def partial_stats(xy: np.ndarray, acts: np.ndarray, logits: np.ndarray, first_id
     counts = np.bincount(cells, minlength=n_cells)
     membership = sparse.csr_matrix((np.ones(len(cells)), (cells, np.arange(len(cells)))), shape=(n_cells, len(cells)))
     sums = np.asarray(membership @ acts.astype(np.float64))
-    labels = np.bincount(cells * logits.shape[1] + logits.argmax(1),
-                         minlength=n_cells * logits.shape[1]).reshape(n_cells, -1)
+    k = logits.shape[1]  # 0: a probe without a class head, no labels
+    labels = (np.bincount(cells * k + logits.argmax(1), minlength=n_cells * k).reshape(n_cells, -1) if k
+              else np.zeros((n_cells, 0), dtype=np.int64))
     examples = np.full((n_cells, n_examples), -1, dtype=np.int64)
     order = np.argsort(cells, kind="stable")  # ids ascending within each cell
     sorted_cells = cells[order]
@@ -130,7 +131,10 @@ def kl_terms(p_counts: np.ndarray, q_counts: np.ndarray, alpha: float) -> np.nda
 
 
 def top_labels(label_counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """[cells, K] counts -> the k most frequent labels and their counts (-1 / 0 where absent)."""
+    """[cells, K] counts -> the k most frequent labels and their counts (-1 / 0 where absent; all
+    absent, k of them, for a probe without classes)."""
+    if label_counts.shape[1] == 0:
+        return np.full((len(label_counts), k), -1, dtype=np.int32), np.zeros((len(label_counts), k), dtype=np.int64)
     k = min(k, label_counts.shape[1])
     order = np.argsort(-label_counts, axis=1, kind="stable")[:, :k]
     counts = np.take_along_axis(label_counts, order, axis=1)

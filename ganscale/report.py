@@ -13,7 +13,8 @@ summary.json (schema "ganscale.summary/1"):
 
 "metrics": {"feature_sets": {name: {"dims": int}}, "resize": str, "subset": int,
             "frechet": [{"features", "a", "b", "value"}], "kid": [{"features", "a", "b", "mean", "std"}],
-            "inception_score": {dataset: {"mean", "std", "splits"}},
+            "inception_score": {dataset: {"mean", "std", "splits"}},   # {} when left out, then:
+            "inception_score_left_out": str,                          # the reason ("probe has no class head")
             "prdc": [{"features", "real", "fake", "precision", "recall", "density", "coverage", ...}],
             "images": {dataset: {"sharpness_mean", "sharpness_std", "histogram" [4][25], "colour_kl": {real: {channel: kl}},
                                  "spikes": [{"channel", "bin", "low", "high", "fake_share", "real_share", "ratio"}]}},

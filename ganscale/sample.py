@@ -49,7 +49,8 @@ def layout_for(study: Study, dataset: str) -> schema.DatasetLayout:
     entry = registry.probe_entry(study.probe.name)
     return schema.DatasetLayout(
         samples=study.datasets[dataset].samples, chunk_size=study.sample.chunk_size,
-        num_classes=entry.num_classes, layer_channels={layer: entry.layers[layer] for layer in study.layers},
+        num_classes=registry.probe_classes(study.probe, study.storage_options),
+        layer_channels={layer: entry.layers[layer] for layer in study.layers},
         fid_features=study.metrics.fid_inception is not None)
 
 

@@ -8,7 +8,7 @@ One zarr v3 hierarchy per study (a local folder or s3://bucket/prefix.zarr):
         seed        int64   [N]          the integer seed the image came from (-1 for image files)
         source      string  [N]          image file path ("" for seeded datasets)
         label       int32   [N]          class label of a conditional generator / toy scene (-1: none)
-        logits      float32 [N, K]       probe logits
+        logits      float32 [N, K]       probe logits (K = 0 for a probe without a class head)
         done        uint8   [n_chunks]   1 once chunk i of every array above and below is written
         checksum    uint32  [n_chunks, A] CRC-32 of chunk i of each array (attrs checksum_arrays: their paths)
         layers/{layer}/activations  float32 [N, C]  the probe's activation at one spatial position

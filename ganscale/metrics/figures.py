@@ -67,9 +67,13 @@ def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
         [[r["features"], r["real"], r["fake"], r["precision"], r["recall"], r["density"], r["coverage"]]
          for r in results["prdc"]]))
     images = results["images"]
-    parts.append("<h3>Inception Score (probe logits), MS-SSIM diversity, sharpness</h3>" + render.html_table(
+    left_out = results.get("inception_score_left_out")
+    scores = results["inception_score"]
+    parts.append("<h3>Inception Score (probe logits), MS-SSIM diversity, sharpness</h3>"
+                 + (f"<p>Inception Score left out: {html.escape(left_out)}.</p>" if left_out else "")
+                 + render.html_table(
         ["dataset", "IS mean", "IS std", "MS-SSIM mean (higher: less diverse)", "pairs", "sharpness mean", "std"],
-        [[n, results["inception_score"][n]["mean"], results["inception_score"][n]["std"],
+        [[n, scores[n]["mean"] if n in scores else "left out", scores[n]["std"] if n in scores else "",
           results["ms_ssim"][n]["mean"], results["ms_ssim"][n]["pairs"], images[n]["sharpness_mean"],
           images[n]["sharpness_std"]] for n in study.datasets]))
     kl_rows = [[g, r] + [images[g]["colour_kl"][r][ch] for ch in CHANNELS]
@@ -173,7 +177,8 @@ def sweep_html(sweep: dict, folder: Path, out: Path) -> str:
                               xlabel="checkpoint")
     table = render.html_table(["checkpoint", "Fréchet", "KID", "precision", "recall", "density", "coverage", "IS", "MS-SSIM"],
                    [[r["label"], r["frechet"], r["kid_mean"], r["precision"], r["recall"], r["density"],
-                     r["coverage"], r["is_mean"], r["ms_ssim"]] for r in rows])
+                     r["coverage"], "left out" if r["is_mean"] is None else r["is_mean"], r["ms_ssim"]]
+                    for r in rows])
     return f"<h3>Checkpoint sweep ({sweep['samples']} samples each)</h3>" + table + _img(path, out)
 
 

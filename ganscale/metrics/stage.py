@@ -12,7 +12,7 @@ against every real one (and between generators where it makes sense).
 Feature sets: `pooled:{layer}` (the study probe's featuremap averaged over space, for each of
 `metrics.feature_layers`, default the last study layer) and `fid_pool3` (the FID Inception network,
 when `metrics.fid_inception` is given: that one is the standard FID). The Inception Score uses the
-study probe's logits.
+study probe's logits; it is left out, with IS_LEFT_OUT as the reason, for a probe without a class head.
 
 Written to the store under metrics/ (recreated whenever its inputs change):
 
@@ -45,6 +45,7 @@ log = logging.getLogger("ganscale.metrics")
 
 CHANNELS = ("red", "green", "blue", "gray")
 NEIGHBOURS_K = 5
+IS_LEFT_OUT = "probe has no class head"  # the Inception Score's reason when the probe gives no logits
 SPIKES_SHOWN = 3
 
 
@@ -65,10 +66,13 @@ def feature_sets(study: Study) -> dict[str, str]:
     return out
 
 
-def fid_resize_note() -> str:
-    from ganscale.models.fid_inception import RESIZE_NOTE
+def fid_resize_note(study: Study) -> str:
+    from ganscale.models.fid_inception import resize_note
+    from ganscale.weights import resolve
 
-    return RESIZE_NOTE
+    spec = study.metrics.fid_inception
+    return resize_note(resolve(spec.weights, spec.sha256, field="metrics.fid_inception.weights",
+                               storage_options=study.storage_options))
 
 
 def fingerprint(study: Study, root) -> str:
@@ -108,8 +112,10 @@ def chunk_partial(store: str, storage_options: dict, dataset: str, start: int, s
     n = group["logits"].shape[0]
     moments = {name: fm.FeatureMoments.of(group[path][start:stop]) for name, path in paths.items()}
     logits = group["logits"][start:stop].astype(np.float64)
-    logp = logits - logits.max(1, keepdims=True)
-    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    logp = logits  # [n, 0] for a probe without a class head: the IS sums stay empty
+    if logits.shape[1]:
+        logp = logits - logits.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
     p = np.exp(logp)
     split = split_of(np.arange(start, stop), n, splits)
     p_sum = np.zeros((splits, p.shape[1]))
@@ -178,15 +184,18 @@ def run(study: Study, *, address: str | None = None) -> dict:
     compared = [(r, g) for r in reals for g in gens] + list(itertools.combinations(gens, 2))
     results: dict = {"feature_sets": {name: {"dims": int(p.moments[name].sum.shape[0])}
                                       for name, p in [(n, partials[reals[0]]) for n in sets]},
-                     "resize": sources.RESIZE_NOTE + ("; " + fid_resize_note() if "fid_pool3" in sets else ""),
+                     "resize": sources.RESIZE_NOTE + ("; " + fid_resize_note(study) if "fid_pool3" in sets else ""),
                      "subset": study.metrics.prdc_samples}
     results["frechet"] = [{"features": fs, "a": a, "b": b,
                            "value": fm.frechet_distance_from_moments(partials[a].moments[fs], partials[b].moments[fs])}
                           for fs in sets for a, b in compared]
     results["inception_score"] = {}
-    for name, part in partials.items():
-        mean, std = inception_score_from_partial(part)
-        results["inception_score"][name] = {"mean": mean, "std": std, "splits": study.metrics.is_splits}
+    if not partials[reals[0]].is_p_sum.shape[1]:
+        results["inception_score_left_out"] = IS_LEFT_OUT
+    else:
+        for name, part in partials.items():
+            mean, std = inception_score_from_partial(part)
+            results["inception_score"][name] = {"mean": mean, "std": std, "splits": study.metrics.is_splits}
 
     subsets = {(n, fs): feature_subset(study, root, n, path) for n in study.datasets for fs, path in sets.items()}
     results["kid"], results["prdc"] = [], []
@@ -433,7 +442,7 @@ def sweep_task(study: Study) -> dict:
                                    seed=study.seed)
         pr = fm.prdc(against_subset, feats[:m.prdc_samples], k=m.precision_k)
         dc = fm.prdc(against_subset, feats[:m.prdc_samples], k=m.density_k)
-        is_mean, is_std = fm.inception_score(logits, splits=m.is_splits)
+        is_mean, is_std = fm.inception_score(logits, splits=m.is_splits) if logits.shape[1] else (None, None)
         pairs = min(m.msssim_pairs, len(images) // 2)
         ssim = np.asarray(im.ms_ssim(images[:pairs], images[pairs:2 * pairs]).cpu(), dtype=np.float64)
         rows.append({"label": label, "features": fs,

