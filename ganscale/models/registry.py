@@ -216,11 +216,19 @@ class BigGANGenerator:
 
 
 def _dcgan(spec, field: str, storage_options=None) -> Generator:
-    from ganscale.models.dcgan import DCGAN
+    """ganscale's DCGAN checkpoints, or the PyTorch DCGAN tutorial's (`main.N` keys, possibly inside
+    `netG_state_dict`), whose sizes are read off the tensor shapes."""
+    from ganscale.models.dcgan import DCGAN, from_tutorial_state, is_tutorial_state
 
-    module = DCGAN(z_dim=spec.z_dim or 64, resolution=spec.resolution or 32, **spec.options)
     state = weights_io.load_state_dict(spec.weights, spec.sha256, field=f"{field}.weights",
                                        storage_options=storage_options)
+    if not isinstance(state, dict):
+        raise GanscaleError(f"{field}.weights: expected a state dict, got {type(state).__name__}")
+    if is_tutorial_state(state):
+        if spec.options:
+            raise GanscaleError(f"{field}.options: not used for PyTorch-tutorial DCGAN weights (sizes come from them)")
+        return from_tutorial_state(state, f"{field}.weights", spec.z_dim, spec.resolution)
+    module = DCGAN(z_dim=spec.z_dim or 64, resolution=spec.resolution or 32, **spec.options)
     load_strict(module, state, f"{field}.weights")
     return module.eval()
 
