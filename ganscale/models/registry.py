@@ -1,8 +1,9 @@
 """Names in a study YAML -> models behind the protocols of ganscale.models.base.
 
-Probes: `inception_v1` (Lucid's inception5h), `toy_probe`. Generators: `dcgan`, `biggan`
-(pytorch-pretrained-biggan, local weights directory), `torchscript` (any scripted generator
-file), and `package.module:function` plugins. Segmenters: `toy_segmenter`.
+Probes: `inception_v1` (Lucid's inception5h), `toy_probe`. Generators: `dcgan` (ganscale's or the
+PyTorch tutorial's checkpoints), `biggan` (pytorch-pretrained-biggan, local weights directory),
+`torchscript` (any scripted generator file), `openvino` and `onnx` (exported models, optionally
+mapping + synthesis: ganscale.models.exported), and `package.module:function` plugins. Segmenters: `toy_segmenter`.
 Add your own with `register_generator` / `register_probe`.
 """
 
@@ -250,8 +251,22 @@ def _biggan(spec, field: str, storage_options=None) -> Generator:
     return BigGANGenerator(str(directory), spec.truncation or 0.4, spec.options.get("classes"))
 
 
-GENERATORS: dict[str, Callable[..., Generator]] = {"dcgan": _dcgan, "torchscript": _torchscript, "biggan": _biggan}
-REQUIRED_FIELDS = {"dcgan": ("weights",), "torchscript": ("path", "z_dim"), "biggan": ("weights",)}
+def _openvino(spec, field: str, storage_options=None) -> Generator:
+    from ganscale.models import exported
+
+    return exported.build("openvino", spec, field, storage_options)
+
+
+def _onnx(spec, field: str, storage_options=None) -> Generator:
+    from ganscale.models import exported
+
+    return exported.build("onnx", spec, field, storage_options)
+
+
+GENERATORS: dict[str, Callable[..., Generator]] = {"dcgan": _dcgan, "torchscript": _torchscript, "biggan": _biggan,
+                                                   "openvino": _openvino, "onnx": _onnx}
+REQUIRED_FIELDS = {"dcgan": ("weights",), "torchscript": ("path", "z_dim"), "biggan": ("weights",),
+                   "openvino": ("path",), "onnx": ("path",)}
 
 
 def register_generator(name: str, build: Callable[..., Generator], required: tuple[str, ...] = ()) -> None:
