@@ -419,6 +419,10 @@ def test_exported_generator_study_resolves_the_mapping_path(tmp_path):
         load_study(tmp_path / "study.yaml")
     (tmp_path / "m.xml").write_text("")
     assert load_study(tmp_path / "study.yaml").datasets["g"].options["mapping"] == str(tmp_path / "m.xml")
+    raw["datasets"]["g"]["options"]["maping"] = "m.xml"
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(GanscaleError, match="datasets.g.options.maping: unknown option for generator 'openvino'"):
+        load_study(tmp_path / "study.yaml")
 
 
 # ---- end to end ----------------------------------------------------------------------------------

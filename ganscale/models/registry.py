@@ -287,6 +287,13 @@ def check_generator_spec(spec, field: str) -> None:
     for required in REQUIRED_FIELDS.get(spec.name, ()):
         if getattr(spec, required) is None:
             raise ValueError(f"{field}.{required}: required for generator '{spec.name}'")
+    if spec.name in ("openvino", "onnx"):
+        from ganscale.models.exported import OPTIONS
+
+        unknown = sorted(set(spec.options) - OPTIONS)
+        if unknown:
+            raise ValueError(f"{field}.options.{unknown[0]}: unknown option for generator '{spec.name}' "
+                             f"(known: {', '.join(sorted(OPTIONS))})")
 
 
 def build_generator(spec, field: str, storage_options: dict | None = None) -> Generator:
