@@ -283,17 +283,18 @@ def images_by_id(study: Study, root, dataset: str, ids, generators: dict | None 
     seeds, or read from the file recorded in the store. `generators` caches built generators."""
     ids = np.asarray(ids, dtype=np.int64)
     spec = study.datasets[dataset]
-    files = generator = None
+    files = generator = size = None
     if spec.kind == "images":
-        paths = root[f"{schema.dataset_path(dataset)}/source"][...]
-        files = [str(p) for p in paths]
+        group = root[schema.dataset_path(dataset)]
+        files = [str(p) for p in group["source"][...]]
+        size = (group.attrs.get("image_size") or [None])[0]  # the folder's side, as sampled
     elif spec.kind == "generator":
         generators = {} if generators is None else generators
         if dataset not in generators:
             generators[dataset] = registry.build_generator(spec, f"datasets.{dataset}",
                                                            study.storage_options).to(device)
         generator = generators[dataset]
-    images, _, _ = load_images(study, dataset, ids, generator=generator, files=files, device=device)
+    images, _, _ = load_images(study, dataset, ids, generator=generator, files=files, device=device, size=size)
     return images
 
 

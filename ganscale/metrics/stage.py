@@ -410,6 +410,8 @@ def c2st_task(study: Study, real: str, gens: list[str]) -> dict:
     from ganscale.models import registry
     from ganscale.sample import images_by_id
 
+    import torch
+
     _threads()
     settings = study.metrics.c2st
     device = _device()
@@ -419,7 +421,8 @@ def c2st_task(study: Study, real: str, gens: list[str]) -> dict:
     images = {}
     for name in [real, *gens]:
         n = min(settings.samples, study.datasets[name].samples)
-        images[name] = sources.resize_square(images_by_id(study, root, name, np.arange(n), device=device), size)
+        images[name] = torch.cat([sources.resize_square(images_by_id(study, root, name, block, device=device), size)
+                                  for block in np.array_split(np.arange(n), -(-n // 256))])  # own size: in blocks
     result = c2st(images[real], {g: images[g] for g in gens}, real_name=real, epochs=settings.epochs,
                   patience=settings.patience, batch_size=settings.batch_size, lr=settings.lr, seed=study.seed,
                   progress=log.info)
