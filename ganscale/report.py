@@ -13,6 +13,9 @@ summary.json (schema "ganscale.summary/1"):
      "dissect": {...}}     # when the dissect stage ran: see ganscale.dissect
 
 "metrics": {"feature_sets": {name: {"dims": int}}, "resize": str, "subset": int,
+            "sizes": {dataset: {"source": [H, W], "probe": int, "fid": 299 | None}},   # what each measurement saw
+            "comparisons": {"reference": [dataset], "others": [dataset], "against_reference": [[ref, other]],
+                            "pairs": [[a, b]], "note": str},   # which pairs got which metrics, and why
             "frechet": [{"features", "a", "b", "value"}], "kid": [{"features", "a", "b", "mean", "std"}],
             "inception_score": {dataset: {"mean", "std", "splits"}},
             "prdc": [{"features", "real", "fake", "precision", "recall", "density", "coverage", ...}],
