@@ -4,7 +4,8 @@ summary.json (schema "ganscale.summary/1"):
 
     {"schema": "ganscale.summary/1", "study": name, "config_hash": str, "ganscale_version": str,
      "store": url, "resize": str,
-     "datasets": {name: {"kind": str, "samples": int}},
+     "datasets": {name: {"kind": str, "samples": int, "reference": bool,   # reference: what the metrics compare with
+                         "image_size": [H, W], "probe_input": int}},      # its own pixels; the probe's input side
      "kl": [{"layer": str, "grid": int, "p": dataset, "q": dataset, "kl": float}, ...],   # KL(p || q)
      "kl_smoothing": float,
      "stages": {stage: {"seconds": float}},
@@ -12,6 +13,9 @@ summary.json (schema "ganscale.summary/1"):
      "dissect": {...}}     # when the dissect stage ran: see ganscale.dissect
 
 "metrics": {"feature_sets": {name: {"dims": int}}, "resize": str, "subset": int,
+            "sizes": {dataset: {"source": [H, W], "probe": int, "fid": 299 | None}},   # what each measurement saw
+            "comparisons": {"reference": [dataset], "others": [dataset], "against_reference": [[ref, other]],
+                            "pairs": [[a, b]], "note": str},   # which pairs got which metrics, and why
             "frechet": [{"features", "a", "b", "value"}], "kid": [{"features", "a", "b", "mean", "std"}],
             "inception_score": {dataset: {"mean", "std", "splits"}},   # {} when left out, then:
             "inception_score_left_out": str,                          # the reason ("probe has no class head")
@@ -235,7 +239,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
         summary = {
             "schema": SUMMARY_SCHEMA, "study": study.name, "config_hash": study.config_hash(),
             "ganscale_version": __version__, "store": study.store, "resize": sources.RESIZE_NOTE,
-            "datasets": {n: {"kind": s.kind, "samples": s.samples} for n, s in study.datasets.items()},
+            "datasets": dataset_entries(study, root),
             "kl": kl_rows, "kl_smoothing": study.atlas.smoothing,
             "stages": {name: {"seconds": stage_seconds(info)} for name, info in stages.items()},
             **extra_summary,
@@ -245,6 +249,20 @@ def run(study: Study, *, address: str | None = None) -> dict:
         publish(out, location, study.storage_options)
     root.attrs["stages"] = stages
     return {"report": location + "/index.html", "skipped": False}
+
+
+def dataset_entries(study: Study, root) -> dict:
+    """summary.json's datasets: kind, samples, whether the metrics treat it as a reference, and the
+    size of its own pixels (recorded by the sample stage) next to the probe's input side."""
+    from ganscale.metrics.stage import reference_datasets
+
+    refs = reference_datasets(study)
+    out = {}
+    for name, spec in study.datasets.items():
+        attrs = root[schema.dataset_path(name)].attrs
+        out[name] = {"kind": spec.kind, "samples": spec.samples, "reference": name in refs,
+                     "image_size": attrs.get("image_size"), "probe_input": attrs.get("input_size")}
+    return out
 
 
 def stage_seconds(info: dict) -> float:
@@ -267,6 +285,14 @@ def publish(folder: Path, location: str, storage_options: dict) -> None:
     shutil.copytree(folder, target)
 
 
+def _sizes(entry: dict) -> str:
+    size, probe = entry.get("image_size"), entry.get("probe_input")
+    if not size:
+        return ""
+    return (f", {size[0]}x{size[1]} px (sharpness, colour histograms and the FID network see these pixels; "
+            f"the probe sees them resized once to {probe}x{probe})")
+
+
 def index_html(study: Study, summary: dict, sections, extra_html: list[str] = ()) -> str:
     names = list(study.datasets)
     esc = html.escape
@@ -278,7 +304,8 @@ def index_html(study: Study, summary: dict, sections, extra_html: list[str] = ()
                 for p, q in itertools.permutations(names, 2))
             rows.append(f"<tr><td>{esc(layer)}</td><td>{g}</td>{cells}</tr>")
     header = "".join(f"<th>KL({esc(p)}&#8214;{esc(q)})</th>" for p, q in itertools.permutations(names, 2))
-    datasets = "".join(f"<li><b>{esc(n)}</b>: {esc(d['kind'])}, {d['samples']:,} samples</li>"
+    datasets = "".join(f"<li><b>{esc(n)}</b>: {esc(d['kind'])}, {d['samples']:,} samples{_sizes(d)}"
+                       f"{', reference of the metrics' if d.get('reference') else ''}</li>"
                        for n, d in summary["datasets"].items())
     stage_times = ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in summary["stages"].items())
     body = []

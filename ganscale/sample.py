@@ -41,6 +41,7 @@ def fingerprint(study: Study, dataset: str) -> str:
         "layers": study.layers,
         "seed": study.seed,
         "chunk_size": study.sample.chunk_size,
+        "measured": sources.RESIZE_NOTE,  # how images reach each statistic and network
         "fid_inception": study.metrics.fid_inception.model_dump(mode="json") if study.metrics.fid_inception else None,
     })
 
@@ -174,6 +175,8 @@ class ChunkSampler:
         self.root = schema.open_store(self.study.store, self.study.storage_options)
         self._seeds: dict[str, np.ndarray] = {}
         self._draws: dict[tuple[str, str], np.ndarray] = {}
+        self._folder_sides: dict[str, int] = {}
+        self.image_sizes: dict[str, list[int]] = {}  # dataset -> [H, W] of its own pixels, as computed
 
     def _generator(self, dataset: str):
         if dataset not in self.generators:
@@ -189,9 +192,14 @@ class ChunkSampler:
         return self._seeds[dataset]
 
     def _images(self, dataset: str, index: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        generator = self._generator(dataset) if self.study.datasets[dataset].kind == "generator" else None
-        return load_images(self.study, dataset, index, generator=generator, files=self.files.get(dataset),
-                           device=self.device, seeds=self._seeds_of(dataset))
+        kind = self.study.datasets[dataset].kind
+        generator = self._generator(dataset) if kind == "generator" else None
+        files = self.files.get(dataset)
+        if kind == "images" and dataset not in self._folder_sides:
+            self._folder_sides[dataset] = sources.folder_side(files[0], self.study.storage_options,
+                                                              f"datasets.{dataset}")
+        return load_images(self.study, dataset, index, generator=generator, files=files, device=self.device,
+                           size=self._folder_sides.get(dataset), seeds=self._seeds_of(dataset))
 
     def _draws_of(self, dataset: str, layer: str) -> np.ndarray:
         if (dataset, layer) not in self._draws:
@@ -203,7 +211,11 @@ class ChunkSampler:
     def compute(self, dataset: str, chunk: int) -> dict[str, np.ndarray]:
         """All arrays of one chunk, without writing them. Every forward pass has exactly batch_size
         rows (the last batch is padded by repeating its last sample), so a sample's numbers do not
-        depend on which batch it fell into."""
+        depend on which batch it fell into.
+
+        Every source is measured the same way (sources.RESIZE_NOTE): sharpness and colour histograms
+        on its own pixels, the FID network on its own pixels (resized once, to 299, inside
+        `features`), the probe on its own pixels resized once to the probe's input size."""
         layout = layout_for(self.study, dataset)
         start, stop = layout.chunk_range(chunk)
         batch_size = self.study.sample.batch_size
@@ -216,6 +228,7 @@ class ChunkSampler:
             index = np.arange(b0, min(b0 + batch_size, stop))
             padded = np.concatenate([index, np.full(batch_size - len(index), index[-1])])
             images, labels, names = self._images(dataset, padded)
+            self.image_sizes[dataset] = [int(images.shape[-2]), int(images.shape[-1])]
             keep = len(index)
             kept = images[:keep].float().cpu().numpy()
             parts["sharpness"].append(np.asarray(image_metrics.sharpness(kept), dtype=np.float32))
@@ -259,6 +272,8 @@ class ChunkSampler:
         arrays = self.compute(dataset, chunk)
         group = self.root[schema.dataset_path(dataset)]
         schema.write_chunk(group, layout_for(self.study, dataset), chunk, **arrays)
+        if chunk == 0:  # one writer per dataset: the report states what size each source was measured at
+            group.attrs["image_size"] = self.image_sizes[dataset]
         return dataset, chunk, len(arrays["seed"]), self.placement()
 
     def placement(self) -> dict:
@@ -277,16 +292,18 @@ class ChunkSampler:
 def load_images(study: Study, dataset: str, index: np.ndarray, *, generator=None, files: list[str] | None = None,
                 device: torch.device | str = "cpu", size: int | None = None, seeds: np.ndarray | None = None
                 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """The images of samples `index` of a dataset, exactly as the sample stage saw them: images
-    [B, 3, H, W] in [0, 1] on `device` (image files at `size`, or the probe's input size), labels
-    [B] int32 (-1: none), sources [B] (file paths, "" for seeded datasets). `seeds`: the dataset's
-    seeds if the caller already has them."""
+    """The images of samples `index` of a dataset, exactly as the sample stage measured them: images
+    [B, 3, H, W] in [0, 1] on `device` at the source's own size (image files: center-cropped to a
+    square at `size`, default the folder's side, see sources.folder_side), labels [B] int32 (-1:
+    none), sources [B] (file paths, "" for seeded datasets). `files`: the dataset's chosen files,
+    in sample order. `seeds`: the dataset's seeds if the caller already has them. The probe's input
+    size is not applied here: callers resize with sources.resize_square where they need it."""
     spec = study.datasets[dataset]
     field = f"datasets.{dataset}"
     no_labels = np.full(len(index), -1, dtype=np.int32)
     if spec.kind == "images":
         paths = [files[i] for i in index]
-        size = size or registry.probe_entry(study.probe.name).input_size
+        size = size or sources.folder_side(files[0], study.storage_options, field)
         images = sources.read_images(paths, size, study.storage_options, field).to(device)
         return images, no_labels, np.asarray(paths, dtype=object)
     if spec.kind == "arrays":
@@ -295,7 +312,7 @@ def load_images(study: Study, dataset: str, index: np.ndarray, *, generator=None
         entries = [files[i] for i in index]
         images = sources.read_array_images(spec.path, spec.key, sources.source_rows(entries), study.storage_options,
                                            f"{field}.path")
-        size = size or registry.probe_entry(study.probe.name).input_size
+        size = size or min(images.shape[-2:])  # the array's own side: one size for every row
         return sources.resize_square(images, size).to(device), no_labels, np.asarray(entries, dtype=object)
     if seeds is None:
         seeds = sources.dataset_seeds(study.seed, dataset, spec.samples)
@@ -319,17 +336,19 @@ def images_by_id(study: Study, root, dataset: str, ids, generators: dict | None 
     seeds, or read from the file recorded in the store. `generators` caches built generators."""
     ids = np.asarray(ids, dtype=np.int64)
     spec = study.datasets[dataset]
-    files = generator = None
+    files = generator = size = None
     if spec.kind in ("images", "arrays"):
-        paths = root[f"{schema.dataset_path(dataset)}/source"][...]
-        files = [str(p) for p in paths]
+        group = root[schema.dataset_path(dataset)]
+        files = [str(p) for p in group["source"][...]]
+        if spec.kind == "images":
+            size = (group.attrs.get("image_size") or [None])[0]  # the folder's side, as sampled
     elif spec.kind == "generator":
         generators = {} if generators is None else generators
         if dataset not in generators:
             generators[dataset] = registry.build_generator(spec, f"datasets.{dataset}",
                                                            study.storage_options).to(device)
         generator = generators[dataset]
-    images, _, _ = load_images(study, dataset, ids, generator=generator, files=files, device=device)
+    images, _, _ = load_images(study, dataset, ids, generator=generator, files=files, device=device, size=size)
     return images
 
 

@@ -4,7 +4,7 @@ One zarr v3 hierarchy per study (a local folder or s3://bucket/prefix.zarr):
 
     /                                    attrs: ganscale_version, layout_version, study, config_hash
     datasets/{dataset}/                  attrs: fingerprint, kind, samples, chunk_size, n_chunks,
-                                                probe, input_size, resize, spec
+                                                probe, input_size, resize, spec, image_size ([H, W] measured)
         seed        int64   [N]          the integer seed the image came from (-1 for image files)
         source      string  [N]          image file path ("" for seeded datasets)
         label       int32   [N]          class label of a conditional generator / toy scene (-1: none)

@@ -19,7 +19,14 @@ import torch.nn.functional as F
 from ganscale.errors import GanscaleError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-RESIZE_NOTE = "center crop to square, then bilinear resize with antialiasing (torch, align_corners=False)"
+PROBE_RESIZE_NOTE = ("probe input: each source's own pixels center-cropped to a square, then one bilinear resize "
+                     "with antialiasing (torch, align_corners=False) to the probe's input size")
+FOLDER_NOTE = ("image folders: every file center-cropped to a square at the folder's side (the shorter side of its "
+               "first chosen file; a file of another size is resized to it once, bilinear with antialiasing), "
+               "since files of different sizes cannot share a batch")
+NATIVE_NOTE = ("sharpness, colour histograms and the FID network (which resizes them once to 299 itself): each "
+               "source's own pixels (a generator's output, a folder's files)")
+RESIZE_NOTE = f"{PROBE_RESIZE_NOTE}; {FOLDER_NOTE}; {NATIVE_NOTE}"
 
 
 def _key(*parts: int | str) -> list[int]:
@@ -73,15 +80,34 @@ def choose_files(files: list[str], samples: int, study_seed: int, dataset: str, 
     return [files[i] for i in choose_indices(len(files), samples, study_seed, dataset)]
 
 
-def read_images(paths: Sequence[str], size: int, storage_options: dict | None, field: str) -> torch.Tensor:
-    """Decode image files to [B, 3, size, size] in [0, 1] (center crop, antialiased resize)."""
+def folder_side(path: str, storage_options: dict | None, field: str) -> int:
+    """The side an image folder is read at: the shorter side of `path`, its first chosen file
+    (only the file's header is decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with fsspec_open(path, storage_options) as f:
+            return min(Image.open(f).size)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise GanscaleError(f"{field}: unreadable image {path}: {type(e).__name__}") from None
+
+
+def fsspec_open(path: str, storage_options: dict | None):
     import fsspec
+
+    return fsspec.open(path, "rb", **(storage_options or {}))
+
+
+def read_images(paths: Sequence[str], size: int, storage_options: dict | None, field: str) -> torch.Tensor:
+    """Decode image files to [B, 3, size, size] in [0, 1]: each center-cropped to a square, and
+    resized (antialiased) only if its side is not `size` already, so files at the folder's side
+    keep their own pixels."""
     from PIL import Image, UnidentifiedImageError
 
     out = []
     for path in paths:
         try:
-            with fsspec.open(path, "rb", **(storage_options or {})) as f:
+            with fsspec_open(path, storage_options) as f:
                 image = Image.open(io.BytesIO(f.read()))
                 image = image.convert("RGB")
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
@@ -92,7 +118,8 @@ def read_images(paths: Sequence[str], size: int, storage_options: dict | None, f
 
 
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Center crop to a square and resize to size x size with antialiasing (see RESIZE_NOTE)."""
+    """Center crop to a square and resize to size x size with antialiasing (see PROBE_RESIZE_NOTE);
+    a square image already at `size` is returned as it is."""
     h, w = images.shape[-2:]
     if h != w:
         s = min(h, w)

@@ -161,6 +161,7 @@ class MetricsSettings(_Strict):
     enabled: bool = True
     feature_layers: list[str] | None = None  # probe layers for pooled-feature Frechet distances; default: the last
     fid_inception: WeightsSpec | None = None  # pt_inception-2015-12-05-6726825d.pth: standard FID on pool3
+    reference: list[str] | None = None  # datasets the others are measured against; default: every kind != generator
     kid_subsets: PositiveInt = 100
     kid_subset_size: PositiveInt = 1000
     is_splits: PositiveInt = 10
@@ -259,6 +260,9 @@ class Study(_Strict):
         for layer in self.metrics.feature_layers or []:
             if layer not in self.layers:
                 raise ValueError(f"metrics.feature_layers: '{layer}' is not one of the study's layers")
+        for name in self.metrics.reference or []:
+            if name not in self.datasets:
+                raise ValueError(f"metrics.reference: no dataset named '{name}'")
         sweep = self.metrics.sweep
         if sweep is not None and sweep.against not in self.datasets:
             raise ValueError(f"metrics.sweep.against: no dataset named '{sweep.against}'")

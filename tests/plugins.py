@@ -153,3 +153,43 @@ class ArtifactGenerator(MaskGenerator):
 
 def artifact_generator(artifacts: bool = True, weights=None):
     return ArtifactGenerator(artifacts)
+
+
+# --- toy scenes as 8-bit pixels at any side: what a folder of their PNGs holds, exactly -----------
+
+def scene_pixels(seed: int, side: int = 32, height: int | None = None):
+    """The toy scene of `seed` as uint8 [H, W, 3], upsampled (PIL bicubic) to side x side (or
+    height x side): the pixels a PNG of it holds."""
+    import numpy as np
+    from PIL import Image
+
+    from ganscale.toyworld.scenes import render_scene
+
+    image, _, _ = render_scene(int(seed))
+    pixels = (image.transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
+    height = height or side
+    return pixels if (height, side) == pixels.shape[:2] else np.asarray(
+        Image.fromarray(pixels).resize((side, height), Image.BICUBIC))
+
+
+class PixelScenes:
+    """Toy scenes as a generator of 8-bit pixels (x / 255 in float32, as an image file is read)."""
+    num_classes = None
+
+    def __init__(self, side: int):
+        self.resolution = side
+
+    def to(self, device):
+        self.device = device
+        return self
+
+    def generate(self, seeds):
+        import numpy as np
+
+        pixels = np.stack([scene_pixels(s, self.resolution) for s in seeds])
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+        return images.to(getattr(self, "device", "cpu")), None
+
+
+def pixel_scenes(side: int = 64, weights=None):
+    return PixelScenes(side)

@@ -64,8 +64,8 @@ def test_ray_job_submit_runs_a_study(ray_head, tmp_path):
     root = zarr.open_group(str(tmp_path / "store.zarr"), mode="r")
     assert set(root.attrs["stages"]) == {"sample", "embed", "atlas", "metrics", "report"}
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert summary["datasets"] == {"real": {"kind": "toyworld", "samples": 200},
-                                   "full": {"kind": "generator", "samples": 200}}
+    assert {n: (d["kind"], d["samples"], d["reference"]) for n, d in summary["datasets"].items()} == {
+        "real": ("toyworld", 200, True), "full": ("generator", 200, False)}
     # bad input: the job fails with a one-line reason and a non-zero exit
     bad = toy_study(tmp_path / "bad", layers=["nope"])
     proc = subprocess.run([ray_cli, "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(REPO),

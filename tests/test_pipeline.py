@@ -38,7 +38,9 @@ def test_report_and_summary(toy_run):
     report = tmp / "report"
     summary = json.loads((report / "summary.json").read_text())
     assert summary["schema"] == "ganscale.summary/1" and summary["config_hash"] == study.config_hash()
-    assert summary["datasets"]["no_tree"] == {"kind": "generator", "samples": 600}
+    assert summary["datasets"]["no_tree"] == {"kind": "generator", "samples": 600, "reference": False,
+                                               "image_size": [32, 32], "probe_input": 32}
+    assert summary["datasets"]["real"]["reference"] is True
     assert len(summary["kl"]) == 2 * 2 * 6  # layers x grids x ordered pairs
     assert set(summary["stages"]) == {"sample", "embed", "atlas", "metrics", "report"}
     assert all(stage["seconds"] >= 0 for stage in summary["stages"].values())

@@ -57,13 +57,14 @@ def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
              f"over space; fid_pool3 = the FID Inception network, the standard FID). KID, precision/recall and "
              f"density/coverage use a random subset of {results['subset']} samples per dataset. "
              f"Images: {html.escape(results['resize'])}</p>"]
+    parts.append(measurement_html(study, results))
     parts.append("<h3>Fréchet distance and KID</h3>" + render.html_table(
         ["features", "a", "b", "Fréchet distance", "KID mean", "KID std"],
         [[f["features"], f["a"], f["b"], f["value"], k["mean"], k["std"]]
          for f, k in zip(results["frechet"], results["kid"])]))
     parts.append("<h3>Precision, recall (k=%d), density, coverage (k=%d)</h3>" % (
         study.metrics.precision_k, study.metrics.density_k) + render.html_table(
-        ["features", "real", "generated", "precision", "recall", "density", "coverage"],
+        ["features", "reference", "compared", "precision", "recall", "density", "coverage"],
         [[r["features"], r["real"], r["fake"], r["precision"], r["recall"], r["density"], r["coverage"]]
          for r in results["prdc"]]))
     images = results["images"]
@@ -77,9 +78,9 @@ def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
           results["ms_ssim"][n]["mean"], results["ms_ssim"][n]["pairs"], images[n]["sharpness_mean"],
           images[n]["sharpness_std"]] for n in study.datasets]))
     kl_rows = [[g, r] + [images[g]["colour_kl"][r][ch] for ch in CHANNELS]
-               for g in generated_datasets(study) for r in images[g]["colour_kl"]]
-    parts.append("<h3>Colour histograms (25 bins): KL(generated || real)</h3>" + render.html_table(
-        ["generated", "real", *CHANNELS], kl_rows))
+               for g in study.datasets for r in images[g]["colour_kl"]]
+    parts.append("<h3>Colour histograms (25 bins): KL(compared || reference)</h3>" + render.html_table(
+        ["compared", "reference", *CHANNELS], kl_rows))
     parts.append(_img(colour_histogram_figure(study, images, folder / "colour_histograms.png"), out))
 
     generators: dict = {}
@@ -89,7 +90,7 @@ def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
     def pictures(dataset, ids):
         return _hwc(images_by_id(study, root, dataset, np.asarray(ids), generators))
 
-    for g in generated_datasets(study):
+    for g in study.datasets:
         spikes = images[g]["spikes"][:group[f"{g}/spikes"].shape[0] if f"{g}/spikes" in group else 0]
         if spikes:
             rows = [(f"{s['channel']} {s['low']:.2f}-{s['high']:.2f}\n x{s['ratio']:.1f}", pictures(g, ids))
@@ -98,7 +99,7 @@ def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
                                      "(bin range, ratio of shares) and the images with most pixels in them",
                                      folder / f"spikes_{g}.png")
             parts.append(f"<h4>Colour spikes of {html.escape(g)}</h4>" + render.html_table(
-                ["channel", "bin", "range", "share generated", "share real", "ratio"],
+                ["channel", "bin", "range", f"share {g}", f"share {images[g]['spikes_against']}", "ratio"],
                 [[s["channel"], s["bin"], f"{s['low']:.2f}-{s['high']:.2f}", s["fake_share"], s["real_share"],
                   s["ratio"]] for s in images[g]["spikes"]]) + _img(path, out))
     rows = [(n, pictures(n, group[f"{n}/sharpest"][...])) for n in study.datasets]
@@ -126,6 +127,26 @@ def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
     return "\n".join(parts), results
 
 
+def measurement_html(study: Study, results: dict) -> str:
+    """Which datasets are the reference, and what size each network and statistic saw of each source."""
+    parts = []
+    compare = results.get("comparisons")
+    if compare:
+        parts.append(f"<p>Compared pairs: {html.escape(compare['note'])}.</p>")
+    sizes = results.get("sizes")
+    if sizes:
+        def side(hw):
+            return "?" if not hw else f"{hw[0]}x{hw[1]}"
+
+        rows = [[n, side(s["source"]), f"{s['probe']}x{s['probe']} (from {side(s['source'])})",
+                 f"299x299 (from {side(s['source'])})" if s.get("fid") else "-"]
+                for n, s in sizes.items()]
+        parts.append("<h3>What each measurement saw</h3>" + render.html_table(
+            ["dataset", "own pixels: sharpness, colour histograms", "probe input (crop + antialiased bilinear, once)",
+             "FID network input (bilinear, no antialiasing, once)"], rows))
+    return "\n".join(parts)
+
+
 def colour_histogram_figure(study: Study, images: dict, path: Path) -> Path:
     panels = []
     for i, ch in enumerate(CHANNELS):
@@ -140,7 +161,8 @@ def colour_histogram_figure(study: Study, images: dict, path: Path) -> Path:
 
 def c2st_html(study, root, group, tables: dict, folder: Path, out: Path, pictures) -> str:
     parts = ["<h3>Classifier two-sample test (C2ST)</h3>",
-             "<p>A DCGAN-discriminator classifier trained real against generated (train/validation/test "
+             f"<p>A DCGAN-discriminator classifier trained the reference ({html.escape(str(tables.get('real')))}) "
+             "against the other datasets (train/validation/test "
              "50/25/25, early stopping on validation accuracy). Under the null hypothesis (same distribution) "
              "the test accuracy is about N(1/2, 1/(4 n_test)); p is the one-sided p-value.</p>"]
     parts.append(render.html_table(["classifier", "train", "validation", "test", "n test", "p-value", "epochs"],

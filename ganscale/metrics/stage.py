@@ -1,5 +1,11 @@
-"""Stage 4, metrics: the GAN evaluation suite over the stored samples, for every generated dataset
-against every real one (and between generators where it makes sense).
+"""Stage 4, metrics: the GAN evaluation suite over the stored samples.
+
+Which pairs (`comparisons`): the reference datasets are `metrics.reference`, default every real one
+(kind != generator). Every other dataset is compared with every reference one (Fréchet distance,
+KID, precision/recall/density/coverage, colour-histogram KL, C2ST against the first reference), and
+every other pair of datasets (two references, two others) gets the Fréchet distance and KID, so two
+image folders get numbers whatever they hold. A study without a reference compares all pairs
+(Fréchet, KID) and says so in `results["comparisons"]["note"]`.
 
 - Per zarr chunk, where the task runs: feature moments (`FeatureMoments`) of each feature set,
   Inception Score partials, sharpness sums and colour histograms. Dask merges them in a tree (on
@@ -35,7 +41,6 @@ import dask
 import numpy as np
 
 from ganscale import schema, sources
-from ganscale.errors import GanscaleError
 from ganscale.metrics import features as fm
 from ganscale.metrics import images as im
 from ganscale.partials import tree_reduce
@@ -55,6 +60,46 @@ def real_datasets(study: Study) -> list[str]:
 
 def generated_datasets(study: Study) -> list[str]:
     return [n for n, d in study.datasets.items() if d.kind == "generator"]
+
+
+def reference_datasets(study: Study) -> list[str]:
+    """The datasets the others are measured against: `metrics.reference`, default the real ones."""
+    if study.metrics.reference is not None:
+        return [n for n in study.datasets if n in study.metrics.reference]
+    return real_datasets(study)
+
+
+@dataclasses.dataclass
+class Comparisons:
+    references: list[str]
+    others: list[str]
+    against_reference: list[tuple[str, str]]  # (reference, other): every metric
+    pairs: list[tuple[str, str]]  # every compared pair (Fréchet, KID): against_reference first
+    note: str
+
+    def to_dict(self) -> dict:
+        return {"reference": self.references, "others": self.others,
+                "against_reference": [list(p) for p in self.against_reference],
+                "pairs": [list(p) for p in self.pairs], "note": self.note}
+
+
+def comparisons(study: Study) -> Comparisons:
+    refs = reference_datasets(study)
+    others = [n for n in study.datasets if n not in refs]
+    against = [(r, o) for r in refs for o in others]
+    pairs = against + list(itertools.combinations(others, 2)) + list(itertools.combinations(refs, 2))
+    source = "metrics.reference" if study.metrics.reference is not None else "default: the datasets of kind != generator"
+    if not refs:
+        note = ("no reference dataset (" + source + "): every pair gets the Fréchet distance and KID; precision/"
+                "recall, density/coverage, colour KL and the C2ST need one (set metrics.reference)")
+    elif not others:
+        note = (f"every dataset is a reference ({source}): every pair gets the Fréchet distance and KID; "
+                "precision/recall, density/coverage, colour KL and the C2ST compare a non-reference dataset with "
+                "a reference one (list the reference in metrics.reference)")
+    else:
+        note = (f"reference: {', '.join(refs)} ({source}); every other dataset is compared with each reference "
+                "(all metrics), and every other pair gets the Fréchet distance and KID")
+    return Comparisons(refs, others, against, pairs, note)
 
 
 def feature_sets(study: Study) -> dict[str, str]:
@@ -173,18 +218,22 @@ def run(study: Study, *, address: str | None = None) -> dict:
     if stages.get("metrics", {}).get("fingerprint") == fp and "metrics" in root:
         return {"skipped": True}
     init_ray(address)
-    reals, gens = real_datasets(study), generated_datasets(study)
-    if not reals:
-        raise GanscaleError("metrics: the study has no real dataset (kind images or toyworld) to compare with")
+    compare = comparisons(study)
+    refs, others = compare.references, compare.others
+    if not refs:
+        log.warning("metrics: %s", compare.note)
     sets = feature_sets(study)
 
     log.info("metrics: reducing feature moments and image statistics")
     partials = dict(zip(study.datasets, dask.compute(*[dataset_partial(study, root, n) for n in study.datasets],
                                                       scheduler=dask_scheduler())))
-    compared = [(r, g) for r in reals for g in gens] + list(itertools.combinations(gens, 2))
+    compared = compare.pairs
+    first = next(iter(study.datasets))
     results: dict = {"feature_sets": {name: {"dims": int(p.moments[name].sum.shape[0])}
-                                      for name, p in [(n, partials[reals[0]]) for n in sets]},
+                                      for name, p in [(n, partials[first]) for n in sets]},
                      "resize": sources.RESIZE_NOTE + ("; " + fid_resize_note(study) if "fid_pool3" in sets else ""),
+                     "sizes": measured_sizes(study, root, "fid_pool3" in sets),
+                     "comparisons": compare.to_dict(),
                      "subset": study.metrics.prdc_samples}
     results["frechet"] = [{"features": fs, "a": a, "b": b,
                            "value": fm.frechet_distance_from_moments(partials[a].moments[fs], partials[b].moments[fs])}
@@ -205,16 +254,16 @@ def run(study: Study, *, address: str | None = None) -> dict:
             mean, std = fm.kid(subsets[a, fs][1], subsets[b, fs][1], subsets=m.kid_subsets,
                                subset_size=m.kid_subset_size, seed=study.seed)
             results["kid"].append({"features": fs, "a": a, "b": b, "mean": mean, "std": std})
-        for r, g in [(r, g) for r in reals for g in gens]:
+        for r, g in compare.against_reference:
             pr = fm.prdc(subsets[r, fs][1], subsets[g, fs][1], k=m.precision_k)
             dc = fm.prdc(subsets[r, fs][1], subsets[g, fs][1], k=m.density_k)
             results["prdc"].append({"features": fs, "real": r, "fake": g, "precision": pr["precision"],
                                     "recall": pr["recall"], "density": dc["density"], "coverage": dc["coverage"],
                                     "k_precision_recall": m.precision_k, "k_density_coverage": m.density_k})
 
-    results["images"] = image_statistics(study, root, partials, reals, gens)
+    results["images"] = image_statistics(study, root, partials, refs, others)
     arrays = picture_inputs(study, root, subsets, results["images"], sets)
-    tasks = image_tasks(study, reals, gens)
+    tasks = image_tasks(study, refs, others)
     results["ms_ssim"] = tasks["ms_ssim"]
     if "c2st" in tasks:
         results["c2st"] = tasks["c2st"]["tables"]
@@ -228,8 +277,19 @@ def run(study: Study, *, address: str | None = None) -> dict:
     return {"computed": True, "seconds": round(time.time() - t0, 2)}
 
 
-def image_statistics(study: Study, root, partials: dict, reals: list[str], gens: list[str]) -> dict:
-    """Sharpness, colour histograms, their KL to each real set, and colour spikes against the first real set."""
+def measured_sizes(study: Study, root, fid: bool) -> dict:
+    """Per dataset, what each measurement saw: the source's own [H, W] (sharpness, colour histograms;
+    the sample stage records it), the probe's input side, and the FID network's (299) when it ran."""
+    out = {}
+    for name in study.datasets:
+        attrs = root[schema.dataset_path(name)].attrs
+        out[name] = {"source": attrs.get("image_size"), "probe": attrs.get("input_size"), "fid": 299 if fid else None}
+    return out
+
+
+def image_statistics(study: Study, root, partials: dict, refs: list[str], others: list[str]) -> dict:
+    """Sharpness, colour histograms, the KL of each non-reference dataset's to each reference
+    one's, and its colour spikes against the first reference."""
     out = {}
     bins = schema.HIST_BINS
     for name, part in partials.items():
@@ -238,14 +298,14 @@ def image_statistics(study: Study, root, partials: dict, reals: list[str], gens:
         out[name] = {"sharpness_mean": mean, "sharpness_std": float(np.sqrt(max(part.sharpness_sq / n - mean ** 2, 0))),
                      "histogram": part.colour_hist.tolist(), "bins": bins,
                      "colour_kl": {}, "spikes": []}
-    for name in gens:
-        for r in reals:
+    for name in (others if refs else []):
+        for r in refs:
             out[name]["colour_kl"][r] = {ch: im.histogram_kl(partials[name].colour_hist[i], partials[r].colour_hist[i])
                                          for i, ch in enumerate(CHANNELS)}
-        spikes = im.colour_spikes(partials[reals[0]].colour_hist, partials[name].colour_hist)
+        spikes = im.colour_spikes(partials[refs[0]].colour_hist, partials[name].colour_hist)
         out[name]["spikes"] = [{**s, "channel": CHANNELS[int(s["channel"])] if not isinstance(s["channel"], str)
                                 else s["channel"]} for s in _jsonable(spikes)]
-        out[name]["spikes_against"] = reals[0]
+        out[name]["spikes_against"] = refs[0]
     return out
 
 
@@ -344,7 +404,7 @@ def image_tasks(study: Study, reals: list[str], gens: list[str]) -> dict:
     options = _task_options()
     refs = {name: ray.remote(ms_ssim_task).options(**options).remote(study, name) for name in study.datasets}
     out = {"ms_ssim": {name: ray.get(ref) for name, ref in refs.items()}}
-    if study.metrics.c2st is not None and gens:
+    if study.metrics.c2st is not None and gens and reals:
         out["c2st"] = ray.get(ray.remote(c2st_task).options(**options).remote(study, reals[0], gens))
     if study.metrics.sweep is not None:
         out["sweep"] = ray.get(ray.remote(sweep_task).options(**options).remote(study))
@@ -359,6 +419,8 @@ def c2st_task(study: Study, real: str, gens: list[str]) -> dict:
     from ganscale.models import registry
     from ganscale.sample import images_by_id
 
+    import torch
+
     _threads()
     settings = study.metrics.c2st
     device = _device()
@@ -368,7 +430,8 @@ def c2st_task(study: Study, real: str, gens: list[str]) -> dict:
     images = {}
     for name in [real, *gens]:
         n = min(settings.samples, study.datasets[name].samples)
-        images[name] = sources.resize_square(images_by_id(study, root, name, np.arange(n), device=device), size)
+        images[name] = torch.cat([sources.resize_square(images_by_id(study, root, name, block, device=device), size)
+                                  for block in np.array_split(np.arange(n), -(-n // 256))])  # own size: in blocks
     result = c2st(images[real], {g: images[g] for g in gens}, real_name=real, epochs=settings.epochs,
                   patience=settings.patience, batch_size=settings.batch_size, lr=settings.lr, seed=study.seed,
                   progress=log.info)
