@@ -3,7 +3,7 @@
 summary.json (schema "ganscale.summary/1"):
 
     {"schema": "ganscale.summary/1", "study": name, "config_hash": str, "ganscale_version": str,
-     "store": url, "resize": str,
+     "store": url, "resize": str, "preprocess": str (the study's degradation of every dataset, "" if none),
      "datasets": {name: {"kind": str, "samples": int, "reference": bool,   # reference: what the metrics compare with
                          "image_size": [H, W], "probe_input": int}},      # its own pixels; the probe's input side
      "kl": [{"layer": str, "grid": int, "p": dataset, "q": dataset, "kl": float}, ...],   # KL(p || q)
@@ -239,6 +239,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
         summary = {
             "schema": SUMMARY_SCHEMA, "study": study.name, "config_hash": study.config_hash(),
             "ganscale_version": __version__, "store": study.store, "resize": sources.RESIZE_NOTE,
+            "preprocess": sources.preprocess_note(study.preprocess.grayscale, study.preprocess.size),
             "datasets": dataset_entries(study, root),
             "kl": kl_rows, "kl_smoothing": study.atlas.smoothing,
             "stages": {name: {"seconds": stage_seconds(info)} for name, info in stages.items()},
@@ -285,6 +286,11 @@ def publish(folder: Path, location: str, storage_options: dict) -> None:
     shutil.copytree(folder, target)
 
 
+def _preprocessed(summary: dict) -> str:
+    return f"{summary['preprocess']} (the study's preprocessing, for a fair comparison); " if summary.get("preprocess") \
+        else ""
+
+
 def _sizes(entry: dict) -> str:
     size, probe = entry.get("image_size"), entry.get("probe_input")
     if not size:
@@ -328,7 +334,7 @@ Machine-readable: <a href="summary.json">summary.json</a>.</p>
 <ul>{datasets}</ul>
 <h2>KL divergence between datasets' cell distributions</h2>
 <p>KL(p&#8214;q) of the UMAP grid-cell distributions (each cell smoothed with {summary['kl_smoothing']}
-pseudo-counts). Larger: q leaves empty where p lives. Images: {esc(summary['resize'])}.</p>
+pseudo-counts). Larger: q leaves empty where p lives. Images: {esc(_preprocessed(summary))}{esc(summary['resize'])}.</p>
 <table><tr><th>layer</th><th>grid</th>{header}</tr>{''.join(rows)}</table>
 {''.join(body)}
 {''.join(extra_html)}

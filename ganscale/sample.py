@@ -42,6 +42,7 @@ def fingerprint(study: Study, dataset: str) -> str:
         "seed": study.seed,
         "chunk_size": study.sample.chunk_size,
         "measured": sources.RESIZE_NOTE,  # how images reach each statistic and network
+        "preprocess": study.preprocess.model_dump(mode="json"),
         "fid_inception": study.metrics.fid_inception.model_dump(mode="json") if study.metrics.fid_inception else None,
     })
 
@@ -292,6 +293,17 @@ class ChunkSampler:
 def load_images(study: Study, dataset: str, index: np.ndarray, *, generator=None, files: list[str] | None = None,
                 device: torch.device | str = "cpu", size: int | None = None, seeds: np.ndarray | None = None
                 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """`source_images` after the study's `preprocess` (the same degradation for every dataset):
+    what every measurement sees."""
+    images, labels, names = source_images(study, dataset, index, generator=generator, files=files, device=device,
+                                          size=size, seeds=seeds)
+    p = study.preprocess
+    return (sources.preprocess(images, p.grayscale, p.size) if p.grayscale or p.size else images), labels, names
+
+
+def source_images(study: Study, dataset: str, index: np.ndarray, *, generator=None, files: list[str] | None = None,
+                  device: torch.device | str = "cpu", size: int | None = None, seeds: np.ndarray | None = None
+                  ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """The images of samples `index` of a dataset, exactly as the sample stage measured them: images
     [B, 3, H, W] in [0, 1] on `device` at the source's own size (image files: center-cropped to a
     square at `size`, default the folder's side, see sources.folder_side), labels [B] int32 (-1:

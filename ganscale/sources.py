@@ -117,6 +117,21 @@ def read_images(paths: Sequence[str], size: int, storage_options: dict | None, f
     return torch.stack(out)
 
 
+def preprocess(images: torch.Tensor, grayscale: bool = False, size: int | None = None) -> torch.Tensor:
+    """The study's degradation, the same for every source: luma as three equal channels, then a
+    center-cropped antialiased resize to `size` (see preprocess_note)."""
+    if grayscale:
+        luma = images[:, 0] * 0.299 + images[:, 1] * 0.587 + images[:, 2] * 0.114
+        images = luma[:, None].expand(-1, 3, -1, -1).contiguous()
+    return resize_square(images, size) if size else images
+
+
+def preprocess_note(grayscale: bool, size: int | None) -> str:
+    steps = (["grey (ITU-R 601 luma, 3 equal channels)"] if grayscale else []) + \
+        ([f"center crop and antialiased bilinear resize to {size}x{size}"] if size else [])
+    return "every dataset: " + ", then ".join(steps) + ", before any measurement" if steps else ""
+
+
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
     """Center crop to a square and resize to size x size with antialiasing (see PROBE_RESIZE_NOTE);
     a square image already at `size` is returned as it is."""

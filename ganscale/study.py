@@ -202,6 +202,13 @@ class DissectSettings(_Strict):
     artifact_share: float = Field(default=0.1, gt=0, le=1)
 
 
+class Preprocess(_Strict):
+    """One degradation applied to every dataset's images before anything measures them, so sources
+    of different quality compare fairly (e.g. grey 25 px LFW faces against colour 64-1024 px GANs)."""
+    grayscale: bool = False  # RGB -> luma (ITU-R 601), kept as 3 equal channels
+    size: PositiveInt | None = None  # center crop to a square, then antialiased resize to this side
+
+
 class Study(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     store: str
@@ -211,6 +218,7 @@ class Study(_Strict):
     datasets: dict[str, Dataset] = Field(min_length=1)
     seed: int = 0
     sample: SampleSettings = SampleSettings()
+    preprocess: Preprocess = Preprocess()  # applied to every dataset alike (off by default)
     report: str | None = None  # where report/ goes; default: beside the store
     embed: EmbedSettings = EmbedSettings()
     atlas: AtlasSettings = AtlasSettings()

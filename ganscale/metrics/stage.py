@@ -231,7 +231,9 @@ def run(study: Study, *, address: str | None = None) -> dict:
     first = next(iter(study.datasets))
     results: dict = {"feature_sets": {name: {"dims": int(p.moments[name].sum.shape[0])}
                                       for name, p in [(n, partials[first]) for n in sets]},
-                     "resize": sources.RESIZE_NOTE + ("; " + fid_resize_note(study) if "fid_pool3" in sets else ""),
+                     "resize": (sources.preprocess_note(study.preprocess.grayscale, study.preprocess.size) + "; "
+                                if study.preprocess.size or study.preprocess.grayscale else "")
+                     + sources.RESIZE_NOTE + ("; " + fid_resize_note(study) if "fid_pool3" in sets else ""),
                      "sizes": measured_sizes(study, root, "fid_pool3" in sets),
                      "comparisons": compare.to_dict(),
                      "subset": study.metrics.prdc_samples}
