@@ -194,8 +194,10 @@ def test_the_torchscript_as_a_probe_through_the_pipeline(ray_local, tmp_path, fa
     frechet = {(r["features"], r["a"], r["b"]): r["value"] for r in results["frechet"]}
     assert frechet[("pooled:Mixed_7c", "faces", "full")] > 0
 
-    html = metrics_section(study, zarr.open_group(study.store, mode="r"), tmp_path / "report")
+    (tmp_path / "report").mkdir()
+    html, summary = metrics_section(study, zarr.open_group(study.store, mode="r"), tmp_path / "report")
     assert "Inception Score left out: probe has no class head" in html
+    assert summary["inception_score_left_out"] == "probe has no class head"
 
 
 def test_wrong_files_are_refused_in_one_line(torchscript_path, tmp_path):
