@@ -29,7 +29,6 @@ PUBLISHED = {
        for layer in ("mixed4a", "mixed4b", "mixed4c", "mixed4d", "mixed4e", "mixed5a", "mixed5b")},
 }
 DEFAULT = UmapParams(n_neighbors=50, min_dist=0.05, metric="cosine")
-LOW_MEMORY_ABOVE = 200_000  # rows; umap-learn's low_memory nearest-neighbour search above this
 
 
 def params_for(study: Study, layer: str) -> UmapParams:
@@ -77,9 +76,8 @@ def fit_umap(x: np.ndarray, params: UmapParams, backend: str, seed: int, pca: in
     else:
         import umap
 
-        # low_memory=False: pynndescent's faster neighbour search, for the memory it costs below LOW_MEMORY_ABOVE rows
         reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=params.min_dist, metric=params.metric,
-                            random_state=seed, n_jobs=1, low_memory=len(x) > LOW_MEMORY_ABOVE)
+                            random_state=seed, n_jobs=1)
     layout = np.asarray(reducer.fit_transform(x), dtype=np.float32)
     return layout, _dumps((projection, reducer))
 

@@ -3,8 +3,8 @@ Ray workers: their stderr is forwarded to the driver line by line, so every line
 
 One display for every stage: `Progress(label, total, unit)`, `advance(n, note)`, `close(note)`;
 `status(text)` for a one-off line. Off a terminal a line "[ganscale] label: done/total unit (pct),
-rate, eta[, note]" is printed at most every `every_s` seconds and once at the end, so work shorter
-than `every_s` stays silent.
+rate, eta[, note]" is printed at most every `every_s` seconds (default 5, or
+$GANSCALE_PROGRESS_EVERY_S) and once at the end, so work shorter than `every_s` stays silent.
 
 Ray's driver deduplicates worker lines that are equal once digits are removed (two workers'
 progress lines are) and holds the repeats back until a later line arrives, often the end of the
@@ -42,7 +42,9 @@ def status(text: str) -> None:
 
 
 class Progress:
-    def __init__(self, label: str, total: int, unit: str = "items", every_s: float = 5.0):
+    def __init__(self, label: str, total: int, unit: str = "items", every_s: float | None = None):
+        if every_s is None:
+            every_s = float(os.environ.get("GANSCALE_PROGRESS_EVERY_S", 5.0))
         self.label, self.total, self.unit, self.every_s = label, total, unit, every_s
         self.done = 0
         self.note = ""

@@ -38,6 +38,7 @@ import torch
 
 from ganscale import __version__, render, schema, sources
 from ganscale.models import registry
+from ganscale.progress import Progress
 from ganscale.study import Study, digest
 
 SUMMARY_SCHEMA = "ganscale.summary/1"
@@ -198,7 +199,9 @@ def run(study: Study, *, address: str | None = None) -> dict:
         fmap_sizes = _fmap_sizes(probe.only(study.layers))
         generators: dict = {}
         kl_rows, sections = [], []
-        for a, b in itertools.combinations(range(len(names)), 2):
+        pairs = list(itertools.combinations(range(len(names)), 2))
+        bar = Progress("report", len(pairs) * len(study.layers) + len(EXTRA_SECTIONS), unit="sections")
+        for a, b in pairs:
             table = np.array([[root[f"{schema.atlas_path(layer, g)}/kl"][a, b] for g in grids] for layer in study.layers])
             heatmap = render.kl_heatmap(table, study.layers, grids, f"KL({names[a]} || {names[b]})",
                                         out / "kl" / f"{names[a]}_vs_{names[b]}.png")
@@ -217,6 +220,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
                                           fields, fmap_sizes, generators)
                 if example:
                     pictures.append((layer, "examples", example.relative_to(out)))
+                bar.advance(1, f"{names[a]} vs {names[b]} {layer}")
             sections.append((names[a], names[b], heatmap.relative_to(out), pictures))
         for layer in study.layers:
             for g in grids:
@@ -226,9 +230,11 @@ def run(study: Study, *, address: str | None = None) -> dict:
         extra_html, extra_summary = [], {}
         for name, section in EXTRA_SECTIONS.items():
             fragment, entry = section(study, root, out)
+            bar.advance(1, name)
             if fragment:
                 extra_html.append(fragment)
                 extra_summary[name] = entry
+        bar.close()
         stages = dict(root.attrs.get("stages", {}))
         stages["report"] = {"seconds": round(time.time() - t0, 2), "fingerprint": fingerprint}
         summary = {

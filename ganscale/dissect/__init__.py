@@ -77,6 +77,7 @@ from ganscale import schema, sources
 from ganscale.dissect import intervene, stats
 from ganscale.errors import GanscaleError
 from ganscale.partials import tree_reduce
+from ganscale.progress import status
 from ganscale.study import Study, digest
 
 log = logging.getLogger("ganscale.dissect")
@@ -399,6 +400,19 @@ def run_tasks(workers: list, tasks: list[tuple[str, tuple]], progress=None) -> l
     return refs
 
 
+def run_tasks_shown(label: str, workers: list, tasks: list[tuple[str, tuple]], unit: str = "tasks") -> list:
+    """`run_tasks`, waited for, with a progress display; the results in task order."""
+    import ray
+
+    from ganscale.progress import Progress
+
+    bar = Progress(label, len(tasks), unit=unit)
+    try:
+        return ray.get(run_tasks(workers, tasks, lambda: bar.advance(1)))
+    finally:
+        bar.close()
+
+
 def _merge(parts: list) -> dict:
     """Merge per-layer partials ({layer: partial}); parts may be Ray ObjectRefs (fetched where the
     merge runs)."""
@@ -668,7 +682,7 @@ def layer_interventions(study: Study, name: str, g, layer: str, workers: _Worker
                              [float(threshold_all[u, label[u]]) for u in shown], seeds)))
     tasks.append(("pictures", (layer, [unit_sets[c].tolist() for c in classes], [inserted[c] for c in classes])))
     try:
-        out = ray.get(run_tasks(workers.get(), tasks))
+        out = run_tasks_shown(f"dissect {name} {layer}: interventions", workers.get(), tasks)
     except ray.exceptions.RayError as e:
         raise _translate(e, f"the interventions on {layer}") from None
     effects, panels, pictures = out[:len(classes)], out[len(classes)], out[len(classes) + 1]
@@ -706,22 +720,25 @@ def artifact_units(study: Study, name: str, layer: str, workers: _Workers, real,
     rank, held = seeds[:half], seeds[half:]
     step = settings.chunk_size
     try:
-        peaks = np.concatenate(ray.get(run_tasks(workers.get(), [("unit_peaks", (layer, rank[s:s + step].tolist()))
-                                                                 for s in range(0, half, step)])))
+        peaks = np.concatenate(run_tasks_shown(
+            f"dissect {name} {layer}: artifact peaks", workers.get(),
+            [("unit_peaks", (layer, rank[s:s + step].tolist())) for s in range(0, half, step)], "chunks"))
         units = peaks.shape[1]
         per_unit = max(2, int(np.ceil(settings.artifact_share * half)))
         top_seeds = [rank[np.argsort(-peaks[:, u], kind="stable")[:per_unit]].tolist() for u in range(units)]
         real_ref = ray.put((real.mean, np.diag(real.cov)))
         blocks = [list(range(u0, min(units, u0 + ARTIFACT_BLOCK))) for u0 in range(0, units, ARTIFACT_BLOCK)]
-        scores = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in ray.get(run_tasks(
-            workers.get(), [("artifact_scores", (layer, block, [top_seeds[u] for u in block], real_ref))
-                            for block in blocks]))])
+        scores = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in run_tasks_shown(
+            f"dissect {name} {layer}: artifact ranking", workers.get(),
+            [("artifact_scores", (layer, block, [top_seeds[u] for u in block], real_ref)) for block in blocks],
+            "unit blocks")])
         improvement = scores[:, 0] - scores[:, 1]
         k = min(settings.artifact_units, units)
         top = np.argsort(-improvement, kind="stable")[:k]
         others = np.setdiff1d(np.arange(units), top)  # the baseline: as many random units among the others
         random_units = np.sort(np.random.default_rng(study.seed).choice(others, size=min(k, len(others)),
                                                                         replace=False))
+        status(f"dissect {name} {layer}: artifact table on {len(held)} held-out images")
         table = ray.get(_call(workers.get()[0], "artifact_table", layer, top.tolist(), random_units.tolist(), high,
                               real_ref, held.tolist(), settings.artifact_share))
     except ray.exceptions.RayError as e:

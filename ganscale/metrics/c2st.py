@@ -201,7 +201,7 @@ def train_classifier(name: str, parts: dict[str, torch.Tensor], labels: dict[str
     shuffle = torch.Generator().manual_seed(seed)
     train_x, train_y = rows["train"]
     best, best_state, best_epoch, history = -1.0, None, 0, []
-    bar = Progress(f"c2st {name}", epochs, unit="epochs", every_s=2.0)
+    bar = Progress(f"c2st {name}", epochs, unit="epochs")
     for epoch in range(1, epochs + 1):
         model.train()
         loss_sum = 0.0
