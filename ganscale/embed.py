@@ -16,6 +16,7 @@ import numpy as np
 
 from ganscale import schema
 from ganscale.errors import GanscaleError
+from ganscale.progress import status
 from ganscale.study import Study, UmapParams, digest
 
 log = logging.getLogger("ganscale.embed")
@@ -118,7 +119,9 @@ def embed_layer(study: Study, layer: str, backend: str) -> dict:
     x, counts = load_layer(root, names, layer)
     if not np.isfinite(x).all():
         raise GanscaleError(f"embed: layer {layer} has non-finite activations in the store")
+    status(f"embed {layer}: fitting {len(x):,} x {x.shape[1]} with {backend}")
     raw, reducer = fit_umap(x, params_for(study, layer), backend, study.seed, study.embed.pca)
+    status(f"embed {layer}: fitted in {time.time() - t0:.1f} s")
     layout, (low, high) = normalise(raw)
     offsets = np.cumsum([0] + counts)
     for name, start, stop in zip(names, offsets[:-1], offsets[1:]):
@@ -160,6 +163,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
     """Embed every layer whose inputs changed; returns per layer what was done."""
     import ray
 
+    from ganscale.progress import Progress
     from ganscale.sample import init_ray
 
     t0 = time.time()
@@ -192,10 +196,16 @@ def run(study: Study, *, address: str | None = None) -> dict:
     fit_refs = [ray.remote(**options)(embed_layer).remote(study, layer, backend) for layer in fits]
     transform_refs = [ray.remote(num_cpus=1)(transform_layer).remote(study, layer, new, done[layer]["bounds"])
                       for layer, new in transforms.items()]
-    for layer, result in zip(fits, ray.get(fit_refs)):
+    bar = Progress("embed", len(fits), unit="layers")
+    pending = dict(zip(fit_refs, fits))
+    while pending:  # layers as they finish, so the display moves
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        layer, result = pending.pop(ref), ray.get(ref)
         done[layer] = {**result, "params": params_for(study, layer).model_dump(),
                        "fingerprint": layer_fingerprint(study, root, layer)}
+        bar.advance(1, f"{layer} in {result['seconds']:.0f} s")
         log.info("embed %s: %d samples with %s in %.1f s", layer, result["samples"], backend, result["seconds"])
+    bar.close()
     for (layer, new), result in zip(transforms.items(), ray.get(transform_refs)):
         done[layer] = {**done[layer], "fitted": {**done[layer]["fitted"], **{n: current[n] for n in new}},
                        "transformed": sorted(set(done[layer].get("transformed", [])) | set(new)),

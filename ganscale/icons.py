@@ -38,6 +38,7 @@ import torch
 
 from ganscale import schema
 from ganscale.errors import GanscaleError
+from ganscale.fv.render import LayerTap
 from ganscale.partials import tree_reduce
 from ganscale.study import Study, digest
 
@@ -109,10 +110,8 @@ class IconRenderer:
         self._taps: dict = {}
 
     def tap(self, layer: str):
-        from ganscale.fv.render import LayerTap
-
         if layer not in self._taps:
-            self._taps[layer] = LayerTap(self.probe.module, [layer])
+            self._taps[layer] = _StoppingTap(self.probe.module, [layer])
         return self._taps[layer]
 
     def render(self, layer: str, vectors: np.ndarray, whiten: np.ndarray | None, seed: int
@@ -132,6 +131,33 @@ class IconRenderer:
         icons = render.resize(result.images, settings.size).clamp(0, 1)
         icons = (icons * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return icons, result.objective.float().cpu().numpy()
+
+
+class _StopForward(Exception):
+    pass
+
+
+class _StoppingTap(LayerTap):
+    """A LayerTap of one layer that stops the forward pass once that layer has run: the icon
+    objective reads that layer only, so the probe's later layers and head would be computed for
+    nothing (same activations and gradients, bit for bit)."""
+
+    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        (name, module), = self._modules.items()
+        captured = {}
+
+        def hook(_module, _inputs, out):
+            captured[name] = out
+            raise _StopForward
+
+        handle = module.register_forward_hook(hook)
+        try:
+            self.module(images)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured
 
 
 class _Job(NamedTuple):

@@ -43,6 +43,7 @@ import torch
 
 from ganscale import __version__, render, schema, sources
 from ganscale.models import registry
+from ganscale.progress import Progress
 from ganscale.study import Study, digest
 
 SUMMARY_SCHEMA = "ganscale.summary/1"
@@ -93,26 +94,55 @@ def _fmap_sizes(probe) -> dict[str, tuple[int, int]]:
     return {layer: tuple(m.shape[2:]) for layer, m in maps.items()}
 
 
-def examples_figure(study: Study, root, probe, layer: str, grid: int, pair: tuple[int, int], path: Path,
-                    fields, fmap_sizes, generators, n_cells: int = 3, per_row: int = 4) -> Path | None:
-    """Example images and receptive-field patches of the cells that most separate the pair."""
-    names = list(study.datasets)
+def _example_cells(root, layer: str, grid: int, pair: tuple[int, int], n_cells: int = 3, per_row: int = 4):
+    """The cells that most separate the pair (each way), and for each its examples of both datasets:
+    rows (dataset index, iy, ix, sample ids)."""
     group = root[schema.atlas_path(layer, grid)]
-    kl_cells, examples, counts = group["kl_cells"][...], group["examples"][...], group["counts"][...]
+    kl_cells, examples = group["kl_cells"][...], group["examples"][...]
     a, b = pair
     rows = []
     for p, q in ((a, b), (b, a)):
-        order = np.argsort(-kl_cells[p, q].ravel())[:n_cells]
-        for cell in order:
+        for cell in np.argsort(-kl_cells[p, q].ravel())[:n_cells]:
             iy, ix = divmod(int(cell), grid)
-            for d in (p, q):
-                ids = examples[d, iy, ix][examples[d, iy, ix] >= 0][:per_row]
-                if len(ids) == 0:
-                    rows.append((f"cell ({iy},{ix})\n{names[d]}: 0", [], []))
-                    continue
-                images, boxes = _cell_images(study, root, probe, names[d], layer, ids, fields[layer],
-                                             fmap_sizes[layer], generators)
-                rows.append((f"cell ({iy},{ix})\n{names[d]}: {counts[d, iy, ix]}", images, boxes))
+            rows += [(d, iy, ix, examples[d, iy, ix][examples[d, iy, ix] >= 0][:per_row]) for d in (p, q)]
+    return rows
+
+
+class _ExampleImages:
+    """Example images by (dataset, sample id), regenerated once for all the examples figures: a
+    generator always runs whole batches, so one call per figure row would regenerate a full batch
+    for four images."""
+
+    def __init__(self, study: Study, root, generators: dict):
+        self.study, self.root, self.generators, self.images = study, root, generators, {}
+
+    def prefetch(self, dataset: str, ids) -> None:
+        from ganscale.sample import images_by_id
+
+        missing = sorted({int(i) for i in ids} - {i for (d, i) in self.images if d == dataset})
+        if missing:
+            for i, image in zip(missing, images_by_id(self.study, self.root, dataset, missing, self.generators)):
+                self.images[dataset, i] = image
+
+    def __call__(self, dataset: str, ids) -> torch.Tensor:
+        self.prefetch(dataset, ids)
+        return torch.stack([self.images[dataset, int(i)] for i in ids])
+
+
+def examples_figure(study: Study, root, probe, layer: str, grid: int, pair: tuple[int, int], path: Path,
+                    fields, fmap_sizes, images: _ExampleImages) -> Path | None:
+    """Example images and receptive-field patches of the cells that most separate the pair."""
+    names = list(study.datasets)
+    counts = root[schema.atlas_path(layer, grid)]["counts"][...]
+    a, b = pair
+    rows = []
+    for d, iy, ix, ids in _example_cells(root, layer, grid, pair):
+        if len(ids) == 0:
+            rows.append((f"cell ({iy},{ix})\n{names[d]}: 0", [], []))
+            continue
+        pictures, boxes = _cell_images(study, root, probe, names[d], layer, ids, fields[layer], fmap_sizes[layer],
+                                       images)
+        rows.append((f"cell ({iy},{ix})\n{names[d]}: {counts[d, iy, ix]}", pictures, boxes))
     if not rows:
         return None
     title = (f"{layer}, {grid}x{grid}: cells most over-represented in {names[a]} vs {names[b]} (top) "
@@ -120,11 +150,8 @@ def examples_figure(study: Study, root, probe, layer: str, grid: int, pair: tupl
     return render.example_panel(rows, title, path)
 
 
-def _cell_images(study, root, probe, dataset, layer, ids, field, fmap_size, generators):
-    from ganscale.sample import images_by_id
-
-    images = images_by_id(study, root, dataset, ids, generators)
-    images = sources.resize_square(images, probe.input_size)
+def _cell_images(study, root, probe, dataset, layer, ids, field, fmap_size, images_of):
+    images = sources.resize_square(images_of(dataset, ids), probe.input_size)
     positions = root[f"{schema.layer_path(dataset, layer)}/position"][...][ids]
     boxes = [patch_box(pos, fmap_size, field, probe.input_size) for pos in positions]
     return [im.permute(1, 2, 0).numpy() for im in images], boxes
@@ -203,7 +230,17 @@ def run(study: Study, *, address: str | None = None) -> dict:
         fmap_sizes = _fmap_sizes(probe.only(study.layers))
         generators: dict = {}
         kl_rows, sections = [], []
-        for a, b in itertools.combinations(range(len(names)), 2):
+        pairs = list(itertools.combinations(range(len(names)), 2))
+        example_images = _ExampleImages(study, root, generators)
+        wanted: dict[int, list] = {}
+        for pair in pairs:
+            for layer in study.layers:
+                for d, _, _, ids in _example_cells(root, layer, grids[0], pair):
+                    wanted.setdefault(d, []).extend(ids.tolist())
+        for d, ids in wanted.items():
+            example_images.prefetch(names[d], ids)
+        bar = Progress("report", len(pairs) * len(study.layers) + len(EXTRA_SECTIONS), unit="sections")
+        for a, b in pairs:
             table = np.array([[root[f"{schema.atlas_path(layer, g)}/kl"][a, b] for g in grids] for layer in study.layers])
             heatmap = render.kl_heatmap(table, study.layers, grids, f"KL({names[a]} || {names[b]})",
                                         out / "kl" / f"{names[a]}_vs_{names[b]}.png")
@@ -219,9 +256,10 @@ def run(study: Study, *, address: str | None = None) -> dict:
                     pictures.append((layer, g, path.relative_to(out)))
                 example = examples_figure(study, root, probe, layer, grids[0], (a, b),
                                           out / "examples" / f"{layer}_{names[a]}_vs_{names[b]}.png",
-                                          fields, fmap_sizes, generators)
+                                          fields, fmap_sizes, example_images)
                 if example:
                     pictures.append((layer, "examples", example.relative_to(out)))
+                bar.advance(1, f"{names[a]} vs {names[b]} {layer}")
             sections.append((names[a], names[b], heatmap.relative_to(out), pictures))
         for layer in study.layers:
             for g in grids:
@@ -231,9 +269,11 @@ def run(study: Study, *, address: str | None = None) -> dict:
         extra_html, extra_summary = [], {}
         for name, section in EXTRA_SECTIONS.items():
             fragment, entry = section(study, root, out)
+            bar.advance(1, name)
             if fragment:
                 extra_html.append(fragment)
                 extra_summary[name] = entry
+        bar.close()
         stages = dict(root.attrs.get("stages", {}))
         stages["report"] = {"seconds": round(time.time() - t0, 2), "fingerprint": fingerprint}
         summary = {

@@ -350,3 +350,21 @@ def test_upernet_weights_load_from_a_path_and_segment(tmp_path):
     with pytest.raises(GanscaleError, match=r"dissect.segmenter.weights \(decoder\): weights do not fit UPerNet: "
                                             r"missing keys \['fpn_in.0.0.weight'\]"):
         upernet.load_upernet(str(tmp_path / "broken.pth"))
+
+
+def test_the_artifact_significance_separates_a_real_improvement_from_none():
+    from ganscale.dissect.stats import artifact_significance, diagonal_frechet
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(5000, 128))
+    real_mean, real_var = real.mean(0), real.var(0, ddof=1)
+    # 100 images, fewer than dimensions: the diagonal distance is still near 0 for real-like features
+    assert diagonal_frechet(rng.normal(size=(100, 128)), real_mean, real_var) < 3
+    before = rng.normal(size=(100, 128)) + 0.5  # an artifact shifts every feature
+    fixed = before - 0.5 + rng.normal(scale=0.05, size=before.shape)  # ablating the artifact units removes it
+    untouched = before + rng.normal(scale=0.05, size=before.shape)  # random units change nothing that matters
+    yes = artifact_significance(before, fixed, untouched, real_mean, real_var, resamples=300)
+    assert yes["significant"] and yes["difference"] > 20 and yes["ci95"][0] > 0 and yes["p_value"] < 0.01
+    no = artifact_significance(before, untouched, before + rng.normal(scale=0.05, size=before.shape), real_mean,
+                               real_var, resamples=300)
+    assert not no["significant"] and no["ci95"][0] < 0 < no["ci95"][1]

@@ -54,7 +54,7 @@ dissect/{generator}/{layer}/ (U units, C classes, J candidate thresholds, N samp
     panel_masks   uint8   [P, I, S, S']    1 where the unit is above its threshold (stats_size)
     intervention_images uint8 [K, 3, I, h, w, 3]  per class with interventions (attrs.results
                                      interventions, in order): original, ablated, inserted
-    artifact_before, artifact_after float32 [U]  Fréchet distance of the images where the unit is most
+    artifact_before, artifact_after float32 [U]  diagonal Fréchet distance of the images where the unit is most
                                      active, as they are and with the unit ablated alone
     artifact_images uint8 [2, I, h, w, 3]  held-out images where the artifact units are most active:
                                      as they are, with the top artifact units ablated
@@ -77,11 +77,12 @@ from ganscale import schema, sources
 from ganscale.dissect import intervene, stats
 from ganscale.errors import GanscaleError
 from ganscale.partials import tree_reduce
+from ganscale.progress import status
 from ganscale.study import Study, digest
 
 log = logging.getLogger("ganscale.dissect")
 
-DISSECT_VERSION = 3  # bump when stored results change meaning
+DISSECT_VERSION = 4  # bump when stored results change meaning
 TOP_IMAGES = 8  # top-activating samples kept per unit
 STATS_SIDE = 64  # statistics resolution: segmentations subsampled to at most this side (gandissect: 64 for 256)
 MAP_SIDE = 8  # insertion maps probe at most an 8x8 grid of featuremap pixels
@@ -251,15 +252,13 @@ class DissectWorker:
         maps, _ = self._probe(sources.resize_square(images.to(self.device), self._probe.input_size))
         return maps[layer].float().mean((2, 3)).cpu().numpy()
 
-    def _frechet(self, real):
-        from ganscale.metrics import features as fm
+    def _features_of(self, image_batches) -> np.ndarray:
+        return np.concatenate([self._probe_features(images) for images in image_batches()])
 
+    def _distance(self, real):
+        """score(image batches) -> diagonal Fréchet distance of their probe features to `real` (mean, var)."""
         def score(image_batches) -> float:
-            total = None
-            for images in image_batches():
-                part = fm.FeatureMoments.of(self._probe_features(images))
-                total = part if total is None else total.merge(part)
-            return fm.frechet_distance_from_moments(real, total)
+            return stats.diagonal_frechet(self._features_of(image_batches), *real)
         return score
 
     @torch.no_grad()
@@ -273,35 +272,42 @@ class DissectWorker:
 
     @torch.no_grad()
     def artifact_scores(self, layer: str, units: list[int], seed_sets: list[list[int]], real) -> list[list[float]]:
-        """Per unit: [Fréchet distance of its seeds' images, the same with the unit ablated alone];
-        the seeds are the images where the unit is most active."""
-        score = self._frechet(real)
+        """Per unit: [diagonal Fréchet distance of its seeds' images, the same with the unit ablated
+        alone]; the seeds are the images where the unit is most active."""
+        score = self._distance(real)
         return [intervene.ablation_scores(self.generator, layer, [[], [u]], seeds, min(self.batch, len(seeds)), score)
                 for u, seeds in zip(units, seed_sets)]
 
     @torch.no_grad()
     def artifact_table(self, layer: str, top: list[int], random_units: list[int], high: np.ndarray, real,
                        seeds: list[int], share: float) -> dict:
-        """The paper's table on held-out seeds: the Fréchet distance of the images where the top
-        artifact units are most active (`share` of the seeds; activation relative to each unit's
-        high quantile), as they are, with the top units ablated and with random units ablated; the
-        same over all the held-out images; and thumbnails of a few of those images before/after."""
+        """The paper's table on held-out seeds: the diagonal Fréchet distance of the images where the
+        top artifact units are most active (`share` of the seeds; activation relative to each unit's
+        high quantile), as they are, with the top units ablated and with random units ablated, and
+        whether the top units' improvement beats the random units' (paired bootstrap); the same
+        over all the held-out images; and thumbnails of a few of those images before/after."""
         peaks = self.unit_peaks(layer, seeds)
         strength = (peaks[:, top] / np.maximum(np.asarray(high)[top], 1e-12)).max(1)
         chosen = np.asarray(seeds)[np.argsort(-strength, kind="stable")[:max(2, int(np.ceil(share * len(seeds))))]]
-        score = self._frechet(real)
-        sets = [[], top, random_units]
-        active = intervene.ablation_scores(self.generator, layer, sets, chosen.tolist(), self.batch, score)
-        every = intervene.ablation_scores(self.generator, layer, sets, seeds, self.batch, score)
+        out = {}
+        for key, subset in (("active", chosen.tolist()), ("all", list(seeds))):
+            feats = []
+            for units in ([], top, random_units):
+                def images(units=units):
+                    for padded, keep in intervene.batches(subset, self.batch):
+                        yield intervene.render(self.generator, padded)[:keep]
+                with intervene.intervention(self.generator, layer, units, 0.0):
+                    feats.append(self._features_of(images))
+            out[key] = {name: stats.diagonal_frechet(f, *real)
+                        for name, f in zip(("before", "after_top", "after_random"), feats)}
+            out[f"significance_{key}"] = stats.artifact_significance(*feats, *real, seed=self.study.seed)
         shown = chosen[:PICTURE_SEEDS].tolist()
         padded = shown + [shown[-1]] * max(0, self.batch - len(shown))
         pictures = []
         for units in ([], top):
             with intervene.intervention(self.generator, layer, units, 0.0):
                 pictures.append(_thumbnails(intervene.render(self.generator, padded)[:len(shown)]))
-        return {"active": dict(zip(("before", "after_top", "after_random"), active)), "images_active": len(chosen),
-                "all": dict(zip(("before", "after_top", "after_random"), every)), "images_all": len(seeds),
-                "pictures": np.stack(pictures)}
+        return {**out, "images_active": len(chosen), "images_all": len(seeds), "pictures": np.stack(pictures)}
 
     @torch.no_grad()
     def panels(self, layer: str, units: list[int], ids: list[list[int]], thresholds: list[float],
@@ -392,6 +398,19 @@ def run_tasks(workers: list, tasks: list[tuple[str, tuple]], progress=None) -> l
             progress()
         submit(worker)
     return refs
+
+
+def run_tasks_shown(label: str, workers: list, tasks: list[tuple[str, tuple]], unit: str = "tasks") -> list:
+    """`run_tasks`, waited for, with a progress display; the results in task order."""
+    import ray
+
+    from ganscale.progress import Progress
+
+    bar = Progress(label, len(tasks), unit=unit)
+    try:
+        return ray.get(run_tasks(workers, tasks, lambda: bar.advance(1)))
+    finally:
+        bar.close()
 
 
 def _merge(parts: list) -> dict:
@@ -663,7 +682,7 @@ def layer_interventions(study: Study, name: str, g, layer: str, workers: _Worker
                              [float(threshold_all[u, label[u]]) for u in shown], seeds)))
     tasks.append(("pictures", (layer, [unit_sets[c].tolist() for c in classes], [inserted[c] for c in classes])))
     try:
-        out = ray.get(run_tasks(workers.get(), tasks))
+        out = run_tasks_shown(f"dissect {name} {layer}: interventions", workers.get(), tasks)
     except ray.exceptions.RayError as e:
         raise _translate(e, f"the interventions on {layer}") from None
     effects, panels, pictures = out[:len(classes)], out[len(classes)], out[len(classes) + 1]
@@ -689,7 +708,7 @@ def artifact_units(study: Study, name: str, layer: str, workers: _Workers, real,
     """Artifact units (Bau et al. 2019, section 4.3 and table 1). The `artifact_samples` seeds are
     split in halves. Ranking half: each unit's peak activation per image (chunks on the workers);
     for each unit, the `artifact_share` of those images where it peaks highest; its score is the
-    Fréchet distance of those images to the real features minus the distance with the unit ablated
+    diagonal Fréchet distance of those images to the real features minus the distance with the unit ablated
     alone (the improvement; blocks of units on the workers). The `artifact_units` best units are then
     scored on the held-out half, against as many random units, on the images where the chosen units
     are most active (the paper's table) and on all held-out images."""
@@ -701,29 +720,32 @@ def artifact_units(study: Study, name: str, layer: str, workers: _Workers, real,
     rank, held = seeds[:half], seeds[half:]
     step = settings.chunk_size
     try:
-        peaks = np.concatenate(ray.get(run_tasks(workers.get(), [("unit_peaks", (layer, rank[s:s + step].tolist()))
-                                                                 for s in range(0, half, step)])))
+        peaks = np.concatenate(run_tasks_shown(
+            f"dissect {name} {layer}: artifact peaks", workers.get(),
+            [("unit_peaks", (layer, rank[s:s + step].tolist())) for s in range(0, half, step)], "chunks"))
         units = peaks.shape[1]
         per_unit = max(2, int(np.ceil(settings.artifact_share * half)))
         top_seeds = [rank[np.argsort(-peaks[:, u], kind="stable")[:per_unit]].tolist() for u in range(units)]
-        real_ref = ray.put(real)
+        real_ref = ray.put((real.mean, np.diag(real.cov)))
         blocks = [list(range(u0, min(units, u0 + ARTIFACT_BLOCK))) for u0 in range(0, units, ARTIFACT_BLOCK)]
-        scores = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in ray.get(run_tasks(
-            workers.get(), [("artifact_scores", (layer, block, [top_seeds[u] for u in block], real_ref))
-                            for block in blocks]))])
+        scores = np.concatenate([np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in run_tasks_shown(
+            f"dissect {name} {layer}: artifact ranking", workers.get(),
+            [("artifact_scores", (layer, block, [top_seeds[u] for u in block], real_ref)) for block in blocks],
+            "unit blocks")])
         improvement = scores[:, 0] - scores[:, 1]
         k = min(settings.artifact_units, units)
         top = np.argsort(-improvement, kind="stable")[:k]
         others = np.setdiff1d(np.arange(units), top)  # the baseline: as many random units among the others
         random_units = np.sort(np.random.default_rng(study.seed).choice(others, size=min(k, len(others)),
                                                                         replace=False))
+        status(f"dissect {name} {layer}: artifact table on {len(held)} held-out images")
         table = ray.get(_call(workers.get()[0], "artifact_table", layer, top.tolist(), random_units.tolist(), high,
                               real_ref, held.tolist(), settings.artifact_share))
     except ray.exceptions.RayError as e:
         raise _translate(e, f"the artifact units of {layer}") from None
     pictures = table.pop("pictures")
-    results = {"score": f"Fréchet distance to {_artifact_reference(study)} on {study.probe.name} {study.layers[-1]} "
-                        "spatially pooled features",
+    results = {"score": f"diagonal-covariance Fréchet distance to {_artifact_reference(study)} on {study.probe.name} "
+                        f"{study.layers[-1]} spatially pooled features",
                "k": int(k), "units": top.tolist(), "improvement": improvement[top].tolist(),
                "top_images_distance": scores[top, 0].tolist(), "random_units": random_units.tolist(),
                "rank_samples": int(half), "images_per_unit": per_unit,

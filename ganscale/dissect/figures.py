@@ -242,7 +242,10 @@ def layer_html(name: str, layer: str, group, results: dict, folder: Path, out: P
                 [[f"where the artifact units are most active ({a['images_active']})", a["active"]["before"],
                   a["active"]["after_top"], a["active"]["after_random"]],
                  [f"all ({a['images_all']})", a["all"]["before"], a["all"]["after_top"], a["all"]["after_random"]]])
-            + f"<p>Artifact units: {', '.join(str(u) for u in a['units'])}</p>")
+            + f"<p>Artifact units: {', '.join(str(u) for u in a['units'])}</p>"
+            + "".join(f"<p>{significance_sentence(a[f'significance_{key}'], what)}</p>"
+                      for key, what in (("active", "where they are most active"), ("all", "on all images"))
+                      if f"significance_{key}" in a))
         if "artifact_images" in group:
             pics = group["artifact_images"][...]
             figure = render.image_rows(
@@ -251,3 +254,13 @@ def layer_html(name: str, layer: str, group, results: dict, folder: Path, out: P
                 f"{name} {layer}: where the artifact units are most active", folder / f"artifacts_{tag}.png")
             parts.append(f'<img src="{figure.relative_to(out)}">')
     return "\n".join(parts)
+
+
+def significance_sentence(sig: dict, what: str) -> str:
+    """One sentence on whether the top units' held-out improvement beats the random units'."""
+    low, high = sig["ci95"]
+    verdict = ("significant" if sig["significant"] else
+               "NOT significant: the top units do no better than random units here")
+    return (f"Ablating the top units rather than random ones, {html.escape(what)}: the distance is lower by "
+            f"{sig['difference']:.4g} (95% bootstrap interval {low:.4g} to {high:.4g}, one-sided p = "
+            f"{sig['p_value']:.3g}, {sig['resamples']} paired resamples of the images): {verdict}.")

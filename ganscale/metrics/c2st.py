@@ -175,7 +175,11 @@ def train_classifier(name: str, parts: dict[str, torch.Tensor], labels: dict[str
     `labels[source]`: split each source 50/25/25 (seeded, so every split keeps the sources'
     proportions), train with Adam (betas 0.5, 0.999 as DCGAN) on cross-entropy, evaluate validation
     accuracy after every epoch, keep the best epoch's weights (the first, on ties), stop after
-    `patience` epochs without improvement or after `epochs`, and evaluate on the test split."""
+    `patience` epochs without improvement, once validation accuracy is 1 (no later epoch could
+    replace the kept weights, so stopping there changes nothing but the time) or after `epochs`,
+    and evaluate on the test split. Epochs are reported through `ganscale.progress.Progress`."""
+    from ganscale.progress import Progress
+
     t0 = time.perf_counter()
     first = next(iter(parts.values()))
     device = torch.device(device) if device is not None else first.device
@@ -197,6 +201,7 @@ def train_classifier(name: str, parts: dict[str, torch.Tensor], labels: dict[str
     shuffle = torch.Generator().manual_seed(seed)
     train_x, train_y = rows["train"]
     best, best_state, best_epoch, history = -1.0, None, 0, []
+    bar = Progress(f"c2st {name}", epochs, unit="epochs")
     for epoch in range(1, epochs + 1):
         model.train()
         loss_sum = 0.0
@@ -212,11 +217,15 @@ def train_classifier(name: str, parts: dict[str, torch.Tensor], labels: dict[str
         history.append({"epoch": epoch, "train_loss": loss_sum / len(train_x), "validation_accuracy": val_accuracy})
         if progress:
             progress(f"c2st {name}: epoch {epoch}, validation accuracy {val_accuracy:.3f}")
+        bar.advance(1, f"validation accuracy {val_accuracy:.3f}")
         if val_accuracy > best:
             best, best_epoch = val_accuracy, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= patience:
             break
+        if best >= 1.0:
+            break
+    bar.close(f"stopped after {len(history)} epochs, best {best:.3f} at epoch {best_epoch}")
     model.load_state_dict(best_state)
     model.eval()
 
