@@ -56,6 +56,12 @@ def grids_of(study: Study) -> list[int]:
     return study.atlas.icons.grids or [min(study.atlas.grids)]
 
 
+def layers_of(study: Study) -> list[str]:
+    if study.atlas.icons is None:
+        return []
+    return study.atlas.icons.layers or list(study.layers)
+
+
 def layer_fingerprint(study: Study, root, layer: str) -> str:
     """What a layer's icons depend on: its atlas, the probe, the icon settings, the algorithm."""
     atlas = root.attrs.get("stages", {}).get("atlas", {}).get("layers", {}).get(layer, {})
@@ -120,7 +126,7 @@ class IconRenderer:
         from ganscale.fv import objectives, param, render, transforms
 
         settings = self.study.atlas.icons
-        side = self.probe.input_size
+        side = settings.render_size or self.probe.input_size
         # (arrays from Ray's object store are read-only: copied)
         w = None if whiten is None else torch.from_numpy(np.array(whiten, dtype=np.float32)).to(self.device)
         targets = torch.from_numpy(np.array(vectors, dtype=np.float32)).to(self.device)
@@ -197,10 +203,10 @@ def run(study: Study, *, address: str | None = None) -> dict:
     t_start = time.time()
     root = schema.open_store(study.store, study.storage_options)
     done = dict(root.attrs.get("stages", {}).get("icons", {}).get("layers", {}))
-    fingerprints = {layer: layer_fingerprint(study, root, layer) for layer in study.layers}
-    todo = [layer for layer in study.layers if done.get(layer, {}).get("fingerprint") != fingerprints[layer]]
+    fingerprints = {layer: layer_fingerprint(study, root, layer) for layer in layers_of(study)}
+    todo = [layer for layer in layers_of(study) if done.get(layer, {}).get("fingerprint") != fingerprints[layer]]
     if not todo:
-        return {"computed": [], "skipped": list(study.layers), "icons": 0, "seconds": round(time.time() - t_start, 2)}
+        return {"computed": [], "skipped": layers_of(study), "icons": 0, "seconds": round(time.time() - t_start, 2)}
 
     # what to render: per (layer, grid) the cells with enough samples and their mean activations
     cells, vectors = {}, {}
@@ -312,7 +318,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
             progress.close()
             for actor in actors:
                 ray.kill(actor)
-    return {"computed": computed, "skipped": [layer for layer in study.layers if layer not in computed],
+    return {"computed": computed, "skipped": [layer for layer in layers_of(study) if layer not in computed],
             "icons": int(total), "seconds": round(time.time() - t_start, 2)}
 
 
@@ -374,7 +380,7 @@ def icon_atlas_figures(study: Study, root, out: Path, pairs: list[tuple[str, str
     norm = TwoSlopeNorm(0.5, 0, 1)
     folder = Path(out) / "icons"
     written: list[IconFigure] = []
-    for layer in study.layers:
+    for layer in layers_of(study):
         for grid in grids_of(study):
             group = root.get(schema.atlas_path(layer, grid))
             if group is None or "icons" not in group:

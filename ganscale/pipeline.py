@@ -67,7 +67,7 @@ def stage_status(study: Study, verify: bool = False) -> list[dict]:
                      "state": "not started" if done is None else "complete" if done == current else "stale"})
     if root is not None and study.atlas.icons is not None:
         done_icons = stages.get("icons", {}).get("layers", {})
-        for layer in study.layers:
+        for layer in icons.layers_of(study):
             fp = done_icons.get(layer, {}).get("fingerprint")
             rows.append({"stage": "icons", "item": layer, "state": "not started" if fp is None else
                          "complete" if fp == icons.layer_fingerprint(study, root, layer) else "stale"})

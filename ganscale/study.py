@@ -115,6 +115,8 @@ class EmbedSettings(_Strict):
 class IconSettings(_Strict):
     """Feature-visualisation icons of the atlas cells (issue 6)."""
     grids: list[PositiveInt] | None = None  # default: the smallest atlas grid
+    layers: list[str] | None = None  # default: every study layer
+    render_size: PositiveInt | None = None  # side of the image the probe sees while optimising; default its input
     min_count: PositiveInt = 8  # cells with fewer samples (all datasets) get no icon
     size: PositiveInt = 64  # icon side in pixels (rendered at the probe's input size, then resized)
     steps: PositiveInt = 256  # Adam steps per icon
@@ -262,6 +264,9 @@ class Study(_Strict):
         for layer in self.embed.layers:
             if layer not in self.layers:
                 raise ValueError(f"embed.layers: '{layer}' is not one of the study's layers")
+        for layer in (self.atlas.icons.layers or []) if self.atlas.icons else []:
+            if layer not in self.layers:
+                raise ValueError(f"atlas.icons.layers: '{layer}' is not one of the study's layers")
         for name, ds in self.datasets.items():
             if ds.kind == "generator":
                 registry.check_generator_spec(ds, field=f"datasets.{name}")
