@@ -159,3 +159,31 @@ def test_a_study_without_a_reference_compares_all_pairs(ray_local, tmp_path):
 def test_an_unknown_reference_is_named(tmp_path):
     with pytest.raises(GanscaleError, match="metrics.reference: no dataset named 'nope'"):
         load_study(toy_study(tmp_path, metrics={"reference": ["nope"]}))
+
+
+def test_preprocess_degrades_every_source_alike():
+    """grey: luma in three equal channels; size: center crop and antialiased resize; off: unchanged."""
+    import torch
+
+    from ganscale import sources
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 40, 64, generator=g)
+    grey = sources.preprocess(images, grayscale=True)
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+    torch.testing.assert_close(grey[:, 0], 0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])
+    small = sources.preprocess(images, grayscale=True, size=25)
+    assert small.shape == (3, 3, 25, 25) and 0 <= small.min() and small.max() <= 1
+    assert torch.equal(sources.preprocess(images), images)
+    assert "grey" in sources.preprocess_note(True, 25) and "25x25" in sources.preprocess_note(True, 25)
+    assert sources.preprocess_note(False, None) == ""
+
+
+def test_preprocess_is_part_of_a_dataset_fingerprint(tmp_path):
+    from conftest import toy_study
+    from ganscale import sample
+    from ganscale.study import load_study
+
+    plain = load_study(toy_study(tmp_path / "a"))
+    degraded = load_study(toy_study(tmp_path / "b", preprocess={"grayscale": True, "size": 16}))
+    assert sample.fingerprint(plain, "real") != sample.fingerprint(degraded, "real")
