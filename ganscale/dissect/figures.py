@@ -261,6 +261,7 @@ def significance_sentence(sig: dict, what: str) -> str:
     low, high = sig["ci95"]
     verdict = ("significant" if sig["significant"] else
                "NOT significant: the top units do no better than random units here")
-    return (f"Ablating the top units rather than random ones, {html.escape(what)}: the distance is lower by "
-            f"{sig['difference']:.4g} (95% bootstrap interval {low:.4g} to {high:.4g}, one-sided p = "
+    change = f"lower by {sig['difference']:.4g}" if sig["difference"] >= 0 else f"higher by {-sig['difference']:.4g}"
+    return (f"Ablating the top units rather than random ones, {html.escape(what)}: the distance is {change} "
+            f"(95% bootstrap interval {low:.4g} to {high:.4g}, one-sided p = "
             f"{sig['p_value']:.3g}, {sig['resamples']} paired resamples of the images): {verdict}.")
