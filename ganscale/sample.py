@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections import deque
 from typing import Callable
@@ -44,7 +45,16 @@ def fingerprint(study: Study, dataset: str) -> str:
         "measured": sources.RESIZE_NOTE,  # how images reach each statistic and network
         "preprocess": study.preprocess.model_dump(mode="json"),
         "fid_inception": study.metrics.fid_inception.model_dump(mode="json") if study.metrics.fid_inception else None,
+        **numerics(study),
     })
+
+
+def numerics(study: Study) -> dict:
+    """The probe's numerics when not the fp32 default (left out then, so fp32 stores keep their
+    fingerprint): bf16 and channels_last change the stored activations."""
+    s = study.sample
+    return {"numerics": {"precision": s.precision, "channels_last": s.channels_last}} \
+        if s.precision != "fp32" or s.channels_last else {}
 
 
 def layout_for(study: Study, dataset: str) -> schema.DatasetLayout:
@@ -155,6 +165,9 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+CHUNKS_IN_FLIGHT = 2  # per actor; 1 turns the write/compute overlap off
+
+
 class ChunkSampler:
     """Computes and writes chunks. Used as a Ray actor (one per GPU), or directly in one process."""
 
@@ -164,8 +177,23 @@ class ChunkSampler:
         self.study = study
         self.files = files or {}
         self.device = pick_device(self.study.sample.device)
+        settings = self.study.sample
+        if self.device.type != "cuda" and (settings.precision != "fp32" or settings.channels_last):
+            raise GanscaleError("sample.precision/channels_last: bf16 and channels_last apply on CUDA workers only, "
+                                "and this worker computes on the CPU; use precision: fp32, channels_last: false")
+        self.bf16 = settings.precision == "bf16"
+        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.probe = registry.build_probe(self.study.probe, self.study.storage_options).only(self.study.layers)
         self.probe.to(self.device)
+        if settings.channels_last:  # the probe's nn.Module (a HookedProbe wraps one)
+            module = getattr(self.probe, "module", self.probe)
+            if not isinstance(module, torch.nn.Module):
+                raise GanscaleError(f"sample.channels_last: probe {self.study.probe.name} is not a torch module")
+            module.to(memory_format=torch.channels_last)
+        # run_chunk may be called by two threads (an actor with max_concurrency=2): one computes the
+        # next chunk while the other writes its chunk; each lock lets one thread at a time through.
+        self._computing = threading.Lock()
+        self._writing = threading.Lock()
         self.fid_net = None
         if self.study.metrics.fid_inception:
             from ganscale.models.fid_inception import load_fid_inception
@@ -220,44 +248,57 @@ class ChunkSampler:
         layout = layout_for(self.study, dataset)
         start, stop = layout.chunk_range(chunk)
         batch_size = self.study.sample.batch_size
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("label", "source", "logits", "sharpness",
-                                                              "colour_hist", "fid_pool3")}
-        acts: dict[str, list[np.ndarray]] = {layer: [] for layer in self.study.layers}
+        # Results stay on the device until the chunk is done: one transfer per array, no per-batch sync.
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logits", "sharpness", "colour_hist", "fid_pool3")}
+        labels_, names_ = [], []
+        acts: dict[str, list[torch.Tensor]] = {layer: [] for layer in self.study.layers}
         positions: dict[str, list[np.ndarray]] = {layer: [] for layer in self.study.layers}
-        pooled: dict[str, list[np.ndarray]] = {layer: [] for layer in self.study.layers}
+        pooled: dict[str, list[torch.Tensor]] = {layer: [] for layer in self.study.layers}
         for b0 in range(start, stop, batch_size):
             index = np.arange(b0, min(b0 + batch_size, stop))
             padded = np.concatenate([index, np.full(batch_size - len(index), index[-1])])
             images, labels, names = self._images(dataset, padded)
             self.image_sizes[dataset] = [int(images.shape[-2]), int(images.shape[-1])]
             keep = len(index)
-            kept = images[:keep].float().cpu().numpy()
-            parts["sharpness"].append(np.asarray(image_metrics.sharpness(kept), dtype=np.float32))
-            parts["colour_hist"].append(np.asarray(image_metrics.colour_histograms(kept, bins=schema.HIST_BINS),
-                                                   dtype=np.uint32))
+            parts["sharpness"].append(image_metrics.sharpness_torch(images[:keep]))
+            parts["colour_hist"].append(image_metrics.colour_histograms_torch(images[:keep], bins=schema.HIST_BINS))
             if self.fid_net is not None:
-                parts["fid_pool3"].append(self.fid_net.features(images)[:keep].float().cpu().numpy())
-            layer_maps, logits = self.probe(sources.resize_square(images, self.probe.input_size))
+                parts["fid_pool3"].append(self.fid_net.features(images)[:keep].float())
+            layer_maps, logits = self._probe(images)
             rows = torch.arange(keep, device=self.device)
             for layer in self.study.layers:
                 fmap = layer_maps[layer]
                 pos = sources.positions_for(self._draws_of(dataset, layer)[index], fmap.shape[2], fmap.shape[3])
                 pos_t = torch.as_tensor(pos, device=self.device)
-                vectors = fmap[rows, :, pos_t[:, 0], pos_t[:, 1]]
-                acts[layer].append(vectors.float().cpu().numpy())
+                acts[layer].append(fmap[rows, :, pos_t[:, 0], pos_t[:, 1]].float())
                 positions[layer].append(pos.astype(schema.POSITION_DTYPE))
-                pooled[layer].append(fmap[:keep].float().mean((2, 3)).cpu().numpy())
-            parts["logits"].append(logits[:keep].float().cpu().numpy())
-            parts["label"].append(labels[:keep])
-            parts["source"].append(names[:keep])
+                pooled[layer].append(fmap[:keep].float().mean((2, 3)))
+            parts["logits"].append(logits[:keep].float())
+            labels_.append(labels[:keep])
+            names_.append(names[:keep])
+
+        def host(tensors: list[torch.Tensor], dtype) -> np.ndarray:
+            return torch.cat(tensors).cpu().numpy().astype(dtype, copy=False)
+
         return {
             "seed": (self._seeds_of(dataset)[start:stop] if self.study.datasets[dataset].kind not in ("images", "arrays")
                      else np.full(stop - start, -1, dtype=np.int64)),
-            **{k: np.concatenate(v) if v else None for k, v in parts.items()},
-            "activations": {layer: np.concatenate(v) for layer, v in acts.items()},
+            "label": np.concatenate(labels_), "source": np.concatenate(names_),
+            "logits": host(parts["logits"], np.float32),
+            "sharpness": host(parts["sharpness"], np.float32),
+            "colour_hist": host(parts["colour_hist"], np.uint32),
+            "fid_pool3": host(parts["fid_pool3"], np.float32) if parts["fid_pool3"] else None,
+            "activations": {layer: host(v, np.float32) for layer, v in acts.items()},
             "positions": {layer: np.concatenate(v) for layer, v in positions.items()},
-            "pooled": {layer: np.concatenate(v) for layer, v in pooled.items()},
+            "pooled": {layer: host(v, np.float32) for layer, v in pooled.items()},
         }
+
+    def _probe(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The probe on the images resized to its input, in the study's numerics (bf16 autocast and
+        channels_last on CUDA when asked; outputs may then be bf16)."""
+        x = sources.resize_square(images, self.probe.input_size).contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.probe(x)
 
     @torch.inference_mode()
     def preflight(self, datasets: list[str]) -> None:
@@ -265,16 +306,22 @@ class ChunkSampler:
         (and the FID network): the checks that can only be made by running them."""
         for dataset in datasets:
             images, _, _ = self._images(dataset, np.zeros(1, dtype=np.int64))
-            self.probe(sources.resize_square(images, self.probe.input_size))
+            self._probe(images)
             if self.fid_net is not None:
                 self.fid_net.features(images)
 
     def run_chunk(self, dataset: str, chunk: int) -> tuple[str, int, int, dict]:
-        arrays = self.compute(dataset, chunk)
-        group = self.root[schema.dataset_path(dataset)]
-        schema.write_chunk(group, layout_for(self.study, dataset), chunk, **arrays)
-        if chunk == 0:  # one writer per dataset: the report states what size each source was measured at
-            group.attrs["image_size"] = self.image_sizes[dataset]
+        """Compute and write one chunk. With two calls in flight on a threaded actor, chunk i's
+        write overlaps chunk i+1's compute; each call returns (or fails) only once its own chunk
+        is written and marked done."""
+        with self._computing:
+            arrays = self.compute(dataset, chunk)
+            image_size = self.image_sizes[dataset]
+        with self._writing:
+            group = self.root[schema.dataset_path(dataset)]
+            schema.write_chunk(group, layout_for(self.study, dataset), chunk, **arrays)
+            if chunk == 0:  # one writer per dataset: the report states what size each source was measured at
+                group.attrs["image_size"] = image_size
         return dataset, chunk, len(arrays["seed"]), self.placement()
 
     def placement(self) -> dict:
@@ -422,7 +469,9 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     n_workers = min(n_workers, len(queue))
     threads = max(1, int(resources["num_cpus"]))
     files = ray.put({p.name: p.files for p in plans if p.files is not None})
-    actor_cls = ray.remote(max_restarts=3, max_task_retries=3)(ChunkSampler)
+    # Two chunks in flight per actor (two threads, see run_chunk): one writes while the next computes,
+    # and the next is already queued when one finishes, so the actor never waits for the driver.
+    actor_cls = ray.remote(max_restarts=3, max_task_retries=3, max_concurrency=CHUNKS_IN_FLIGHT)(ChunkSampler)
     actors = [actor_cls.options(**resources).remote(study, files, threads)
               for _ in range(n_workers)]
     # Every model built and one batch of every source read, on a worker, before the first write:
@@ -448,8 +497,9 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
             task = queue.popleft()
             in_flight[actor.run_chunk.remote(*task)] = (actor, task)
 
-    for actor in actors:
-        submit(actor)
+    for _ in range(CHUNKS_IN_FLIGHT):
+        for actor in actors:
+            submit(actor)
     written = computed = 0
     try:
         while in_flight:

@@ -91,11 +91,16 @@ class SampleSettings(_Strict):
     batch_size: PositiveInt = 128  # images per forward pass
     workers: PositiveInt | None = None  # default: one per GPU, else one per 4 CPUs
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # The probe's numerics on CUDA workers (refused on CPU workers): bf16 autocast, channels_last layout.
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
 
     @model_validator(mode="after")
     def _batch_fits_chunk(self):
         if self.batch_size > self.chunk_size:
             raise ValueError(f"batch_size ({self.batch_size}) must not exceed chunk_size ({self.chunk_size})")
+        if self.device == "cpu" and (self.precision != "fp32" or self.channels_last):
+            raise ValueError("precision bf16 and channels_last apply on CUDA workers only, not with device: cpu")
         return self
 
 

@@ -14,7 +14,8 @@ from ganscale.metrics import (FeatureMoments, colour_histograms, colour_spikes, 
                               frechet_distance_from_moments, frechet_distance_from_stats, histogram_kl,
                               images_with_bin, inception_score, kid, ms_ssim, ms_ssim_diversity, nearest_neighbours,
                               polynomial_mmd, prdc, sharpness)
-from ganscale.metrics.images import MS_SSIM_WEIGHTS, distinct_pairs, ms_ssim_scales
+from ganscale.metrics.images import (MS_SSIM_WEIGHTS, colour_histograms_torch, distinct_pairs, ms_ssim_scales,
+                                     sharpness_torch)
 
 TORCH_FIDELITY_SKIP = ("torch-fidelity imports torchvision when imported (package __init__ and utils), and "
                        "torchvision does not install beside this torch")
@@ -304,6 +305,27 @@ def test_colour_histograms_count_every_pixel_as_np_histogram_bins_them():
     assert out_of_range[0, :, -1].tolist() == [4, 4, 4, 4]
     with pytest.raises(ValueError, match="NaN"):
         colour_histograms(np.full((1, 3, 2, 2), np.nan))
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 33, 31), (2, 3, 1, 5), (3, 1, 8, 8)])
+def test_torch_sharpness_and_histograms_equal_the_numpy_reference(shape):
+    """The sample stage computes both on the worker's device with torch: the same counts exactly,
+    the same sharpness to float64 rounding (and the same float32 as stored)."""
+    rng = np.random.default_rng(17)
+    images = torch.as_tensor(rng.random(shape), dtype=torch.float32)
+    if shape[1] == 3:
+        images[0, :, 0, :5] = torch.tensor([[0.0], [0.04], [0.6]])  # bin edges
+        images[1, :, 0, :3] = torch.tensor([[1.0], [1.5], [-0.2]])  # 1 and outside [0, 1]
+        hist = colour_histograms_torch(images, bins=25)
+        assert hist.dtype == torch.int64
+        np.testing.assert_array_equal(hist.numpy(), colour_histograms(images, bins=25))
+        np.testing.assert_array_equal(colour_histograms_torch(images, bins=7).numpy(), colour_histograms(images, bins=7))
+    got = sharpness_torch(images)
+    assert got.dtype == torch.float64 and got.shape == (shape[0],)
+    np.testing.assert_allclose(got.numpy(), sharpness(images), rtol=1e-13, atol=0)
+    np.testing.assert_array_equal(got.numpy().astype(np.float32), sharpness(images).astype(np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        colour_histograms_torch(torch.full((1, 3, 2, 2), float("nan")))
 
 
 def test_histogram_kl_equals_scipy_entropy():

@@ -368,3 +368,18 @@ def test_errors_found_on_workers_leave_the_store_untouched(reference, tmp_path, 
         sample.run(load_study(path), workers=1)
     assert "\n" not in str(err.value)
     assert store_digest(copy) == before, f"{change}: the store changed"
+
+
+def test_bf16_and_channels_last_are_cuda_only_and_enter_the_fingerprint(tmp_path):
+    """Refused where they cannot apply (a CPU worker), so a store never claims numerics it was not
+    computed in; the fp32 default keeps the fingerprint stores were written with."""
+    with pytest.raises(Exception, match="CUDA workers only"):
+        load_study(toy_study(tmp_path / "a", sample={"device": "cpu", "precision": "bf16"}))
+    fp32 = load_study(toy_study(tmp_path / "b"))
+    for settings in ({"precision": "bf16"}, {"channels_last": True}):
+        study = load_study(toy_study(tmp_path / "c", sample=settings))
+        assert sample.fingerprint(study, "full") != sample.fingerprint(fp32, "full")
+        if not torch.cuda.is_available():
+            with pytest.raises(GanscaleError, match="sample.precision/channels_last: .*CUDA workers only"):
+                sample.ChunkSampler(study)
+    assert "numerics" not in sample.numerics(fp32)

@@ -98,6 +98,54 @@ def colour_histograms(images, bins: int = 25) -> np.ndarray:
     return out
 
 
+def sharpness_torch(images: torch.Tensor) -> torch.Tensor:
+    """`sharpness` computed by torch where the images are (a GPU: the images stay there), float64
+    [B] on the images' device. The same recipe in the same float64 arithmetic (torch.gradient
+    is np.gradient's rule); only the order of the final mean's sum differs: equal to `sharpness`
+    to float64 rounding."""
+    gray = _gray_torch(_checked_torch(images)) * 255.0
+    if min(gray.shape[1:]) < 2:
+        return torch.zeros(len(gray), dtype=torch.float64, device=gray.device)
+    gy, gx = torch.gradient(gray, dim=(1, 2))
+    return torch.sqrt(gx * gx + gy * gy).mean((1, 2))
+
+
+def colour_histograms_torch(images: torch.Tensor, bins: int = 25) -> torch.Tensor:
+    """`colour_histograms` computed by torch where the images are: the same counts exactly (same
+    float64 binning against numpy's edges), int64 [B, 4, bins] on the images' device."""
+    x = _checked_torch(images)
+    if x.shape[1] != 3:
+        raise ValueError(f"colour_histograms: expected RGB images [B, 3, H, W], got shape {tuple(x.shape)}")
+    if bins < 1:
+        raise ValueError("colour_histograms: bins must be at least 1")
+    b = len(x)
+    edges = torch.as_tensor(np.linspace(0.0, 1.0, bins + 1), device=x.device)  # numpy's edges, bit for bit
+    channels = torch.stack([x[:, 0].double(), x[:, 1].double(), x[:, 2].double(), _gray_torch(x)], 1).reshape(b, 4, -1)
+    if torch.isnan(channels).any():
+        raise ValueError("colour_histograms: images contain NaN")
+    index = torch.clamp(torch.floor(channels * bins), 0, bins - 1).long()
+    index -= ((channels < edges[index]) & (index > 0)).long()
+    index += ((channels >= edges[index + 1]) & (index < bins - 1)).long()
+    index += torch.arange(b * 4, device=x.device).view(b, 4, 1) * bins
+    return torch.bincount(index.ravel(), minlength=b * 4 * bins).view(b, 4, bins)
+
+
+def _checked_torch(images: torch.Tensor) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images: expected a tensor [B, 3, H, W] (or [B, 1, H, W]), got {getattr(images, 'shape', type(images))}")
+    return images if images.is_floating_point() and images.dtype != torch.bfloat16 else images.float()
+
+
+def _gray_torch(x: torch.Tensor) -> torch.Tensor:
+    """`_gray` in torch: float64 [B, H, W], the same sum in the same order."""
+    if x.shape[1] == 1:
+        return x[:, 0].double()
+    gray = LUMA[0] * x[:, 0].double()
+    gray += LUMA[1] * x[:, 1].double()
+    gray += LUMA[2] * x[:, 2].double()
+    return gray
+
+
 def histogram_kl(p_counts, q_counts, smoothing: float = 0.5):
     """KL(p || q) of two histograms along their last axis, after adding `smoothing` to every bin
     and normalising: scipy.stats.entropy(p + smoothing, q + smoothing). The pseudo-count keeps the
