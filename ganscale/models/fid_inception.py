@@ -206,8 +206,12 @@ class FIDInception(nn.Module):
     def network_input(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> the graph's input [B, 3, 299, 299] (RESIZE_NOTE, TF_GRAPH_NOTE)."""
         if self.variant == TF_GRAPH:
-            return (tf1_resize_bilinear(images, 299) * 255 - 128) / 128
-        return F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+            return self.scale(tf1_resize_bilinear(images, 299))
+        return self.scale(F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False))
+
+    def scale(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] -> the graph's input range: (x*255-128)/128 (TF graph) or [-1, 1] (pytorch-fid)."""
+        return (images * 255 - 128) / 128 if self.variant == TF_GRAPH else images * 2 - 1
 
     def pool3(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] in [0, 1] -> pool3 features [B, 2048] (with autograd; see `features`)."""
@@ -223,9 +227,11 @@ class FIDInception(nn.Module):
         return x.mean((2, 3))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, H, W] in [0, 1] -> the 1008 logits [B, 1008] (torchvision's head), or [B, 0]
-        without a class head (the Mixed blocks still run, for the probe's hooks)."""
-        pool3 = self.pool3(images)
+        """Images [B, 3, H, W] in [0, 1] at the size the caller chose (the probe gives 299; icons may
+        optimise smaller images) -> the 1008 logits [B, 1008] (torchvision's head), or [B, 0] without a
+        class head (the Mixed blocks still run, for the probe's hooks). Only `pool3`/`features`
+        resize, as the FID does."""
+        pool3 = self.pool3_of_input(self.scale(images))
         return self.fc(pool3) if self.num_classes else pool3[:, :0]
 
     @torch.inference_mode()
