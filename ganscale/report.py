@@ -202,7 +202,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
             (out / sub).mkdir()
         probe = registry.build_probe(study.probe, study.storage_options)
         fields = {layer: receptive_field_size(probe, layer) for layer in study.layers}
-        fmap_sizes = fmap_sizes(probe.only(study.layers))
+        map_sizes = fmap_sizes(probe.only(study.layers))
         generators: dict = {}
         kl_rows, sections = [], []
         pairs = list(itertools.combinations(range(len(names)), 2))
@@ -231,7 +231,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
                     pictures.append((layer, g, path.relative_to(out)))
                 example = examples_figure(study, root, probe, layer, grids[0], (a, b),
                                           out / "examples" / f"{layer}_{names[a]}_vs_{names[b]}.png",
-                                          fields, fmap_sizes, example_images)
+                                          fields, map_sizes, example_images)
                 if example:
                     pictures.append((layer, "examples", example.relative_to(out)))
                 bar.advance(1, f"{names[a]} vs {names[b]} {layer}")

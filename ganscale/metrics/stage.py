@@ -250,7 +250,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
                            "value": fm.frechet_distance_from_moments(partials[a].moments[fs], partials[b].moments[fs])}
                           for fs in sets for a, b in compared]
     results["inception_score"] = {}
-    if not partials[reals[0]].is_p_sum.shape[1]:
+    if not partials[first].is_p_sum.shape[1]:  # no logits: a probe without a class head
         results["inception_score_left_out"] = IS_LEFT_OUT
     else:
         for name, part in partials.items():
