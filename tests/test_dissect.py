@@ -328,7 +328,8 @@ def test_report_section_shows_the_dissection(toy_dissection, tmp_path):
 
 
 def test_upernet_weights_load_from_a_path_and_segment(tmp_path):
-    from ganscale.dissect import build_segmenter, upernet
+    from ganscale.dissect import build_segmenter
+    from ganscale.models import upernet
 
     module = upernet.UPerNet(num_classes=5, fpn_dim=16)
     names = ["wall", "sky", "floor", "tree", "ceiling"]

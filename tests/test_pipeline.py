@@ -116,7 +116,8 @@ def test_status_on_the_command_line_says_what_changed(toy_run, tmp_path):
     from ganscale.cli import app
 
     study, _, _ = toy_run
-    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(_fewer_real_samples(study).model_dump(mode="json"), sort_keys=False))
+    spec = _fewer_real_samples(study).model_dump(mode="json")
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     result = CliRunner().invoke(app, ["status", str(tmp_path / "changed.yaml")])
     assert result.exit_code == 0
     assert "atlas   block2                   stale: embed/block2 changed" in result.output.splitlines()

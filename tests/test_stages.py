@@ -65,3 +65,32 @@ def test_the_ledger_keeps_one_record_per_item_and_sums_seconds(tmp_path):
         == ["p.m", "q"]
     root.attrs["stages"] = {**root.attrs["stages"], "old": {"layers": {}, "seconds": 3}}  # a pre-ledger record
     assert ledger.items(root, "old") == {} and ledger.stages(root) == ["embed"]
+
+
+STAGE_MODULES = {"ganscale.sample", "ganscale.embed", "ganscale.atlas", "ganscale.icons", "ganscale.metrics.stage",
+                 "ganscale.dissect", "ganscale.report", "ganscale.pipeline"}
+
+
+def _imports(path):
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+            yield from (f"{node.module}.{a.name}" for a in node.names)
+
+
+def test_libraries_import_no_stage():
+    """Stages sit above libraries: nothing below imports a stage (importing ganscale.dissect.x runs
+    the dissect stage's package too), and the viewer does not import the report that shows it."""
+    from pathlib import Path
+
+    package = Path(stage.__file__).parent
+    libraries = [p for d in ("metrics", "fv", "models") for p in (package / d).glob("*.py") if p.name != "stage.py"]
+    libraries += [package / f for f in ("dissect/stats.py", "dissect/intervene.py", "images.py", "runtime.py", "ledger.py", "schema.py",
+                                        "sources.py", "viewer/__init__.py", "render.py", "partials.py")]
+    for path in libraries:
+        bad = [m for m in _imports(path) if any(m == s or m.startswith(s + ".") for s in STAGE_MODULES)]
+        assert not bad, f"{path.relative_to(package)} imports {bad}"
