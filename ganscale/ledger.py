@@ -38,6 +38,8 @@ def record(root, stage: str, item: str, inputs: dict, seconds: float, **extra) -
 
 def forget(root, stage: str, item: str) -> None:
     """Drop one record: the item counts as not started (a test, or a stage that must redo it)."""
+    if entry(root, stage, item) is None:
+        return
     stages = dict(root.attrs.get(KEY, {}))
     stages[stage] = {k: v for k, v in items(root, stage).items() if k != item}
     root.attrs[KEY] = stages

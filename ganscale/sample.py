@@ -146,6 +146,8 @@ def prepare_store(study: Study, root, plans: list[DatasetPlan]) -> None:
     entry = registry.probe_entry(study.probe.name)
     for p in plans:
         spec = study.datasets[p.name]
+        if p.pending:  # complete again only once its chunks are all written
+            ledger.forget(root, NAME, p.name)
         if p.replace:
             if schema.dataset_path(p.name) in root:
                 log.warning("dataset %s: its configuration changed since it was sampled; resampling it", p.name)
