@@ -94,7 +94,8 @@ def run_on_actors(actors: list, tasks: Iterable[Task], on_result: Callable[[Task
     never waits for the driver between tasks). `on_result(task, value)` runs on the driver as each
     finishes (value is the ObjectRef when `fetch` is False: the result stays in the object store for
     a later merge). Returns the results in task order. A failure raises a one-line GanscaleError
-    naming the task; the actors are killed at the end when `kill`."""
+    naming the task; the actors are killed at the end when `kill`. `actors` may also be plain
+    objects (tests, benchmarks): their methods run here, one task at a time."""
     import ray
 
     queue = deque(enumerate(tasks))
