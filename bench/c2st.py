@@ -10,7 +10,7 @@ import numpy as np
 from ganscale import schema, sources
 from ganscale.metrics.c2st import c2st
 from ganscale.models import registry
-from ganscale.sample import images_by_id
+from ganscale.images import images_by_id
 from ganscale.study import load_study
 
 study = load_study(sys.argv[1])

@@ -147,7 +147,7 @@ def bench_c2st(args) -> dict:
     `metrics.c2st` settings): the pooled classifier and one per generator, as the metrics stage
     trains them. Needs the demo's store (`make demo`); --demo-store says where it is."""
     from ganscale.metrics.c2st import c2st
-    from ganscale.sample import load_images
+    from ganscale.images import load_images
     from ganscale.study import load_study
 
     study = load_study(Path(__file__).parents[1] / "ganscale" / "toyworld" / "demo.yaml", check_files=False)

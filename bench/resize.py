@@ -1,5 +1,5 @@
 """Every source measured the same way: the same pixels, once given natively (as a generator gives
-them) and once written to a folder of PNGs and read back by `ganscale.sample.load_images` (as the
+them) and once written to a folder of PNGs and read back by `ganscale.images.load_images` (as the
 sample stage reads an image folder), through sharpness and the FID network's pool3.
 
     GANSCALE_CACHE=/tmp/gcache python bench/resize.py [--out bench/results/resize.json]
@@ -60,7 +60,7 @@ def measure(kind: str, n: int, side: int, net, tmp: Path) -> dict:
     from PIL import Image
 
     from ganscale.metrics.images import sharpness
-    from ganscale.sample import load_images
+    from ganscale.images import load_images
     from ganscale.study import Study
 
     pixels = uint8_images(kind, n, side)

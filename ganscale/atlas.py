@@ -29,9 +29,10 @@ import dask
 import numpy as np
 from scipy import sparse
 
-from ganscale import schema
+from ganscale import ledger, schema, stage
 from ganscale.partials import tree_reduce
 from ganscale.errors import GanscaleError
+from ganscale.runtime import dask_scheduler, init_ray
 from ganscale.study import Study, digest
 
 log = logging.getLogger("ganscale.atlas")
@@ -141,20 +142,23 @@ def top_labels(label_counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     return np.where(counts > 0, order, -1).astype(np.int32), counts
 
 
+NAME, ITEM, READS = "atlas", "layer", ("embed",)
+
+
+def items(study: Study) -> list[str]:
+    return list(study.layers)
+
+
+def reads(study: Study, layer: str) -> list[tuple[str, str]]:
+    return [("embed", layer)]
+
+
+def settings(study: Study, root, layer: str) -> dict:
+    return {"atlas": study.atlas.model_dump(mode="json", exclude={"icons"}), "datasets": list(study.datasets)}
+
+
 def layer_fingerprint(study: Study, root, layer: str) -> str:
-    embedded = root.attrs.get("stages", {}).get("embed", {}).get("layers", {}).get(layer, {})
-    return digest({"embed": embedded.get("fingerprint"), "atlas": study.atlas.model_dump()})
-
-
-def dask_scheduler():
-    """Dask-on-Ray when a Ray cluster is attached, else local threads."""
-    import ray
-
-    if ray.is_initialized():
-        from ray.util.dask import ray_dask_get
-
-        return ray_dask_get
-    return "threads"
+    return stage.fingerprint(study, root, NAME, layer)
 
 
 def compute_layer(study: Study, root, layer: str, scheduler="threads") -> dict:
@@ -206,26 +210,20 @@ def write_layer(root, layer: str, names: list[str], results: dict) -> None:
 
 
 def run(study: Study, *, address: str | None = None) -> dict:
-    from ganscale.sample import init_ray
-
-    t_start = time.time()
     root = schema.open_store(study.store, study.storage_options)
     init_ray(address)
     scheduler = dask_scheduler()
-    stages = dict(root.attrs.get("stages", {}))
-    done = dict(stages.get("atlas", {}).get("layers", {}))
     computed = []
     for layer in study.layers:
-        fp = layer_fingerprint(study, root, layer)
-        if done.get(layer, {}).get("fingerprint") == fp:
+        inputs = stage.inputs(study, root, NAME, layer)
+        recorded = ledger.entry(root, NAME, layer)
+        if recorded is not None and recorded["fingerprint"] == digest(inputs):
             continue
         t0 = time.time()
         results = compute_layer(study, root, layer, scheduler)
         write_layer(root, layer, list(study.datasets), results)
-        done[layer] = {"fingerprint": fp, "seconds": round(time.time() - t0, 2),
-                       "kl": {str(g): r["kl"].tolist() for g, r in results.items()}}
+        ledger.record(root, NAME, layer, inputs, time.time() - t0,
+                      kl={str(g): r["kl"].tolist() for g, r in results.items()})
         computed.append(layer)
         log.info("atlas %s: %s grids in %.1f s", layer, study.atlas.grids, time.time() - t0)
-    stages["atlas"] = {"layers": done, "datasets": list(study.datasets), "seconds": round(time.time() - t_start, 2)}
-    root.attrs["stages"] = stages
     return {"computed": computed, "skipped": [layer for layer in study.layers if layer not in computed]}

@@ -14,9 +14,10 @@ import time
 
 import numpy as np
 
-from ganscale import schema
+from ganscale import ledger, schema, stage
 from ganscale.errors import GanscaleError
 from ganscale.progress import status
+from ganscale.runtime import init_ray
 from ganscale.study import Study, UmapParams, digest
 
 log = logging.getLogger("ganscale.embed")
@@ -90,13 +91,22 @@ def _dumps(obj) -> bytes:
     return buffer.getvalue()
 
 
-def dataset_fingerprints(study: Study, root) -> dict[str, str]:
-    return {name: root[schema.dataset_path(name)].attrs["fingerprint"] for name in study.datasets}
+NAME, ITEM, READS = "embed", "layer", ("sample",)
+
+
+def items(study: Study) -> list[str]:
+    return list(study.layers)
+
+
+def settings(study: Study, root, layer: str) -> dict:
+    """What a layer's layout depends on besides the samples (stage.inputs adds every dataset's
+    sample fingerprint)."""
+    return {"layer": layer, "datasets": list(study.datasets), "params": params_for(study, layer).model_dump(),
+            "pca": study.embed.pca, "seed": study.seed}
 
 
 def layer_fingerprint(study: Study, root, layer: str) -> str:
-    return digest({"datasets": dataset_fingerprints(study, root), "layer": layer,
-                   "params": params_for(study, layer).model_dump(), "pca": study.embed.pca, "seed": study.seed})
+    return stage.fingerprint(study, root, NAME, layer)
 
 
 def load_layer(root, datasets: list[str], layer: str) -> tuple[np.ndarray, list[int]]:
@@ -131,7 +141,7 @@ def embed_layer(study: Study, layer: str, backend: str) -> dict:
         f"umap_{layer}", shape=blob.shape, chunks=(max(1, min(len(blob), 1 << 24)),), dtype=np.uint8,
         overwrite=True)[:] = blob
     return {"layer": layer, "backend": backend, "samples": int(len(x)), "seconds": round(time.time() - t0, 2),
-            "bounds": [low.tolist(), high.tolist()], "fitted": dataset_fingerprints(study, root)}
+            "bounds": [low.tolist(), high.tolist()]}
 
 
 def transform_layer(study: Study, layer: str, datasets: list[str], bounds) -> dict:
@@ -164,27 +174,23 @@ def run(study: Study, *, address: str | None = None) -> dict:
     import ray
 
     from ganscale.progress import Progress
-    from ganscale.sample import init_ray
 
-    t0 = time.time()
     root = schema.open_store(study.store, study.storage_options)
     schema.require_sampled(root, study.datasets, "embed")
     init_ray(address)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     backend = choose_backend(study, gpus)
-    stages = dict(root.attrs.get("stages", {}))
-    done = dict(stages.get("embed", {}).get("layers", {}))
-    current = dataset_fingerprints(study, root)
+    inputs = {layer: stage.inputs(study, root, NAME, layer) for layer in study.layers}
     fits, transforms = [], {}
     for layer in study.layers:
-        previous = done.get(layer, {})
-        if previous.get("fingerprint") == layer_fingerprint(study, root, layer):
+        previous = ledger.entry(root, NAME, layer)
+        if previous is not None and previous["fingerprint"] == digest(inputs[layer]):
             continue
-        fitted = previous.get("fitted", {})
-        new = [n for n in study.datasets if n not in fitted]
-        if (study.embed.new_datasets == "transform" and fitted and new
-                and previous.get("params") == params_for(study, layer).model_dump()
-                and all(current.get(n) == fp for n, fp in fitted.items())):
+        # datasets fitted before keep their layout when only new ones came (embed.new_datasets: transform)
+        new = [n for n in study.datasets if previous is not None and f"sample/{n}" not in previous["inputs"]]
+        if (study.embed.new_datasets == "transform" and previous is not None and new
+                and previous["inputs"]["params"] == inputs[layer]["params"]
+                and all(inputs[layer].get(k) == v for k, v in previous["inputs"].items() if k.startswith("sample/"))):
             transforms[layer] = new
         else:
             fits.append(layer)
@@ -194,27 +200,25 @@ def run(study: Study, *, address: str | None = None) -> dict:
             raise GanscaleError("embed.backend: cuML does not import on the cluster's GPU nodes")
         backend, options = "umap-learn", {"num_cpus": 1}  # the CPU fallback
     fit_refs = [ray.remote(**options)(embed_layer).remote(study, layer, backend) for layer in fits]
-    transform_refs = [ray.remote(num_cpus=1)(transform_layer).remote(study, layer, new, done[layer]["bounds"])
+    transform_refs = [ray.remote(num_cpus=1)(transform_layer).remote(study, layer, new,
+                                                                       ledger.entry(root, NAME, layer)["bounds"])
                       for layer, new in transforms.items()]
     bar = Progress("embed", len(fits), unit="layers")
     pending = dict(zip(fit_refs, fits))
     while pending:  # layers as they finish, so the display moves
         (ref,), _ = ray.wait(list(pending), num_returns=1)
         layer, result = pending.pop(ref), ray.get(ref)
-        done[layer] = {**result, "params": params_for(study, layer).model_dump(),
-                       "fingerprint": layer_fingerprint(study, root, layer)}
+        ledger.record(root, NAME, layer, inputs[layer], result["seconds"], backend=result["backend"],
+                      samples=result["samples"], bounds=result["bounds"])
         bar.advance(1, f"{layer} in {result['seconds']:.0f} s")
         log.info("embed %s: %d samples with %s in %.1f s", layer, result["samples"], backend, result["seconds"])
     bar.close()
     for (layer, new), result in zip(transforms.items(), ray.get(transform_refs)):
-        done[layer] = {**done[layer], "fitted": {**done[layer]["fitted"], **{n: current[n] for n in new}},
-                       "transformed": sorted(set(done[layer].get("transformed", [])) | set(new)),
-                       "seconds": done[layer]["seconds"] + result["seconds"],
-                       "fingerprint": layer_fingerprint(study, root, layer)}
+        previous = ledger.entry(root, NAME, layer)
+        ledger.record(root, NAME, layer, inputs[layer], previous["seconds"] + result["seconds"],
+                      **{k: previous[k] for k in ("backend", "samples", "bounds") if k in previous},
+                      transformed=sorted(set(previous.get("transformed", [])) | set(new)))
         log.info("embed %s: transformed %s into the existing layout", layer, ", ".join(new))
-    stages["embed"] = {"layers": done, "seconds": round(time.time() - t0, 2)}
-    root.attrs["stages"] = stages
     return {"fitted": fits, "transformed": {k: v for k, v in transforms.items()},
             "skipped": [layer for layer in study.layers if layer not in fits and layer not in transforms],
             "backend": backend}
-

@@ -20,7 +20,7 @@ Stored beside the atlas statistics, under atlas/{layer}/g{G}/:
 
 with attrs on `icons`: steps, tries, size, lr, cosine_power, whiten, min_count, cells, fingerprint.
 A layer is skipped when the fingerprint of its inputs (the layer's atlas, the probe, the icon
-settings) is the one recorded in root.attrs["stages"]["icons"]["layers"][layer].
+settings) is the one the ledger recorded for the layer.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import deque
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,10 +35,11 @@ import dask
 import numpy as np
 import torch
 
-from ganscale import schema
+from ganscale import ledger, schema, stage
 from ganscale.errors import GanscaleError
 from ganscale.fv.render import LayerTap
 from ganscale.partials import tree_reduce
+from ganscale.runtime import Task, init_ray, run_on_actors, worker_resources
 from ganscale.study import Study, digest
 
 log = logging.getLogger("ganscale.icons")
@@ -62,12 +62,25 @@ def layers_of(study: Study) -> list[str]:
     return study.atlas.icons.layers or list(study.layers)
 
 
+NAME, ITEM, READS = "icons", "layer", ("atlas",)
+
+
+def items(study: Study) -> list[str]:
+    return layers_of(study)
+
+
+def reads(study: Study, layer: str) -> list[tuple[str, str]]:
+    return [("atlas", layer)]
+
+
+def settings(study: Study, root, layer: str) -> dict:
+    """What a layer's icons depend on besides its atlas: the probe, the icon settings, the algorithm."""
+    return {"icons": study.atlas.icons.model_dump(mode="json"), "grids": grids_of(study),
+            "probe": study.probe.model_dump(mode="json"), "algorithm": ALGORITHM, "ridge": WHITEN_RIDGE}
+
+
 def layer_fingerprint(study: Study, root, layer: str) -> str:
-    """What a layer's icons depend on: its atlas, the probe, the icon settings, the algorithm."""
-    atlas = root.attrs.get("stages", {}).get("atlas", {}).get("layers", {}).get(layer, {})
-    return digest({"atlas": atlas.get("fingerprint"), "icons": study.atlas.icons.model_dump(mode="json"),
-                   "grids": grids_of(study), "probe": study.probe.model_dump(mode="json"), "algorithm": ALGORITHM,
-                   "ridge": WHITEN_RIDGE})
+    return stage.fingerprint(study, root, NAME, layer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,7 +95,7 @@ def _chunk_moments(store: str, storage_options: dict, path: str, start: int, sto
 def second_moment(study: Study, root, layer: str) -> np.ndarray:
     """A^T A / N [C, C] (float64) over the stored activations of every dataset (Dask tree of
     per-chunk sums, on the atlas stage's scheduler)."""
-    from ganscale.atlas import dask_scheduler
+    from ganscale.runtime import dask_scheduler
 
     parts = []
     for name in study.datasets:
@@ -173,19 +186,8 @@ class _Job(NamedTuple):
 
 
 def _workers(study: Study, jobs: int) -> tuple[int, dict]:
-    from ganscale.sample import worker_resources
-
-    n, resources = worker_resources(study, None)
+    n, resources = worker_resources(study.sample.device, study.sample.workers)
     return max(1, min(n, jobs)), resources
-
-
-def _failure(error: Exception, job: _Job) -> str:
-    for line in str(error).splitlines():
-        if "GanscaleError: " in line:
-            return line.split("GanscaleError: ", 1)[1].strip()
-    return (f"icons: rendering layer {job.layer} grid {job.grid} failed "
-            f"({type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}); "
-            "rerun to resume")
 
 
 def run(study: Study, *, address: str | None = None) -> dict:
@@ -195,16 +197,16 @@ def run(study: Study, *, address: str | None = None) -> dict:
 
     from ganscale.fv.objectives import whitening
     from ganscale.progress import Progress
-    from ganscale.sample import init_ray
 
     settings = study.atlas.icons
     if settings is None:
         return {"skipped": "atlas.icons is not set"}
     t_start = time.time()
     root = schema.open_store(study.store, study.storage_options)
-    done = dict(root.attrs.get("stages", {}).get("icons", {}).get("layers", {}))
-    fingerprints = {layer: layer_fingerprint(study, root, layer) for layer in layers_of(study)}
-    todo = [layer for layer in layers_of(study) if done.get(layer, {}).get("fingerprint") != fingerprints[layer]]
+    inputs = {layer: stage.inputs(study, root, NAME, layer) for layer in layers_of(study)}
+    fingerprints = {layer: digest(inputs[layer]) for layer in layers_of(study)}
+    todo = [layer for layer in layers_of(study)
+            if (ledger.entry(root, NAME, layer) or {}).get("fingerprint") != fingerprints[layer]]
     if not todo:
         return {"computed": [], "skipped": layers_of(study), "icons": 0, "seconds": round(time.time() - t_start, 2)}
 
@@ -219,7 +221,6 @@ def run(study: Study, *, address: str | None = None) -> dict:
             counts = group["counts"][...].sum(0)
             cells[layer, grid] = np.argwhere(counts >= settings.min_count)
             vectors[layer, grid] = group["mean"][...][cells[layer, grid][:, 0], cells[layer, grid][:, 1]]
-    jobs = deque(_Job(layer, grid, s) for (layer, grid), c in cells.items() for s in range(0, len(c), settings.batch))
 
     init_ray(address)
     whiten_refs = {}
@@ -231,10 +232,9 @@ def run(study: Study, *, address: str | None = None) -> dict:
 
     icons = {key: np.zeros((key[1], key[1], settings.size, settings.size, 3), dtype=np.uint8) for key in cells}
     values = {key: np.full((key[1], key[1]), np.nan, dtype=np.float32) for key in cells}
-    left = {key: -(-len(c) // settings.batch) for key, c in cells.items()}
-    layer_left = {layer: sum(1 for key in cells if key[0] == layer and left[key]) for layer in todo}  # grids to go
-    layer_t0 = {layer: None for layer in todo}
+    left = {key: -(-len(c) // settings.batch) for key, c in cells.items()}  # batches to go
     computed = []
+    last_finish = [time.time()]
 
     def write_grid(layer: str, grid: int) -> None:
         group = root[schema.atlas_path(layer, grid)]
@@ -249,21 +249,24 @@ def run(study: Study, *, address: str | None = None) -> dict:
                            fill_value=np.nan, dimension_names=("iy", "ix"))[...] = values[layer, grid]
 
     def finish_layer(layer: str) -> None:
-        # written only once every grid of the layer is in the store: an interrupted layer reruns
+        # recorded only once every grid of the layer is in the store: an interrupted layer reruns.
+        # Its seconds: since the previous layer finished (layers render interleaved; the sum is the stage's).
         n_icons = int(sum(len(cells[k]) for k in cells if k[0] == layer))
-        done[layer] = {"fingerprint": fingerprints[layer], "icons": n_icons,
-                       "seconds": round(time.time() - (layer_t0[layer] or t_start), 2)}
-        stages = dict(root.attrs.get("stages", {}))
-        stages["icons"] = {"layers": done, "seconds": round(time.time() - t_start, 2), "fingerprint": digest(done)}
-        root.attrs["stages"] = stages
+        ledger.record(root, NAME, layer, inputs[layer], time.time() - last_finish[0], icons=n_icons)
+        last_finish[0] = time.time()
         computed.append(layer)
 
-    for layer in [layer for layer in todo if layer_left[layer] == 0]:  # no cell reaches min_count
-        for grid in grids_of(study):
-            write_grid(layer, grid)
-        finish_layer(layer)
+    def finish_if_done(layer: str) -> None:
+        if all(left[layer, grid] == 0 for grid in grids_of(study)):
+            for grid in grids_of(study):
+                write_grid(layer, grid)
+            finish_layer(layer)
+
+    for layer in todo:  # layers where no cell reaches min_count
+        finish_if_done(layer)
 
     total = sum(len(c) for c in cells.values())
+    jobs = [_Job(layer, grid, s) for (layer, grid), c in cells.items() for s in range(0, len(c), settings.batch)]
     if jobs:
         n_workers, resources = _workers(study, len(jobs))
         threads = max(1, int(resources["num_cpus"]))
@@ -271,53 +274,28 @@ def run(study: Study, *, address: str | None = None) -> dict:
         actors = [actor_cls.options(**resources).remote(study, threads) for _ in range(n_workers)]
         log.info("icons: %d icons of %d layer(s) on %d worker(s)", total, len(todo), n_workers)
         progress = Progress("icons", total, unit="icons")
-        in_flight: dict = {}
 
-        def submit(actor) -> None:
-            if jobs:
-                job = jobs.popleft()
-                if layer_t0[job.layer] is None:
-                    layer_t0[job.layer] = time.time()
-                batch = vectors[job.layer, job.grid][job.start:job.start + settings.batch]
-                seed = study.seed * 1_000_003 + job.grid * 10_007 + job.start
-                in_flight[actor.render.remote(job.layer, batch, whiten_refs[job.layer], seed)] = (actor, job)
+        def task(job: _Job) -> Task:
+            batch = vectors[job.layer, job.grid][job.start:job.start + settings.batch]
+            seed = study.seed * 1_000_003 + job.grid * 10_007 + job.start
+            return Task("render", (job.layer, batch, whiten_refs[job.layer], seed),
+                        f"icons: rendering layer {job.layer} grid {job.grid}", key=job)
 
-        try:
-            for actor in actors:  # two batches in flight per worker: no idle gap between batches
-                submit(actor)
-                submit(actor)
-            while in_flight:
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                actor, job = in_flight.pop(ready[0])
-                try:
-                    batch_icons, batch_values = ray.get(ready[0])
-                except ray.exceptions.RayTaskError as e:
-                    cause = getattr(e, "cause", None)
-                    if isinstance(cause, GanscaleError):
-                        raise GanscaleError(str(cause)) from None
-                    raise GanscaleError(_failure(cause or e, job)) from None
-                except ray.exceptions.RayActorError as e:
-                    raise GanscaleError(_failure(e, job)) from None
-                key = (job.layer, job.grid)
-                rows = cells[key][job.start:job.start + settings.batch]
-                icons[key][rows[:, 0], rows[:, 1]] = batch_icons
-                values[key][rows[:, 0], rows[:, 1]] = batch_values
-                progress.advance(len(rows))
-                left[key] -= 1
-                if left[key] == 0:
-                    write_grid(*key)
-                    icons[key] = values[key] = None  # in the store now
-                    layer_left[job.layer] -= 1
-                    if layer_left[job.layer] == 0:
-                        for grid in grids_of(study):
-                            if left[job.layer, grid] == 0 and not len(cells[job.layer, grid]):
-                                write_grid(job.layer, grid)  # grids of this layer without any icon
-                        finish_layer(job.layer)
-                submit(actor)
+        def rendered(task: Task, result) -> None:
+            batch_icons, batch_values = result
+            job = task.key
+            key = (job.layer, job.grid)
+            rows = cells[key][job.start:job.start + settings.batch]
+            icons[key][rows[:, 0], rows[:, 1]] = batch_icons
+            values[key][rows[:, 0], rows[:, 1]] = batch_values
+            progress.advance(len(rows))
+            left[key] -= 1
+            finish_if_done(job.layer)
+
+        try:  # two batches in flight per worker: no idle gap between batches
+            run_on_actors(actors, [task(job) for job in jobs], rendered, in_flight_per_actor=2)
         finally:
             progress.close()
-            for actor in actors:
-                ray.kill(actor)
     return {"computed": computed, "skipped": [layer for layer in layers_of(study) if layer not in computed],
             "icons": int(total), "seconds": round(time.time() - t_start, 2)}
 

@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganscale import __version__, render, schema, sources
+from ganscale import __version__, ledger, render, schema, sources, stage
+from ganscale.images import fmap_sizes, patch_box, receptive_field_size
 from ganscale.models import registry
 from ganscale.progress import Progress
 from ganscale.study import Study, digest
@@ -54,44 +55,6 @@ def report_location(study: Study) -> str:
     if study.report:
         return study.report
     return study.store.rstrip("/").rsplit("/", 1)[0] + "/report"
-
-
-def receptive_field_size(probe, layer: str, tries: int = 4) -> tuple[int, int]:
-    """(height, width) of the input region that a unit at the centre of `layer` depends on,
-    measured by gradients over a few random inputs (union), not assumed from the architecture."""
-    module = probe.module
-    size = probe.input_size
-    captured = {}
-    handle = dict(module.named_modules())[layer].register_forward_hook(lambda m, i, o: captured.update(out=o))
-    seen = torch.zeros(size, size, dtype=torch.bool)
-    try:
-        generator = torch.Generator().manual_seed(0)
-        for _ in range(tries):
-            x = torch.rand(1, 3, size, size, generator=generator, requires_grad=True)
-            module(x)
-            out = captured["out"]
-            out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum().backward()
-            seen |= x.grad.abs().sum((0, 1)) > 0
-    finally:
-        handle.remove()
-    ys, xs = np.nonzero(seen.numpy())
-    return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
-
-
-def patch_box(position: np.ndarray, fmap_size: tuple[int, int], field: tuple[int, int], image_size: int):
-    """(y0, x0, y1, x1) of the receptive field of a featuremap position, in image pixels."""
-    box = []
-    for p, n, f in zip(position, fmap_size, field):
-        centre = (p + 0.5) * image_size / n
-        lo = int(np.clip(round(centre - f / 2), 0, image_size - 1))
-        box.append((lo, int(np.clip(round(centre + f / 2), lo + 1, image_size))))
-    (y0, y1), (x0, x1) = box
-    return y0, x0, y1, x1
-
-
-def _fmap_sizes(probe) -> dict[str, tuple[int, int]]:
-    maps, _ = probe(torch.zeros(1, 3, probe.input_size, probe.input_size))
-    return {layer: tuple(m.shape[2:]) for layer, m in maps.items()}
 
 
 def _example_cells(root, layer: str, grid: int, pair: tuple[int, int], n_cells: int = 3, per_row: int = 4):
@@ -117,7 +80,7 @@ class _ExampleImages:
         self.study, self.root, self.generators, self.images = study, root, generators, {}
 
     def prefetch(self, dataset: str, ids) -> None:
-        from ganscale.sample import images_by_id
+        from ganscale.images import images_by_id
 
         missing = sorted({int(i) for i in ids} - {i for (d, i) in self.images if d == dataset})
         if missing:
@@ -157,12 +120,24 @@ def _cell_images(study, root, probe, dataset, layer, ids, field, fmap_size, imag
     return [im.permute(1, 2, 0).numpy() for im in images], boxes
 
 
+NAME, ITEM, READS = "report", "", ("atlas",)
+OPTIONAL = ("icons", "metrics", "dissect")  # sections shown when their stage has run
+
+
+def items(study: Study) -> list[str]:
+    return ["all"]
+
+
+def settings(study: Study, root, item: str) -> dict:
+    """The study and version, and the recorded fingerprints of the optional sections' stages (the
+    atlas, which the report needs, comes in through READS)."""
+    return {"config": study.config_hash(), "version": __version__,
+            **{f"{name}/{i}": (ledger.entry(root, name, i) or {}).get("fingerprint")
+               for name in OPTIONAL for i in stage.module(name).items(study)}}
+
+
 def report_fingerprint(study: Study, root) -> str:
-    stages = root.attrs.get("stages", {})
-    atlas_layers = stages.get("atlas", {}).get("layers", {})
-    return digest({"config": study.config_hash(), "version": __version__,
-                   "atlas": {layer: atlas_layers.get(layer, {}).get("fingerprint") for layer in study.layers},
-                   "after_atlas": {name: stages.get(name, {}).get("fingerprint") for name in EXTRA_SECTIONS}})
+    return stage.fingerprint(study, root, NAME, "all")
 
 
 def _metrics_section(study, root, out):
@@ -217,8 +192,8 @@ def run(study: Study, *, address: str | None = None) -> dict:
     names = list(study.datasets)
     grids = study.atlas.grids
     location = report_location(study)
-    fingerprint = report_fingerprint(study, root)
-    if (root.attrs.get("stages", {}).get("report", {}).get("fingerprint") == fingerprint
+    inputs = stage.inputs(study, root, NAME, "all")
+    if ((ledger.entry(root, NAME, "all") or {}).get("fingerprint") == digest(inputs)
             and _exists(location, study.storage_options)):
         return {"report": location + "/index.html", "skipped": True}
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,7 +202,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
             (out / sub).mkdir()
         probe = registry.build_probe(study.probe, study.storage_options)
         fields = {layer: receptive_field_size(probe, layer) for layer in study.layers}
-        fmap_sizes = _fmap_sizes(probe.only(study.layers))
+        map_sizes = fmap_sizes(probe.only(study.layers))
         generators: dict = {}
         kl_rows, sections = [], []
         pairs = list(itertools.combinations(range(len(names)), 2))
@@ -256,7 +231,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
                     pictures.append((layer, g, path.relative_to(out)))
                 example = examples_figure(study, root, probe, layer, grids[0], (a, b),
                                           out / "examples" / f"{layer}_{names[a]}_vs_{names[b]}.png",
-                                          fields, fmap_sizes, example_images)
+                                          fields, map_sizes, example_images)
                 if example:
                     pictures.append((layer, "examples", example.relative_to(out)))
                 bar.advance(1, f"{names[a]} vs {names[b]} {layer}")
@@ -274,21 +249,20 @@ def run(study: Study, *, address: str | None = None) -> dict:
                 extra_html.append(fragment)
                 extra_summary[name] = entry
         bar.close()
-        stages = dict(root.attrs.get("stages", {}))
-        stages["report"] = {"seconds": round(time.time() - t0, 2), "fingerprint": fingerprint}
         summary = {
             "schema": SUMMARY_SCHEMA, "study": study.name, "config_hash": study.config_hash(),
             "ganscale_version": __version__, "store": study.store, "resize": sources.RESIZE_NOTE,
             "preprocess": sources.preprocess_note(study.preprocess.grayscale, study.preprocess.size),
             "datasets": dataset_entries(study, root),
             "kl": kl_rows, "kl_smoothing": study.atlas.smoothing,
-            "stages": {name: {"seconds": stage_seconds(info)} for name, info in stages.items()},
+            "stages": {**{name: {"seconds": ledger.stage_seconds(root, name)} for name in ledger.stages(root)},
+                       "report": {"seconds": round(time.time() - t0, 2)}},
             **extra_summary,
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (out / "index.html").write_text(index_html(study, summary, sections, extra_html))
         publish(out, location, study.storage_options)
-    root.attrs["stages"] = stages
+    ledger.record(root, NAME, "all", inputs, time.time() - t0)
     return {"report": location + "/index.html", "skipped": False}
 
 
@@ -304,12 +278,6 @@ def dataset_entries(study: Study, root) -> dict:
         out[name] = {"kind": spec.kind, "samples": spec.samples, "reference": name in refs,
                      "image_size": attrs.get("image_size"), "probe_input": attrs.get("input_size")}
     return out
-
-
-def stage_seconds(info: dict) -> float:
-    if "seconds" in info:
-        return float(info["seconds"])
-    return round(sum(float(v.get("seconds", 0)) for v in info.get("layers", {}).values()), 2)
 
 
 def publish(folder: Path, location: str, storage_options: dict) -> None:

@@ -52,11 +52,23 @@ def worker_resources(device: str, workers: int | None) -> tuple[int, dict]:
     return n, {"num_cpus": max(1, cpus // n) if n <= cpus else cpus / n}
 
 
+def dask_scheduler():
+    """Dask-on-Ray when a Ray cluster is attached, else local threads."""
+    import ray
+
+    if ray.is_initialized():
+        from ray.util.dask import ray_dask_get
+
+        return ray_dask_get
+    return "threads"
+
+
 @dataclass(frozen=True)
 class Task:
     method: str  # the actor method to call
     args: tuple
     what: str  # names the work in error messages: "chunk 3 of dataset real"
+    key: Any = None  # the caller's handle on the task in on_result (not sent to the actor)
 
 
 def worker_failure(error: BaseException, what: str) -> str:
@@ -82,7 +94,8 @@ def run_on_actors(actors: list, tasks: Iterable[Task], on_result: Callable[[Task
     never waits for the driver between tasks). `on_result(task, value)` runs on the driver as each
     finishes (value is the ObjectRef when `fetch` is False: the result stays in the object store for
     a later merge). Returns the results in task order. A failure raises a one-line GanscaleError
-    naming the task; the actors are killed at the end when `kill`."""
+    naming the task; the actors are killed at the end when `kill`. `actors` may also be plain
+    objects (tests, benchmarks): their methods run here, one task at a time."""
     import ray
 
     queue = deque(enumerate(tasks))
@@ -92,7 +105,9 @@ def run_on_actors(actors: list, tasks: Iterable[Task], on_result: Callable[[Task
     def submit(actor) -> None:
         if queue:
             i, task = queue.popleft()
-            in_flight[getattr(actor, task.method).remote(*task.args)] = (actor, i, task)
+            call = getattr(actor, task.method)  # a plain object (tests, benchmarks) computes here
+            ref = call.remote(*task.args) if hasattr(call, "remote") else ray.put(call(*task.args))
+            in_flight[ref] = (actor, i, task)
 
     try:
         for _ in range(in_flight_per_actor):

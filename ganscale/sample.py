@@ -15,26 +15,34 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ganscale import __version__, schema, sources
+from ganscale import __version__, ledger, schema, sources
 from ganscale.errors import GanscaleError
+from ganscale.images import load_images
 from ganscale.metrics import images as image_metrics
 from ganscale.models import registry
 from ganscale.progress import Progress
+from ganscale.runtime import Task, init_ray, pick_device, run_on_actors, worker_failure, worker_resources
 from ganscale.study import Study, digest
 
 log = logging.getLogger("ganscale.sample")
 
 
-def fingerprint(study: Study, dataset: str) -> str:
+NAME, ITEM, READS = "sample", "dataset", ()
+
+
+def items(study: Study) -> list[str]:
+    return list(study.datasets)
+
+
+def settings(study: Study, root, dataset: str) -> dict:
     """Everything that determines a dataset's stored samples. batch_size and workers are left out
     on purpose: they do not change the result."""
-    return digest({
+    return {
         "layout": schema.LAYOUT_VERSION,
         "dataset": study.datasets[dataset].model_dump(mode="json"),
         "name": dataset,
@@ -46,7 +54,12 @@ def fingerprint(study: Study, dataset: str) -> str:
         "preprocess": study.preprocess.model_dump(mode="json"),
         "fid_inception": study.metrics.fid_inception.model_dump(mode="json") if study.metrics.fid_inception else None,
         **numerics(study),
-    })
+    }
+
+
+def fingerprint(study: Study, dataset: str) -> str:
+    """The dataset's fingerprint (stage.fingerprint of its settings; the sample stage reads nothing upstream)."""
+    return digest(ledger.jsonable(settings(study, None, dataset)))
 
 
 def numerics(study: Study) -> dict:
@@ -143,6 +156,8 @@ def prepare_store(study: Study, root, plans: list[DatasetPlan]) -> None:
     entry = registry.probe_entry(study.probe.name)
     for p in plans:
         spec = study.datasets[p.name]
+        if p.pending:  # complete again only once its chunks are all written
+            ledger.forget(root, NAME, p.name)
         if p.replace:
             if schema.dataset_path(p.name) in root:
                 log.warning("dataset %s: its configuration changed since it was sampled; resampling it", p.name)
@@ -155,14 +170,6 @@ def prepare_store(study: Study, root, plans: list[DatasetPlan]) -> None:
             undone = set(np.flatnonzero(~schema.done_chunks(group)).tolist())
             for chunk in set(p.pending) - undone:
                 group["done"][chunk] = 0
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise GanscaleError("sample.device: 'cuda' requested but this worker has no GPU")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 CHUNKS_IN_FLIGHT = 2  # per actor; 1 turns the write/compute overlap off
@@ -337,80 +344,6 @@ class ChunkSampler:
         return info
 
 
-def load_images(study: Study, dataset: str, index: np.ndarray, *, generator=None, files: list[str] | None = None,
-                device: torch.device | str = "cpu", size: int | None = None, seeds: np.ndarray | None = None
-                ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """`source_images` after the study's `preprocess` (the same degradation for every dataset):
-    what every measurement sees."""
-    images, labels, names = source_images(study, dataset, index, generator=generator, files=files, device=device,
-                                          size=size, seeds=seeds)
-    p = study.preprocess
-    return (sources.preprocess(images, p.grayscale, p.size) if p.grayscale or p.size else images), labels, names
-
-
-def source_images(study: Study, dataset: str, index: np.ndarray, *, generator=None, files: list[str] | None = None,
-                  device: torch.device | str = "cpu", size: int | None = None, seeds: np.ndarray | None = None
-                  ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """The images of samples `index` of a dataset, exactly as the sample stage measured them: images
-    [B, 3, H, W] in [0, 1] on `device` at the source's own size (image files: center-cropped to a
-    square at `size`, default the folder's side, see sources.folder_side), labels [B] int32 (-1:
-    none), sources [B] (file paths, "" for seeded datasets). `files`: the dataset's chosen files,
-    in sample order. `seeds`: the dataset's seeds if the caller already has them. The probe's input
-    size is not applied here: callers resize with sources.resize_square where they need it."""
-    spec = study.datasets[dataset]
-    field = f"datasets.{dataset}"
-    no_labels = np.full(len(index), -1, dtype=np.int32)
-    if spec.kind == "images":
-        paths = [files[i] for i in index]
-        size = size or sources.folder_side(files[0], study.storage_options, field)
-        images = sources.read_images(paths, size, study.storage_options, field).to(device)
-        return images, no_labels, np.asarray(paths, dtype=object)
-    if spec.kind == "arrays":
-        files = files or sources.array_sources(spec.path, spec.key, spec.samples, study.seed, dataset,
-                                               study.storage_options, field, rows=spec.rows)
-        entries = [files[i] for i in index]
-        images = sources.read_array_images(spec.path, spec.key, sources.source_rows(entries), study.storage_options,
-                                           f"{field}.path")
-        size = size or min(images.shape[-2:])  # the array's own side: one size for every row
-        return sources.resize_square(images, size).to(device), no_labels, np.asarray(entries, dtype=object)
-    if seeds is None:
-        seeds = sources.dataset_seeds(study.seed, dataset, spec.samples)
-    seeds = seeds[index].tolist()
-    if spec.kind == "toyworld":
-        from ganscale.toyworld.scenes import render_batch
-
-        images, _, labels = render_batch(seeds, exclude=tuple(spec.exclude))
-        images, labels = images.to(device), labels.numpy().astype(np.int32)
-    else:
-        generator = generator or registry.build_generator(spec, field, study.storage_options).to(device)
-        images, labels = generator.generate(seeds)
-        images = sources.check_images(images, len(seeds), field)
-        labels = no_labels if labels is None else labels.cpu().numpy().astype(np.int32)
-    return images, labels, np.full(len(index), "", dtype=object)
-
-
-def images_by_id(study: Study, root, dataset: str, ids, generators: dict | None = None,
-                 device: torch.device | str = "cpu") -> torch.Tensor:
-    """Stored samples `ids` of a dataset, as images [B, 3, H, W] in [0, 1]: regenerated from their
-    seeds, or read from the file recorded in the store. `generators` caches built generators."""
-    ids = np.asarray(ids, dtype=np.int64)
-    spec = study.datasets[dataset]
-    files = generator = size = None
-    if spec.kind in ("images", "arrays"):
-        group = root[schema.dataset_path(dataset)]
-        files = [str(p) for p in group["source"][...]]
-        if spec.kind == "images":
-            size = (group.attrs.get("image_size") or [None])[0]  # the folder's side, as sampled
-    elif spec.kind == "generator":
-        generators = {} if generators is None else generators
-        if dataset not in generators:
-            generators[dataset] = registry.build_generator(spec, f"datasets.{dataset}",
-                                                           study.storage_options).to(device)
-        generator = generators[dataset]
-    images, _, _ = load_images(study, dataset, ids, generator=generator, files=files, device=device, size=size)
-    return images
-
-
 @dataclasses.dataclass
 class SampleResult:
     computed_chunks: int
@@ -418,30 +351,6 @@ class SampleResult:
     samples_written: int
     seconds: float
     workers: int
-
-
-def worker_resources(study: Study, workers: int | None) -> tuple[int, dict]:
-    """How many ChunkSampler actors, and what each reserves: one per GPU when the cluster has
-    GPUs (and the study does not force the CPU), else CPU workers sharing the cluster's CPUs."""
-    import ray
-
-    total = ray.cluster_resources()
-    gpus = int(total.get("GPU", 0))
-    if gpus and study.sample.device != "cpu":
-        n = workers or study.sample.workers or gpus
-        return n, {"num_gpus": 1, "num_cpus": 1}
-    if study.sample.device == "cuda":
-        raise GanscaleError("sample.device: 'cuda' requested but the Ray cluster has no GPUs")
-    cpus = max(1, int(total.get("CPU", 1)))
-    n = workers or study.sample.workers or max(1, cpus // 4)
-    return n, {"num_cpus": max(1, cpus // n) if n <= cpus else cpus / n}
-
-
-def init_ray(address: str | None = None) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
 
 
 def run(study: Study, *, address: str | None = None, workers: int | None = None,
@@ -457,15 +366,16 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     check_store_owner(study, root, force)
     plans = plan(study, root, verify=verify)
     total_chunks = sum(p.layout.n_chunks for p in plans)
-    queue = deque((p.name, c) for p in plans for c in p.pending)
+    queue = [(p.name, c) for p in plans for c in p.pending]
     skipped = total_chunks - len(queue)
     sizes = {p.name: p.layout for p in plans}
     if not queue:
         log.info("sample: all %d chunks already done", total_chunks)
+        record_finished(study, root, plans, {}, 0.0)
         return SampleResult(0, skipped, 0, time.time() - t0, 0)
 
     init_ray(address)
-    n_workers, resources = worker_resources(study, workers)
+    n_workers, resources = worker_resources(study.sample.device, workers or study.sample.workers)
     n_workers = min(n_workers, len(queue))
     threads = max(1, int(resources["num_cpus"]))
     files = ray.put({p.name: p.files for p in plans if p.files is not None})
@@ -481,71 +391,47 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
         for actor in actors:
             ray.kill(actor)
-        raise GanscaleError(_worker_failure(e, "sample: checking the inputs on a worker")) from None
+        raise GanscaleError(worker_failure(e, "sample: checking the inputs on a worker")) from None
     prepare_store(study, root, plans)
 
     def samples_in(task):
         start, stop = sizes[task[0]].chunk_range(task[1])
         return stop - start
 
-    pending_samples = sum(samples_in(t) for t in queue)
-    progress = Progress("sample", pending_samples, unit="samples")
-    in_flight: dict = {}
+    progress = Progress("sample", sum(samples_in(t) for t in queue), unit="samples")
+    counts = {"written": 0, "computed": 0}
+    chunks_done: dict[str, int] = {}
 
-    def submit(actor):
-        if queue:
-            task = queue.popleft()
-            in_flight[actor.run_chunk.remote(*task)] = (actor, task)
+    def finished(task: Task, result) -> None:
+        dataset, chunk, n, worker = result
+        counts["written"] += n
+        counts["computed"] += 1
+        chunks_done[dataset] = chunks_done.get(dataset, 0) + 1
+        progress.advance(n)
+        if on_chunk:
+            on_chunk(dataset, chunk, worker)
 
-    for _ in range(CHUNKS_IN_FLIGHT):
-        for actor in actors:
-            submit(actor)
-    written = computed = 0
     try:
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            actor, task = in_flight.pop(ready[0])
-            try:
-                dataset, chunk, n, worker = ray.get(ready[0])
-            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
-                raise GanscaleError(_worker_failure(e, f"sample: chunk {task[1]} of dataset {task[0]}")) from None
-            written += n
-            computed += 1
-            progress.advance(n)
-            if on_chunk:
-                on_chunk(dataset, chunk, worker)
-            submit(actor)
+        run_on_actors(actors, [Task("run_chunk", t, f"sample: chunk {t[1]} of dataset {t[0]}") for t in queue],
+                      finished, in_flight_per_actor=CHUNKS_IN_FLIGHT)
     finally:
         progress.close()
-        for actor in actors:
-            ray.kill(actor)
     seconds = time.time() - t0
-    stages = dict(root.attrs.get("stages", {}))
-    stages["sample"] = {"config_hash": study.config_hash(), "seconds": round(seconds, 2),
-                        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    root.attrs["stages"] = stages
-    return SampleResult(computed, skipped, written, seconds, n_workers)
+    record_finished(study, root, plans, chunks_done, seconds)
+    return SampleResult(counts["computed"], skipped, counts["written"], seconds, n_workers)
 
 
-def _worker_failure(error: Exception, context: str) -> str:
-    """One line for a failed worker task or a worker that could not start or died for good: the
-    GanscaleError raised inside it (bad weights, say) when there was one."""
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, GanscaleError):
-        return str(cause)
-    for line in str(error).splitlines():
-        if "GanscaleError: " in line:
-            return line.split("GanscaleError: ", 1)[1].strip()
-    if isinstance(error, ray_actor_error()):
-        return f"{context}: a worker died for good ({type(error).__name__}); rerun to resume"
-    last = str(cause or error).strip().splitlines()
-    return f"{context} failed: {last[-1] if last else type(error).__name__}"
-
-
-def ray_actor_error():
-    import ray
-
-    return ray.exceptions.RayActorError
+def record_finished(study: Study, root, plans: list[DatasetPlan], chunks_done: dict[str, int], seconds: float) -> None:
+    """Record in the ledger every dataset whose chunks are all written and whose record is not
+    current; the run's seconds are shared out by the chunks each computed."""
+    total = max(1, sum(chunks_done.values()))
+    for p in plans:
+        group = root.get(schema.dataset_path(p.name))
+        recorded = ledger.entry(root, NAME, p.name)
+        if (group is None or group.attrs.get("fingerprint") != p.fingerprint or not schema.done_chunks(group).all()
+                or (recorded is not None and recorded["fingerprint"] == p.fingerprint)):
+            continue
+        ledger.record(root, NAME, p.name, settings(study, root, p.name), seconds * chunks_done.get(p.name, 0) / total)
 
 
 def status(study: Study, verify: bool = False) -> list[dict]:

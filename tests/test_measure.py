@@ -100,7 +100,7 @@ def test_the_fid_network_sees_a_folders_own_pixels(measured):
 
 def test_a_folder_of_mixed_sizes_is_read_at_its_first_files_side(measured):
     study, tmp, _, _ = measured
-    from ganscale.sample import images_by_id
+    from ganscale.images import images_by_id
 
     root = zarr.open_group(study.store, mode="r")
     assert root["datasets/saved"].attrs["image_size"] == [48, 48]

@@ -125,7 +125,7 @@ def test_the_pipeline_stores_pool3_features_and_reports_the_standard_fid(ray_loc
     root = zarr.open_group(study.store, mode="r")
     real, full = (root[f"datasets/{n}/features/fid_pool3"][:] for n in ("real", "full"))
     assert real.shape == (32, 2048) and np.isfinite(real).all()
-    images, _, _ = __import__("ganscale.sample", fromlist=["load_images"]).load_images(study, "real", np.arange(2))
+    images, _, _ = __import__("ganscale.images", fromlist=["load_images"]).load_images(study, "real", np.arange(2))
     np.testing.assert_allclose(real[:2], saved["model"].features(images).numpy(), rtol=1e-4, atol=1e-5)
     fid = next(r["value"] for r in root["metrics"].attrs["results"]["frechet"]
                if r["features"] == "fid_pool3" and r["a"] == "real" and r["b"] == "full")

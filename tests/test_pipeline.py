@@ -64,7 +64,60 @@ def test_status_reports_every_stage_complete_and_a_changed_layer_stale(toy_run):
     study, _, _ = toy_run
     rows = stage_status(study)
     assert [r["stage"] for r in rows].count("embed") == 2
-    assert all(r["state"].startswith(("complete", "written")) for r in rows), rows
+    assert all(r["state"].startswith("complete") for r in rows), rows
     changed = study.model_copy(update={"embed": study.embed.model_copy(update={"layers": {}})})
     states = {(r["stage"], r["item"]): r["state"] for r in stage_status(changed)}
-    assert states["embed", "block2"] == "stale" and states["sample", "real"].startswith("complete")
+    assert states["embed", "block2"].startswith("stale") and states["sample", "real"].startswith("complete")
+
+
+def _fewer_real_samples(study):
+    datasets = dict(study.datasets)
+    datasets["real"] = datasets["real"].model_copy(update={"samples": 400})
+    return study.model_copy(update={"datasets": datasets})
+
+
+def test_a_study_change_upstream_shows_every_stage_downstream_stale_with_what_changed(toy_run):
+    study, _, _ = toy_run
+    states = {(r["stage"], r["item"]): r["state"] for r in stage_status(_fewer_real_samples(study))}
+    assert states["sample", "real"] == "stale: dataset.samples changed"
+    assert states["sample", "full"].startswith("complete")
+    assert states["embed", "block2"] == "stale: sample/real changed"
+    assert states["atlas", "block2"] == "stale: embed/block2 changed"  # no longer "complete" beside a stale embed
+    assert states["metrics", "all"] == "stale: sample/real changed"
+    assert states["report", "all"].startswith("stale: atlas/block2, atlas/block3, config changed")
+
+
+def test_a_stage_refuses_inputs_that_are_not_complete_in_one_line(toy_run, tmp_path):
+    import pytest
+    import yaml
+    from typer.testing import CliRunner
+
+    from ganscale.cli import app
+    from ganscale.errors import GanscaleError
+
+    study, _, _ = toy_run
+    before = dict(zarr.open_group(study.store, mode="r").attrs["stages"])
+    with pytest.raises(GanscaleError) as refused:
+        run_study(_fewer_real_samples(study), stages=["atlas", "report"])
+    assert str(refused.value) == ("atlas: embed of layer block2 is not complete (stale: sample/real changed); "
+                                  "run embed first")
+    spec = _fewer_real_samples(study).model_dump(mode="json")
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "changed.yaml"), "--stages", "atlas,report"])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and lines == [f"error: {refused.value}"]
+    assert dict(zarr.open_group(study.store, mode="r").attrs["stages"]) == before  # nothing recorded
+
+
+def test_status_on_the_command_line_says_what_changed(toy_run, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from ganscale.cli import app
+
+    study, _, _ = toy_run
+    spec = _fewer_real_samples(study).model_dump(mode="json")
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = CliRunner().invoke(app, ["status", str(tmp_path / "changed.yaml")])
+    assert result.exit_code == 0
+    assert "atlas   block2                   stale: embed/block2 changed" in result.output.splitlines()

@@ -13,6 +13,7 @@ from conftest import toy_study
 from ganscale import sources
 from ganscale.assets import RegistryUnreachable
 from ganscale.errors import GanscaleError
+from ganscale.images import images_by_id
 from ganscale.models import registry
 from ganscale.study import GeneratorDataset, load_study
 
@@ -456,7 +457,7 @@ def test_sample_stage_with_arrays_and_the_tutorial_dcgan(ray_local, tmp_path):
     # the stored logits are the probe's on the array rows, resized as the stage does
     probe = registry.build_probe(study.probe)
     ids = np.array([0, 17, 39])
-    images = sample.images_by_id(study, root, "lfw", ids)
+    images = images_by_id(study, root, "lfw", ids)
     expected = sources.resize_square(sources.read_array_images(LFW, None, sources.source_rows([stored[i] for i in ids]),
                                                                None, "x"), probe.input_size)
     torch.testing.assert_close(images, expected, rtol=0, atol=0)

@@ -67,17 +67,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 
 import dask
 import numpy as np
 import torch
 
-from ganscale import schema, sources
+from ganscale import ledger, schema, sources, stage
 from ganscale.dissect import intervene, stats
 from ganscale.errors import GanscaleError
 from ganscale.partials import tree_reduce
 from ganscale.progress import status
+from ganscale.runtime import Task, dask_scheduler, init_ray, pick_device, run_on_actors, worker_resources
 from ganscale.study import Study, digest
 
 log = logging.getLogger("ganscale.dissect")
@@ -105,11 +105,28 @@ def generators_of(study: Study) -> list[str]:
     return study.dissect.generators or [n for n, d in study.datasets.items() if d.kind == "generator"]
 
 
+NAME, ITEM, READS = "dissect", "generator", ("sample",)
+
+
+def items(study: Study) -> list[str]:
+    return generators_of(study) if study.dissect is not None else []
+
+
+def reads(study: Study, generator: str) -> list[tuple[str, str]]:
+    """The artifact units read the reference dataset's stored features; nothing else comes from the store."""
+    real = _artifact_reference(study)
+    return [("sample", real)] if real is not None and study.dissect.artifact_samples >= 4 else []
+
+
+def settings(study: Study, root, generator: str) -> dict:
+    return {"version": DISSECT_VERSION, "dataset": study.datasets[generator].model_dump(mode="json"),
+            "dissect": study.dissect.model_dump(mode="json"), "seed": study.seed,
+            "probe": study.probe.model_dump(mode="json"), "layers": study.layers, "real": _artifact_reference(study)}
+
+
 def fingerprint(study: Study, generator: str) -> str:
-    return digest({"version": DISSECT_VERSION, "dataset": study.datasets[generator].model_dump(mode="json"),
-                   "dissect": study.dissect.model_dump(mode="json"), "seed": study.seed,
-                   "probe": study.probe.model_dump(mode="json"), "layers": study.layers,
-                   "real": _artifact_reference(study)})
+    """settings + the reference dataset's sample fingerprint (its spec, seed, probe...) when read."""
+    return stage.fingerprint(study, None, NAME, generator)
 
 
 def batch_size(study: Study) -> int:
@@ -150,7 +167,6 @@ class DissectWorker:
 
     def __init__(self, study: Study, generator: str, threads: int | None = None):
         from ganscale.models import registry
-        from ganscale.sample import pick_device
 
         if threads:
             torch.set_num_threads(threads)
@@ -375,40 +391,21 @@ def _call(worker, method: str, *args):
     return call.remote(*args) if hasattr(call, "remote") else ray.put(call(*args))
 
 
-def run_tasks(workers: list, tasks: list[tuple[str, tuple]], progress=None) -> list:
-    """Hand tasks (method, args) to the workers as they free up; the ObjectRefs, in task order."""
-    import ray
-
-    queue = deque(enumerate(tasks))
-    refs: list = [None] * len(tasks)
-    in_flight: dict = {}
-
-    def submit(worker):
-        if queue:
-            i, (method, args) = queue.popleft()
-            refs[i] = _call(worker, method, *args)
-            in_flight[refs[i]] = worker
-
-    for worker in workers:
-        submit(worker)
-    while in_flight:
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        worker = in_flight.pop(ready[0])
-        if progress:
-            progress()
-        submit(worker)
-    return refs
+def run_tasks(workers: list, tasks: list[tuple[str, tuple]], what: str, progress=None, fetch: bool = False) -> list:
+    """Hand tasks (method, args) to the workers as they free up; the ObjectRefs (values when
+    `fetch`), in task order. `progress()` is called as each finishes."""
+    on_result = (lambda task, value: progress()) if progress else None
+    return run_on_actors(workers, [Task(method, args, what) for method, args in tasks], on_result,
+                         fetch=fetch, kill=False)
 
 
 def run_tasks_shown(label: str, workers: list, tasks: list[tuple[str, tuple]], unit: str = "tasks") -> list:
     """`run_tasks`, waited for, with a progress display; the results in task order."""
-    import ray
-
     from ganscale.progress import Progress
 
     bar = Progress(label, len(tasks), unit=unit)
     try:
-        return ray.get(run_tasks(workers, tasks, lambda: bar.advance(1)))
+        return run_tasks(workers, tasks, label, lambda: bar.advance(1), fetch=True)
     finally:
         bar.close()
 
@@ -427,8 +424,6 @@ def _merge(parts: list) -> dict:
 
 def reduce_partials(refs: list, fan_in: int = 8) -> dict:
     """A Dask tree of merges over the workers' partial results (Dask-on-Ray when Ray is attached)."""
-    from ganscale.atlas import dask_scheduler
-
     parts = [dask.delayed(_merge)([r]) for r in refs]
     return dask.compute(tree_reduce(parts, _merge, fan_in), scheduler=dask_scheduler())[0]
 
@@ -456,7 +451,7 @@ def statistics_pass(study: Study, workers: list, seeds: np.ndarray, method: str,
     step = study.dissect.chunk_size
     tasks = [(method, (seeds[s:s + step], s if method == "ranges" else arg)) for s in range(0, len(seeds), step)]
     try:
-        return reduce_partials(run_tasks(workers, tasks, progress))
+        return reduce_partials(run_tasks(workers, tasks, f"dissect: the {method} pass", progress))
     except (ray.exceptions.RayError, GanscaleError) as e:
         raise _translate(e, f"the {method} pass") from None
 
@@ -504,10 +499,8 @@ class _Workers:
     def get(self) -> list:
         import ray
 
-        from ganscale.sample import worker_resources
-
         if self.actors is None:
-            n_workers, resources = worker_resources(self.study, None)
+            n_workers, resources = worker_resources(self.study.sample.device, self.study.sample.workers)
             n_workers = min(n_workers, max(1, -(-self.study.dissect.samples // self.study.dissect.chunk_size)))
             threads = max(1, int(resources["num_cpus"]))
             if "num_gpus" not in resources:  # leave a CPU free for the Dask merge tasks
@@ -531,17 +524,14 @@ class _Workers:
 def run(study: Study, *, address: str | None = None) -> dict:
     """The dissect stage: every generator of `dissect.generators` (default: all), resuming what is
     stored. Returns {"computed": [...], "skipped": [...]}."""
-    from ganscale.sample import init_ray
-
     if study.dissect is None:
         return {"skipped": "the study has no dissect section"}
-    t_start = time.time()
     root = schema.open_store(study.store, study.storage_options)
-    done = dict(root.attrs.get("stages", {}).get("dissect", {}).get("generators", {}))
     computed = []
     for name in generators_of(study):
-        fp = fingerprint(study, name)
-        if done.get(name, {}).get("fingerprint") == fp and root.get(f"dissect/{name}") is not None:
+        inputs = stage.inputs(study, root, NAME, name)
+        fp = digest(inputs)
+        if (ledger.entry(root, NAME, name) or {}).get("fingerprint") == fp and root.get(f"dissect/{name}") is not None:
             continue
         init_ray(address)
         t0 = time.time()
@@ -550,12 +540,8 @@ def run(study: Study, *, address: str | None = None) -> dict:
             dissect_generator(study, root, name, fp, workers)
         finally:
             workers.close()
-        done[name] = {"fingerprint": fp, "seconds": round(time.time() - t0, 2)}
+        ledger.record(root, NAME, name, inputs, time.time() - t0)
         computed.append(name)
-        stages = dict(root.attrs.get("stages", {}))
-        stages["dissect"] = {"generators": done, "seconds": round(time.time() - t_start, 2),
-                             "fingerprint": digest(done)}
-        root.attrs["stages"] = stages
     return {"computed": computed, "skipped": [n for n in generators_of(study) if n not in computed]}
 
 
@@ -757,8 +743,8 @@ def artifact_units(study: Study, name: str, layer: str, workers: _Workers, real,
 
 
 def _real_moments(study: Study):
-    """Feature moments of the first real dataset's stored pooled features (last study layer), or
-    None when they are not in the store (the sample stage has not run it)."""
+    """Feature moments of the first real dataset's stored pooled features (last study layer); None
+    when the study has no real dataset."""
     from ganscale.metrics import features as fm
 
     real = _artifact_reference(study)
@@ -768,8 +754,7 @@ def _real_moments(study: Study):
     group = root.get(schema.dataset_path(real))
     path = f"layers/{study.layers[-1]}/pooled"
     if group is None or group.get(path) is None or not schema.done_chunks(group).all():
-        log.warning("dissect: no artifact units (dataset %s is not sampled)", real)
-        return None
+        raise GanscaleError(f"dissect: the artifact units need dataset {real} sampled; run sample first")
     array = group[path]
     total = None
     for start in range(0, array.shape[0], array.chunks[0]):

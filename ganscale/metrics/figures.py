@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ganscale import render
-from ganscale.metrics.stage import CHANNELS, generated_datasets
+from ganscale.metrics.images import CHANNELS
 from ganscale.models import registry
 from ganscale.models.base import latents_from_seeds
 from ganscale.study import Study
@@ -85,7 +85,7 @@ def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
 
     generators: dict = {}
     shown = study.metrics.images_shown
-    from ganscale.sample import images_by_id
+    from ganscale.images import images_by_id
 
     def pictures(dataset, ids):
         return _hwc(images_by_id(study, root, dataset, np.asarray(ids), generators))
@@ -111,7 +111,7 @@ def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
         path = render.image_rows(rows, f"{n}: random samples (left) and their nearest neighbours in the same set "
                                  f"({next(iter(results['feature_sets']))} features)", folder / f"neighbours_{n}.png")
         parts.append(f"<h4>Nearest neighbours: {html.escape(n)}</h4>" + _img(path, out))
-    for g in generated_datasets(study):
+    for g in [n for n, d in study.datasets.items() if d.kind == "generator"]:
         generator = generators.get(g) or registry.build_generator(study.datasets[g], f"datasets.{g}",
                                                                    study.storage_options)
         if hasattr(generator, "from_latents") and hasattr(generator, "z_dim"):

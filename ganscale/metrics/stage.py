@@ -40,15 +40,15 @@ import time
 import dask
 import numpy as np
 
-from ganscale import schema, sources
+from ganscale import ledger, schema, sources, stage
 from ganscale.metrics import features as fm
 from ganscale.metrics import images as im
+from ganscale.metrics.images import CHANNELS
 from ganscale.partials import tree_reduce
 from ganscale.study import Study, digest
 
 log = logging.getLogger("ganscale.metrics")
 
-CHANNELS = ("red", "green", "blue", "gray")
 NEIGHBOURS_K = 5
 IS_LEFT_OUT = "probe has no class head"  # the Inception Score's reason when the probe gives no logits
 SPIKES_SHOWN = 3
@@ -120,9 +120,19 @@ def fid_resize_note(study: Study) -> str:
                                storage_options=study.storage_options))
 
 
+NAME, ITEM, READS = "metrics", "", ("sample",)
+
+
+def items(study: Study) -> list[str]:
+    return ["all"] if study.metrics.enabled else []
+
+
+def settings(study: Study, root, item: str) -> dict:
+    return {"metrics": study.metrics.model_dump(mode="json"), "seed": study.seed, "datasets": list(study.datasets)}
+
+
 def fingerprint(study: Study, root) -> str:
-    sampled = {n: root[schema.dataset_path(n)].attrs.get("fingerprint") for n in study.datasets}
-    return digest({"samples": sampled, "metrics": study.metrics.model_dump(mode="json"), "seed": study.seed})
+    return stage.fingerprint(study, root, NAME, "all")
 
 
 # --- mergeable partial statistics -------------------------------------------------------------
@@ -205,17 +215,16 @@ def feature_subset(study: Study, root, dataset: str, path: str) -> tuple[np.ndar
 
 
 def run(study: Study, *, address: str | None = None) -> dict:
-    from ganscale.atlas import dask_scheduler
-    from ganscale.sample import init_ray
+    from ganscale.runtime import dask_scheduler, init_ray
 
     if not study.metrics.enabled:
         return {"skipped": "metrics.enabled is false"}
     t0 = time.time()
     root = schema.open_store(study.store, study.storage_options)
     schema.require_sampled(root, study.datasets, "metrics")
-    fp = fingerprint(study, root)
-    stages = dict(root.attrs.get("stages", {}))
-    if stages.get("metrics", {}).get("fingerprint") == fp and "metrics" in root:
+    inputs = stage.inputs(study, root, NAME, "all")
+    fp = digest(inputs)
+    if (ledger.entry(root, NAME, "all") or {}).get("fingerprint") == fp and "metrics" in root:
         return {"skipped": True}
     init_ray(address)
     compare = comparisons(study)
@@ -241,7 +250,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
                            "value": fm.frechet_distance_from_moments(partials[a].moments[fs], partials[b].moments[fs])}
                           for fs in sets for a, b in compared]
     results["inception_score"] = {}
-    if not partials[first].is_p_sum.shape[1]:
+    if not partials[first].is_p_sum.shape[1]:  # no logits: a probe without a class head
         results["inception_score_left_out"] = IS_LEFT_OUT
     else:
         for name, part in partials.items():
@@ -273,9 +282,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
     if "sweep" in tasks:
         results["sweep"] = tasks["sweep"]
     write_results(root, results, arrays, fp)
-    stages = dict(root.attrs.get("stages", {}))
-    stages["metrics"] = {"fingerprint": fp, "seconds": round(time.time() - t0, 2)}
-    root.attrs["stages"] = stages
+    ledger.record(root, NAME, "all", inputs, time.time() - t0)
     return {"computed": True, "seconds": round(time.time() - t0, 2)}
 
 
@@ -384,7 +391,7 @@ def _device():
 
 def ms_ssim_task(study: Study, dataset: str) -> dict:
     """MS-SSIM over `metrics.msssim_pairs` random distinct pairs of the dataset (higher: less diverse)."""
-    from ganscale.sample import images_by_id
+    from ganscale.images import images_by_id
 
     _threads()
     root = schema.open_store(study.store, study.storage_options, mode="r")
@@ -419,7 +426,7 @@ def c2st_task(study: Study, real: str, gens: list[str]) -> dict:
     classified test images of every source."""
     from ganscale.metrics.c2st import c2st, smoothgrad
     from ganscale.models import registry
-    from ganscale.sample import images_by_id
+    from ganscale.images import images_by_id
 
     import torch
 

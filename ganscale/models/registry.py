@@ -361,8 +361,8 @@ def _toy_segmenter(weights: str | None = None, sha256: str | None = None):
 
 
 def _ade20k_upernet(weights: str | None = None, sha256: str | None = None):
-    """CSAILVision's ADE20K UPerNet (ResNet-50) from a local folder or file (see ganscale.dissect.upernet)."""
-    from ganscale.dissect.upernet import ade20k_upernet
+    """CSAILVision's ADE20K UPerNet (ResNet-50) from a local folder or file (see ganscale.models.upernet)."""
+    from ganscale.models.upernet import ade20k_upernet
 
     if sha256:
         raise GanscaleError("dissect.segmenter.sha256: not supported for ade20k_upernet (a folder of two files)")

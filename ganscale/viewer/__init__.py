@@ -79,7 +79,7 @@ def _thumbnails(study: Study, root, dataset: str, ids: list[int], thumb: int, ou
     from PIL import Image
 
     from ganscale import sources
-    from ganscale.sample import images_by_id
+    from ganscale.images import images_by_id
 
     ext = "png" if thumb <= 32 else "jpg"
     files = []
@@ -132,7 +132,7 @@ def write_viewer(study: Study, root, folder: Path, probe=None) -> Path:
     store has them) and return the path of its index.html. `probe`: the study's probe if the
     caller has it built (for class names, featuremap sizes and receptive fields)."""
     from ganscale.models import registry
-    from ganscale.report import _fmap_sizes, patch_box, receptive_field_size
+    from ganscale.images import fmap_sizes, patch_box, receptive_field_size
 
     out = Path(folder) / "viewer"
     if out.exists():
@@ -146,7 +146,7 @@ def write_viewer(study: Study, root, folder: Path, probe=None) -> Path:
         raise GanscaleError("viewer: the store has no atlas; run the atlas stage first")
     probe = probe or registry.build_probe(study.probe, study.storage_options)
     class_names = _class_names(probe)
-    fmap_sizes = _fmap_sizes(probe.only(layers))
+    fmap_sizes = fmap_sizes(probe.only(layers))
     size = probe.input_size
     thumb = min(size, THUMB_MAX)
 

@@ -1,0 +1,96 @@
+"""The stage ledger and the generic status/guard on small stores: the dissect stage's inputs, and a
+stage that is asked to run before what it reads."""
+
+import pytest
+import zarr
+
+from conftest import toy_study
+from ganscale import dissect, ledger, schema, stage
+from ganscale.errors import GanscaleError
+from ganscale.pipeline import run_study
+from ganscale.study import load_study
+
+DISSECT = {"layers": ["layer2"], "samples": 200, "chunk_size": 100, "artifact_samples": 100}
+
+
+def _study(tmp_path, real=None, **dissect_settings):
+    return load_study(toy_study(tmp_path, layers=["block3"], datasets={
+        "real": real or {"kind": "toyworld", "samples": 200},
+        "full": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_full.pt", "samples": 100},
+        "other": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_no_tree.pt", "samples": 100}},
+        dissect={**DISSECT, **dissect_settings}))
+
+
+def test_dissect_before_sample_refuses_and_records_nothing(tmp_path):
+    study = _study(tmp_path)
+    with pytest.raises(GanscaleError) as refused:
+        run_study(study, stages=["dissect"])
+    assert str(refused.value) == "dissect: sample of dataset real is not complete (not started); run sample first"
+    try:
+        root = zarr.open_group(study.store, mode="r")
+    except FileNotFoundError:
+        return  # not even created
+    assert not ledger.items(root, "dissect") and "dissect" not in root
+
+
+def test_dissect_without_artifact_units_reads_nothing_from_the_store(tmp_path):
+    study = _study(tmp_path, artifact_samples=0)
+    assert stage.upstream(study, "dissect", "full") == []
+    assert stage.state(study, None, "dissect", "full") == ("not started", "")
+
+
+def test_a_changed_reference_dataset_makes_dissect_stale(tmp_path):
+    study = _study(tmp_path)
+    root = schema.open_store(study.store)
+    ledger.record(root, "dissect", "full", stage.inputs(study, root, "dissect", "full"), 1.0)
+    assert stage.state(study, root, "dissect", "full") == ("complete", "")
+
+    changed = _study(tmp_path, real={"kind": "toyworld", "samples": 200, "exclude": ["tree"]})
+    assert dissect.fingerprint(changed, "full") != dissect.fingerprint(study, "full")
+    assert stage.state(changed, root, "dissect", "full") == ("stale", "sample/real changed")
+    # another generator is not the reference: changing it leaves this dissection alone
+    other = _study(tmp_path)
+    other.datasets["other"] = other.datasets["other"].model_copy(update={"samples": 50})
+    assert dissect.fingerprint(other, "full") == dissect.fingerprint(study, "full")
+
+
+def test_the_ledger_keeps_one_record_per_item_and_sums_seconds(tmp_path):
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    ledger.record(root, "embed", "a", {"layer": "a", "sample/x": "1"}, 2.0)
+    ledger.record(root, "embed", "b", {"layer": "b", "sample/x": "1"}, 3.5)
+    ledger.record(root, "embed", "a", {"layer": "a", "sample/x": "2"}, 1.0)
+    assert sorted(ledger.items(root, "embed")) == ["a", "b"] and ledger.stage_seconds(root, "embed") == 4.5
+    assert ledger.entry(root, "embed", "a")["inputs"] == {"layer": "a", "sample/x": "2"}
+    assert ledger.changed({"layer": "a", "p": {"k": 1, "m": 2}}, {"layer": "a", "p": {"k": 1, "m": 3}, "q": 0}) \
+        == ["p.m", "q"]
+    root.attrs["stages"] = {**root.attrs["stages"], "old": {"layers": {}, "seconds": 3}}  # a pre-ledger record
+    assert ledger.items(root, "old") == {} and ledger.stages(root) == ["embed"]
+
+
+STAGE_MODULES = {"ganscale.sample", "ganscale.embed", "ganscale.atlas", "ganscale.icons", "ganscale.metrics.stage",
+                 "ganscale.dissect", "ganscale.report", "ganscale.pipeline"}
+
+
+def _imports(path):
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+            yield from (f"{node.module}.{a.name}" for a in node.names)
+
+
+def test_libraries_import_no_stage():
+    """Stages sit above libraries: nothing below imports a stage (importing ganscale.dissect.x runs
+    the dissect stage's package too), and the viewer does not import the report that shows it."""
+    from pathlib import Path
+
+    package = Path(stage.__file__).parent
+    libraries = [p for d in ("metrics", "fv", "models") for p in (package / d).glob("*.py") if p.name != "stage.py"]
+    libraries += [package / f for f in ("dissect/stats.py", "dissect/intervene.py", "images.py", "runtime.py", "ledger.py", "schema.py",
+                                        "sources.py", "viewer/__init__.py", "render.py", "partials.py")]
+    for path in libraries:
+        bad = [m for m in _imports(path) if any(m == s or m.startswith(s + ".") for s in STAGE_MODULES)]
+        assert not bad, f"{path.relative_to(package)} imports {bad}"
