@@ -48,6 +48,22 @@ def test_one_actor_per_declared_gpu_on_a_multi_node_cluster(tmp_path):
     assert all(len(w["gpus"]) == 1 for w in workers)  # each holds exactly one GPU
 
 
+def submit(dashboard: str, study: Path) -> subprocess.CompletedProcess:
+    """`ray job submit` of jobs/run_study.py; retried while the head's job agent is still starting
+    ("No available agent to submit job"), which a freshly started head answers for a few seconds."""
+    import time
+
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    for _ in range(30):
+        proc = subprocess.run([ray_cli, "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
+                               "--", "python", "jobs/run_study.py", str(study)], capture_output=True, text=True,
+                              timeout=600)
+        if "No available agent" not in proc.stdout + proc.stderr:
+            return proc
+        time.sleep(2)
+    return proc
+
+
 def test_ray_job_submit_runs_a_study(ray_head, tmp_path):
     path = toy_study(tmp_path, sample={"chunk_size": 100, "batch_size": 100},
                      datasets={"real": {"kind": "toyworld", "samples": 200},
@@ -55,10 +71,7 @@ def test_ray_job_submit_runs_a_study(ray_head, tmp_path):
                                         "samples": 200}},
                      embed={"layers": {"block3": {"n_neighbors": 10}}}, layers=["block3"],
                      atlas={"grids": [10]})
-    ray_cli = str(Path(sys.executable).parent / "ray")
-    proc = subprocess.run([ray_cli, "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(REPO),
-                           "--", "python", "jobs/run_study.py", str(path)],
-                          capture_output=True, text=True, timeout=600)
+    proc = submit(ray_head["dashboard"], path)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "succeeded" in proc.stdout
     root = zarr.open_group(str(tmp_path / "store.zarr"), mode="r")
@@ -68,6 +81,5 @@ def test_ray_job_submit_runs_a_study(ray_head, tmp_path):
         "real": ("toyworld", 200, True), "full": ("generator", 200, False)}
     # bad input: the job fails with a one-line reason and a non-zero exit
     bad = toy_study(tmp_path / "bad", layers=["nope"])
-    proc = subprocess.run([ray_cli, "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(REPO),
-                           "--", "python", "jobs/run_study.py", str(bad)], capture_output=True, text=True, timeout=300)
+    proc = submit(ray_head["dashboard"], bad)
     assert proc.returncode != 0 and "error:" in proc.stdout + proc.stderr and "unknown layer 'nope'" in proc.stdout + proc.stderr

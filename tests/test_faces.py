@@ -31,7 +31,7 @@ def faces_run(ray_local, tmp_path_factory):
             pytest.skip(f"package registry unreachable: {e}")
     raw["datasets"]["lfw"].update(samples=24, rows=[0, 100])
     raw["datasets"]["dcgan"]["samples"] = 24
-    raw["datasets"]["stylegan"]["samples"] = 6
+    raw["datasets"]["stylegan"]["samples"] = 8
     raw["layers"] = ["Mixed_6e", "Mixed_7c"]
     raw["sample"] = {"chunk_size": 12, "batch_size": 6}
     raw["embed"] = {"layers": {layer: {"n_neighbors": 8} for layer in raw["layers"]}}
@@ -40,7 +40,7 @@ def faces_run(ray_local, tmp_path_factory):
                               "steps": 8, "batch": 4}}
     raw["metrics"].update(feature_layers=["Mixed_7c"], prdc_samples=24, kid_subsets=5, kid_subset_size=6,
                           msssim_pairs=10, images_shown=2,
-                          c2st={"samples": 6, "epochs": 2, "patience": 1, "smoothgrad_samples": 2})
+                          c2st={"samples": 16, "epochs": 2, "patience": 1, "smoothgrad_samples": 2})
     tmp = tmp_path_factory.mktemp("faces")
     raw["store"] = str(tmp / "faces.zarr")
     path = tmp / "faces.yaml"

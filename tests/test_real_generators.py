@@ -454,13 +454,13 @@ def test_sample_stage_with_arrays_and_the_tutorial_dcgan(ray_local, tmp_path):
     for name in ("lfw", "faces"):
         for layer in study.layers:
             assert np.isfinite(root[f"datasets/{name}/layers/{layer}/activations"][:]).all()
-    # the stored logits are the probe's on the array rows, resized as the stage does
+    # the rows come back at the array's own size; the stored logits are the probe's on them, resized once
     probe = registry.build_probe(study.probe)
     ids = np.array([0, 17, 39])
     images = images_by_id(study, root, "lfw", ids)
-    expected = sources.resize_square(sources.read_array_images(LFW, None, sources.source_rows([stored[i] for i in ids]),
-                                                               None, "x"), probe.input_size)
+    expected = sources.read_array_images(LFW, None, sources.source_rows([stored[i] for i in ids]), None, "x")
     torch.testing.assert_close(images, expected, rtol=0, atol=0)
-    _, logits = probe(images)
+    assert images.shape[-2:] == (25, 25) and list(lfw.attrs["image_size"]) == [25, 25]
+    _, logits = probe(sources.resize_square(images, probe.input_size))
     np.testing.assert_allclose(lfw["logits"][ids], logits.numpy(), rtol=1e-4, atol=1e-4)
     assert schema.done_chunks(lfw).all()

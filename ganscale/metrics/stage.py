@@ -41,6 +41,7 @@ import dask
 import numpy as np
 
 from ganscale import ledger, schema, sources, stage
+from ganscale.errors import GanscaleError
 from ganscale.metrics import features as fm
 from ganscale.metrics import images as im
 from ganscale.metrics.images import CHANNELS
@@ -410,19 +411,27 @@ def ms_ssim_task(study: Study, dataset: str) -> dict:
 def image_tasks(study: Study, reals: list[str], gens: list[str]) -> dict:
     import ray
 
+    from ganscale.runtime import worker_failure
+
+    def get(ref, what: str):
+        try:
+            return ray.get(ref)
+        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+            raise GanscaleError(worker_failure(e, what)) from None
+
     options = _task_options()
     refs = {name: ray.remote(ms_ssim_task).options(**options).remote(study, name) for name in study.datasets}
-    out = {"ms_ssim": {name: ray.get(ref) for name, ref in refs.items()}}
+    out = {"ms_ssim": {name: get(ref, f"metrics: MS-SSIM of {name}") for name, ref in refs.items()}}
     if study.metrics.c2st is not None and gens and reals:
-        out["c2st"] = ray.get(ray.remote(c2st_task).options(**options).remote(study, reals[0], gens))
+        out["c2st"] = get(ray.remote(c2st_task).options(**options).remote(study, reals[0], gens), "metrics: C2ST")
     if study.metrics.sweep is not None:
-        out["sweep"] = ray.get(ray.remote(sweep_task).options(**options).remote(study))
+        out["sweep"] = get(ray.remote(sweep_task).options(**options).remote(study), "metrics: checkpoint sweep")
     return out
 
 
 def c2st_task(study: Study, real: str, gens: list[str]) -> dict:
     """The C2ST of seed 000 on the first `c2st.samples` images of the real dataset and of each
-    generator, at the probe's input size; SmoothGrad maps of the pooled classifier for correctly
+    generator, at their own size (see below); SmoothGrad maps of the pooled classifier for correctly
     classified test images of every source."""
     from ganscale.metrics.c2st import c2st, smoothgrad
     from ganscale.models import registry
@@ -434,16 +443,22 @@ def c2st_task(study: Study, real: str, gens: list[str]) -> dict:
     settings = study.metrics.c2st
     device = _device()
     root = schema.open_store(study.store, study.storage_options, mode="r")
-    size = registry.probe_entry(study.probe.name).input_size
-    size = 2 ** int(np.log2(size))  # the DCGAN classifier wants a power of two
+    # The classifier sees the sources at their own size (the largest of them), as a power of two (the
+    # DCGAN classifier wants one), at most the probe's input size: 25 px faces train at 32, not 256.
+    own = max(max(root[schema.dataset_path(n)].attrs.get("image_size") or [0]) for n in [real, *gens])
+    limit = 2 ** int(np.log2(registry.probe_entry(study.probe.name).input_size))
+    size = min(limit, 2 ** int(np.ceil(np.log2(max(own, 16))))) if own else limit
     images = {}
     for name in [real, *gens]:
         n = min(settings.samples, study.datasets[name].samples)
         images[name] = torch.cat([sources.resize_square(images_by_id(study, root, name, block, device=device), size)
                                   for block in np.array_split(np.arange(n), -(-n // 256))])  # own size: in blocks
-    result = c2st(images[real], {g: images[g] for g in gens}, real_name=real, epochs=settings.epochs,
-                  patience=settings.patience, batch_size=settings.batch_size, lr=settings.lr, seed=study.seed,
-                  progress=log.info)
+    try:
+        result = c2st(images[real], {g: images[g] for g in gens}, real_name=real, epochs=settings.epochs,
+                      patience=settings.patience, batch_size=settings.batch_size, lr=settings.lr, seed=study.seed,
+                      progress=log.info)
+    except ValueError as e:  # too few images for the train/validation/test split
+        raise GanscaleError(f"metrics.c2st.samples: {e}") from None
     pooled = result.classifiers.get("pooled") or next(iter(result.classifiers.values()))
     arrays = {}
     shown = study.metrics.images_shown
