@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import zarr
 
 from conftest import toy_study
+
+pytestmark = pytest.mark.slow  # whole studies end to end
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,6 +12,8 @@ import yaml
 
 from ganscale.assets import RegistryUnreachable
 
+pytestmark = pytest.mark.slow  # whole studies end to end
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "faces" / "faces.yaml"
 
 

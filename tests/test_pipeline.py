@@ -3,9 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 import zarr
 
 from ganscale.pipeline import run_study, stage_status
+
+pytestmark = pytest.mark.slow  # whole studies end to end
 
 
 def test_every_stage_ran_and_wrote_the_store(toy_run):
