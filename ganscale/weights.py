@@ -115,6 +115,11 @@ def load_state_dict(uri: str, sha256: str | None = None, *, field: str = "weight
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt file
+        import pickle
+
+        if isinstance(e, pickle.UnpicklingError):  # torch's text here advises weights_only=False: never for us
+            raise GanscaleError(f"{field}: {uri} is not a file of tensors torch can load safely (weights only): "
+                                "not a checkpoint, damaged, or one that needs code to load") from None
         raise GanscaleError(f"{field}: cannot read weights {uri}: {type(e).__name__}: {e}".splitlines()[0]) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]

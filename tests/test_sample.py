@@ -383,3 +383,14 @@ def test_bf16_and_channels_last_are_cuda_only_and_enter_the_fingerprint(tmp_path
             with pytest.raises(GanscaleError, match="sample.precision/channels_last: .*CUDA workers only"):
                 sample.ChunkSampler(study)
     assert "numerics" not in sample.numerics(fp32)
+
+
+def test_garbage_weights_are_refused_without_torch_s_unsafe_advice(tmp_path):
+    from ganscale import weights
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all" * 100)
+    with pytest.raises(GanscaleError) as err:
+        weights.load_state_dict(str(garbage), field="datasets.full.weights")
+    message = str(err.value)
+    assert message.startswith("datasets.full.weights:") and "weights_only" not in message and "\n" not in message
