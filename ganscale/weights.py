@@ -98,6 +98,16 @@ def resolve(uri: str, sha256: str | None = None, *, field: str = "weights",
                 raise GanscaleError(f"{field}: weights file not found: {uri}") from None
             except OSError as e:  # permissions, credentials, network: s3fs raises OSError subclasses
                 raise GanscaleError(f"{field}: cannot read {uri}: {type(e).__name__}: {e}") from None
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return publish_checked(tmp, target, expected, uri, field)
+
+
+def publish_checked(tmp: str, target: Path, expected: str | None, uri: str, field: str) -> Path:
+    """Move a fetched temporary file to its cache path once it matches `expected` (sha256); the
+    temporary file is gone either way, so the cache never holds an unchecked file."""
+    try:
         if expected and (got := sha256_of(tmp)) != expected:
             raise GanscaleError(f"{field}: sha256 mismatch for {uri}: expected {expected}, got {got}")
         os.replace(tmp, target)
