@@ -24,12 +24,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GANSCALE_CACHE", Path.home() / ".cache" / "ganscale")) / "weights"
 
 
+_HASHED: dict[tuple[str, int, int], str] = {}  # (real path, size, mtime_ns) -> sha256
+
+
 def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """The file's sha256, computed once per process for an unchanged file: a study's weights are
+    resolved (and checked) many times, e.g. per chunk for the probe's layout."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHED:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHED[key] = h.hexdigest()
+    return _HASHED[key]
 
 
 def is_remote(uri: str) -> bool:
