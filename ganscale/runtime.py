@@ -117,9 +117,7 @@ def run_on_actors(actors: list, tasks: Iterable[Task], on_result: Callable[[Task
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             actor, i, task = in_flight.pop(ready[0])
             try:
-                value = ray.get(ready[0]) if fetch else ready[0]
-                if not fetch:
-                    ray.wait([ready[0]], fetch_local=False)
+                value = ray.get(ready[0]) if fetch else ready[0]  # unfetched: a failure shows where it is merged
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
                 raise GanscaleError(worker_failure(e, task.what)) from None
             results[i] = value
