@@ -37,7 +37,7 @@ def describe(error: BaseException) -> tuple[str, int]:
         import ray.exceptions
 
         if isinstance(error, ray.exceptions.RayError):
-            return f"the Ray cluster failed: {type(error).__name__}: {text.splitlines()[0][:200]}; {RERUN}", ENVIRONMENT
+            return f"the Ray cluster failed: {type(error).__name__}: {text[:200]}; {RERUN}", ENVIRONMENT
     except ImportError:  # pragma: no cover - ray is a dependency
         pass
     return f"internal error: {type(error).__name__}: {text}; {RERUN} (please report it with `-v` output)", ENVIRONMENT
