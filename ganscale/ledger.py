@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import time
 
+import zarr
+
 from ganscale.study import digest
 
 KEY = "stages"
@@ -30,26 +32,52 @@ def record(root, stage: str, item: str, inputs: dict, seconds: float, **extra) -
     inputs = jsonable(inputs)
     entry_ = {"fingerprint": digest(inputs), "inputs": inputs, "seconds": round(float(seconds), 2),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
-    stages = dict(root.attrs.get(KEY, {}))
-    stages[stage] = {**items(root, stage), item: entry_}
-    root.attrs[KEY] = stages
+    _rewrite(root, lambda stages: {**stages, stage: {**_valid(stages.get(stage, {})), item: entry_}})
     return entry_
+
+
+def _read(root) -> dict:
+    """The root attributes as stored now: a zarr group keeps the attributes it was opened with,
+    and another run may have recorded since."""
+    return dict(zarr.open_group(root.store, path=root.path, mode="r").attrs)
+
+
+def _rewrite(root, change) -> None:
+    """Apply `change` to the stored `stages` record under the store's `ledger` lease: zarr rewrites
+    the attributes whole, so two runs writing them at once would lose one's record."""
+    from ganscale import lease
+
+    with lease.of(root).exclusive("ledger"):
+        group = zarr.open_group(root.store, path=root.path, mode="r+")
+        group.attrs[KEY] = change(dict(group.attrs.get(KEY, {})))
+
+
+def update_root(root, attrs: dict) -> None:
+    """Set root attributes other than the ledger (the study's metadata), under the same lease."""
+    from ganscale import lease
+
+    with lease.of(root).exclusive("ledger"):
+        group = zarr.open_group(root.store, path=root.path, mode="r+")
+        if any(group.attrs.get(k) != v for k, v in attrs.items()):
+            group.attrs.update(attrs)
 
 
 def forget(root, stage: str, item: str) -> None:
     """Drop one record: the item counts as not started (a test, or a stage that must redo it)."""
     if entry(root, stage, item) is None:
         return
-    stages = dict(root.attrs.get(KEY, {}))
-    stages[stage] = {k: v for k, v in items(root, stage).items() if k != item}
-    root.attrs[KEY] = stages
+    _rewrite(root, lambda stages: {**stages, stage: {k: v for k, v in _valid(stages.get(stage, {})).items()
+                                                     if k != item}})
 
 
 def items(root, stage: str) -> dict[str, dict]:
     """{item: record} of a stage (empty when none, or `root` is None)."""
     if root is None:
         return {}
-    recorded = root.attrs.get(KEY, {}).get(stage, {})
+    return _valid(_read(root).get(KEY, {}).get(stage, {}))
+
+
+def _valid(recorded: dict) -> dict[str, dict]:
     return {k: v for k, v in recorded.items() if isinstance(v, dict) and "inputs" in v and "fingerprint" in v}
 
 
@@ -59,7 +87,8 @@ def entry(root, stage: str, item: str) -> dict | None:
 
 def stages(root) -> list[str]:
     """The stages with at least one record, in the order they were first recorded."""
-    return [s for s in (root.attrs.get(KEY, {}) if root is not None else {}) if items(root, s)]
+    recorded = _read(root).get(KEY, {}) if root is not None else {}
+    return [s for s, record in recorded.items() if isinstance(record, dict) and _valid(record)]
 
 
 def stage_seconds(root, stage: str) -> float:

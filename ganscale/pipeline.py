@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Callable
 
-from ganscale import atlas, dissect, embed, icons, report, sample, schema, stage
+from ganscale import atlas, dissect, embed, icons, lease, report, sample, schema, stage
 from ganscale.metrics import stage as metrics
 from ganscale.study import Study
 
@@ -34,13 +34,30 @@ def run_study(study: Study, stages: list[str] | None = None, address: str | None
     for name in STAGES:
         if name not in chosen:
             continue
-        stage.require_inputs(study, _open(study), name)
+        root = _open(study)
+        if not (name == "sample" and (verify or force)) and complete(study, root, name):
+            # nothing written, so a finished store may be read-only
+            results[name] = {"skipped": "complete" if stage.module(name).items(study) else "not in this study"}
+            log.info("stage %s: %s, nothing to do", name, results[name]["skipped"])
+            continue
+        stage.require_inputs(study, root, name)
         t0 = time.time()
         log.info("stage %s: starting", name)
-        extra = {"verify": verify, "force": force} if name == "sample" else {}
-        results[name] = STAGES[name](study, address=address, **extra)
+        if name == "sample":  # chunk by chunk, each under its own lease (ganscale.sample)
+            results[name] = STAGES[name](study, address=address, verify=verify, force=force)
+        else:
+            root = root if root is not None else schema.open_store(study.store, study.storage_options)
+            with lease.of(root).exclusive(f"stage/{name}", waiting=f"stage {name}"):
+                # another run may have finished it while this one waited: the stage then skips its items
+                results[name] = STAGES[name](study, address=address)
         log.info("stage %s: finished in %.1f s: %s", name, time.time() - t0, results[name])
     return results
+
+
+def complete(study: Study, root, name: str) -> bool:
+    """Whether every item of the stage is recorded with its current fingerprint."""
+    return root is not None and all(stage.state(study, root, name, item)[0] == "complete"
+                                    for item in stage.module(name).items(study))
 
 
 def stage_status(study: Study, verify: bool = False) -> list[dict]:
@@ -54,8 +71,8 @@ def stage_status(study: Study, verify: bool = False) -> list[dict]:
         state = row["state"] + (f": {row['detail']}" if row["detail"] else "")
         if row["stage"] == "sample":
             counted = chunks[row["item"]]
-            if counted["state"].startswith("damaged"):
-                state = counted["state"]
+            if counted["state"].startswith(("damaged", "resampling")):
+                state = counted["state"] if row["state"] != "stale" else f"{state}; {counted['state']}"
             elif row["state"] != "stale":
                 if row["state"] == "not started" and counted["done"]:
                     state = "partial"

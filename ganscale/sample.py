@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ganscale import __version__, ledger, schema, sources
+from ganscale import __version__, lease, ledger, schema, sources
 from ganscale.errors import GanscaleError
 from ganscale.images import load_images
 from ganscale.metrics import images as image_metrics
@@ -86,13 +86,30 @@ class DatasetPlan:
     pending: list[int]
     files: list[str] | None = None  # image datasets: the file of each sample
     fingerprint: str = ""
-    replace: bool = False  # the stored group is missing or stale: create it afresh
+    path: str = ""  # the group the chunks go to: datasets/{name}, or staging/{name} while an old group stays
+    create: bool = False  # make that group afresh (it is missing, or holds other samples)
+    damaged: list[int] = dataclasses.field(default_factory=list)  # done chunks that failed `verify`
+
+    @property
+    def staged(self) -> bool:
+        return self.path == schema.staging_path(self.name)
+
+
+def sampled_group(root, dataset: str, fp: str):
+    """The group holding `dataset`'s samples for fingerprint `fp`: datasets/{dataset}, or its
+    replacement being written aside in staging/{dataset}; None when neither matches."""
+    for path in (schema.dataset_path(dataset), schema.staging_path(dataset)):
+        group = root.get(path)
+        if group is not None and group.attrs.get("fingerprint") == fp:
+            return group
+    return None
 
 
 def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False) -> list[DatasetPlan]:
-    """Which chunks are left to compute, without writing anything: inputs are checked, missing or
-    stale (changed fingerprint) dataset groups are marked for replacement, and with `verify` the
-    chunks whose checksums no longer match count as pending."""
+    """Which chunks are left to compute, without writing anything: inputs are checked; a dataset
+    whose stored group holds other samples (the study changed) is planned aside, in staging/, so
+    the old group stays until the new one is complete; with `verify` the chunks whose checksums no
+    longer match count as pending."""
     files_of: dict[str, list[str]] = {}
     if check_inputs:
         from ganscale import weights
@@ -123,18 +140,19 @@ def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False)
     for name in study.datasets:
         layout = layout_for(study, name)
         fp = fingerprint(study, name)
-        group = root.get(schema.dataset_path(name))
-        if group is None or group.attrs.get("fingerprint") != fp:
-            pending, replace = list(range(layout.n_chunks)), True
-        else:
-            done = schema.done_chunks(group)
-            if verify:
-                damaged = schema.verify_chunks(group, layout)
-                for path, chunk, problem in damaged:
-                    log.warning("dataset %s: %s chunk %d: %s; recomputing it", name, path, chunk, problem)
-                done[[chunk for _, chunk, _ in damaged]] = False
-            pending, replace = [int(i) for i in np.flatnonzero(~done)], False
-        plans.append(DatasetPlan(name, layout, pending, files_of.get(name), fp, replace))
+        group = sampled_group(root, name, fp)
+        if group is None:
+            path = schema.staging_path(name) if schema.dataset_path(name) in root else schema.dataset_path(name)
+            plans.append(DatasetPlan(name, layout, list(range(layout.n_chunks)), files_of.get(name), fp, path, True))
+            continue
+        done = schema.done_chunks(group)
+        damaged = schema.verify_chunks(group, layout) if verify else []
+        for path, chunk, problem in damaged:
+            log.warning("dataset %s: %s chunk %d: %s; recomputing it", name, path, chunk, problem)
+        done[[chunk for _, chunk, _ in damaged]] = False
+        pending = [int(i) for i in np.flatnonzero(~done)]
+        plans.append(DatasetPlan(name, layout, pending, files_of.get(name), fp, group.path, False,
+                                 sorted({chunk for _, chunk, _ in damaged})))
     return plans
 
 
@@ -148,28 +166,43 @@ def check_store_owner(study: Study, root, force: bool = False) -> None:
 
 def prepare_store(study: Study, root, plans: list[DatasetPlan]) -> None:
     """The first writes of a run, once every input has been checked: root metadata, fresh groups
-    for missing or stale datasets, and damaged chunks marked not done."""
-    meta = {"ganscale_version": __version__, "layout_version": schema.LAYOUT_VERSION,
-            "study": study.model_dump(mode="json"), "config_hash": study.config_hash()}
-    if any(root.attrs.get(k) != v for k, v in meta.items()):
-        root.attrs.update(meta)
+    (aside, in staging/, where an old group exists), and damaged chunks marked not done."""
+    ledger.update_root(root, {"ganscale_version": __version__, "layout_version": schema.LAYOUT_VERSION,
+                              "study": study.model_dump(mode="json"), "config_hash": study.config_hash()})
     entry = registry.probe_entry(study.probe.name)
+    leases = lease.of(root)
     for p in plans:
         spec = study.datasets[p.name]
         if p.pending:  # complete again only once its chunks are all written
             ledger.forget(root, NAME, p.name)
-        if p.replace:
-            if schema.dataset_path(p.name) in root:
-                log.warning("dataset %s: its configuration changed since it was sampled; resampling it", p.name)
-            schema.create_dataset_group(root, p.name, p.layout, {
-                "fingerprint": p.fingerprint, "kind": spec.kind, "samples": spec.samples,
-                "chunk_size": p.layout.chunk_size, "n_chunks": p.layout.n_chunks, "probe": study.probe.name,
-                "input_size": entry.input_size, "resize": sources.RESIZE_NOTE, "spec": spec.model_dump(mode="json")})
+        if p.create:
+            with leases.exclusive(f"sample/{p.name}/group"):  # a concurrent run may have made it meanwhile
+                if sampled_group(root, p.name, p.fingerprint) is None:
+                    if p.staged:
+                        log.warning("dataset %s: its configuration changed since it was sampled; resampling it "
+                                    "aside (the old samples stay until the new ones are complete)", p.name)
+                    schema.create_dataset_group(root, p.path, p.layout, {
+                        "fingerprint": p.fingerprint, "kind": spec.kind, "samples": spec.samples,
+                        "chunk_size": p.layout.chunk_size, "n_chunks": p.layout.n_chunks,
+                        "probe": study.probe.name, "input_size": entry.input_size, "resize": sources.RESIZE_NOTE,
+                        "spec": spec.model_dump(mode="json")})
         else:
-            group = root[schema.dataset_path(p.name)]
-            undone = set(np.flatnonzero(~schema.done_chunks(group)).tolist())
-            for chunk in set(p.pending) - undone:
-                group["done"][chunk] = 0
+            for chunk in p.damaged:
+                root[p.path]["done"][chunk] = 0
+
+
+def finish_staged(study: Study, root, plans: list[DatasetPlan]) -> None:
+    """Swap each dataset resampled aside into place once all its chunks are written."""
+    for p in plans:
+        if not p.staged:
+            continue
+        with lease.of(root).exclusive(f"sample/{p.name}/group"):
+            staged = root.get(p.path)  # another run may have swapped it already
+            if staged is None or staged.attrs.get("fingerprint") != p.fingerprint \
+                    or not schema.done_chunks(staged).all():
+                continue
+            schema.replace_group(root, p.path, schema.dataset_path(p.name))
+            log.info("dataset %s: the resampled group replaced the old one", p.name)
 
 
 CHUNKS_IN_FLIGHT = 2  # per actor; 1 turns the write/compute overlap off
@@ -178,7 +211,8 @@ CHUNKS_IN_FLIGHT = 2  # per actor; 1 turns the write/compute overlap off
 class ChunkSampler:
     """Computes and writes chunks. Used as a Ray actor (one per GPU), or directly in one process."""
 
-    def __init__(self, study: Study, files: dict[str, list[str]] | None = None, threads: int | None = None):
+    def __init__(self, study: Study, files: dict[str, list[str]] | None = None, threads: int | None = None,
+                 owner: str = lease.OWNER):
         if threads:
             torch.set_num_threads(threads)
         self.study = study
@@ -209,6 +243,7 @@ class ChunkSampler:
             self.fid_net = load_fid_inception(spec.weights, spec.sha256, self.study.storage_options).to(self.device)
         self.generators: dict[str, object] = {}
         self.root = schema.open_store(self.study.store, self.study.storage_options)
+        self.leases = lease.Leases(self.root, owner)  # the driver's run owns the chunks its workers take
         self._seeds: dict[str, np.ndarray] = {}
         self._draws: dict[tuple[str, str], np.ndarray] = {}
         self._folder_sides: dict[str, int] = {}
@@ -318,17 +353,30 @@ class ChunkSampler:
                 self.fid_net.features(images)
 
     def run_chunk(self, dataset: str, chunk: int) -> tuple[str, int, int, dict]:
-        """Compute and write one chunk. With two calls in flight on a threaded actor, chunk i's
-        write overlaps chunk i+1's compute; each call returns (or fails) only once its own chunk
-        is written and marked done."""
-        with self._computing:
-            arrays = self.compute(dataset, chunk)
-            image_size = self.image_sizes[dataset]
-        with self._writing:
-            group = self.root[schema.dataset_path(dataset)]
-            schema.write_chunk(group, layout_for(self.study, dataset), chunk, **arrays)
-            if chunk == 0:  # one writer per dataset: the report states what size each source was measured at
-                group.attrs["image_size"] = image_size
+        """Compute and write one chunk, under its lease. With two calls in flight on a threaded
+        actor, chunk i's write overlaps chunk i+1's compute; each call returns (or fails) only once
+        its own chunk is written and marked done. Returns (dataset, chunk, samples written, info):
+        nothing is written when another run holds the chunk (info["held_by"]) or has finished it."""
+        name = f"sample/{dataset}/{chunk}"
+        holder = self.leases.acquire(name)
+        if holder is not None:
+            return dataset, chunk, 0, {"held_by": holder}
+        try:
+            group = sampled_group(self.root, dataset, fingerprint(self.study, dataset))
+            if group is None:
+                raise GanscaleError(f"store: {self.study.store}: dataset {dataset}'s group was replaced by "
+                                    "another run with a different study while this one sampled it")
+            if group["done"][chunk]:
+                return dataset, chunk, 0, {"done_elsewhere": True}
+            with self._computing:
+                arrays = self.compute(dataset, chunk)
+                image_size = self.image_sizes[dataset]
+            with self._writing:
+                if chunk == 0:  # one writer per dataset: the report states what size each source was measured at
+                    group.attrs["image_size"] = image_size
+                schema.write_chunk(group, layout_for(self.study, dataset), chunk, **arrays)
+        finally:
+            self.leases.release(name)
         return dataset, chunk, len(arrays["seed"]), self.placement()
 
     def placement(self) -> dict:
@@ -369,8 +417,10 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     queue = [(p.name, c) for p in plans for c in p.pending]
     skipped = total_chunks - len(queue)
     sizes = {p.name: p.layout for p in plans}
+    sizes_fp = {p.name: p.fingerprint for p in plans}
     if not queue:
         log.info("sample: all %d chunks already done", total_chunks)
+        finish_staged(study, root, plans)  # a run stopped between its last chunk and the swap
         record_finished(study, root, plans, {}, 0.0)
         return SampleResult(0, skipped, 0, time.time() - t0, 0)
 
@@ -379,10 +429,11 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     n_workers = min(n_workers, len(queue))
     threads = max(1, int(resources["num_cpus"]))
     files = ray.put({p.name: p.files for p in plans if p.files is not None})
+    owner = lease.new_owner()
     # Two chunks in flight per actor (two threads, see run_chunk): one writes while the next computes,
     # and the next is already queued when one finishes, so the actor never waits for the driver.
     actor_cls = ray.remote(max_restarts=3, max_task_retries=3, max_concurrency=CHUNKS_IN_FLIGHT)(ChunkSampler)
-    actors = [actor_cls.options(**resources).remote(study, files, threads)
+    actors = [actor_cls.options(**resources).remote(study, files, threads, owner)
               for _ in range(n_workers)]
     # Every model built and one batch of every source read, on a worker, before the first write:
     # bad weights, plugins or images fail here and the store stays as it was.
@@ -401,21 +452,49 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     progress = Progress("sample", sum(samples_in(t) for t in queue), unit="samples")
     counts = {"written": 0, "computed": 0}
     chunks_done: dict[str, int] = {}
+    held_elsewhere: dict[tuple[str, int], str] = {}  # chunk -> the run that holds its lease
 
     def finished(task: Task, result) -> None:
-        dataset, chunk, n, worker = result
-        counts["written"] += n
-        counts["computed"] += 1
-        chunks_done[dataset] = chunks_done.get(dataset, 0) + 1
-        progress.advance(n)
-        if on_chunk:
-            on_chunk(dataset, chunk, worker)
+        dataset, chunk, n, info = result
+        if "held_by" in info:
+            held_elsewhere[dataset, chunk] = info["held_by"]
+            return
+        if n:
+            counts["written"] += n
+            counts["computed"] += 1
+            chunks_done[dataset] = chunks_done.get(dataset, 0) + 1
+        progress.advance(samples_in((dataset, chunk)))
+        if on_chunk and n:
+            on_chunk(dataset, chunk, info)
+
+    def compute(chunks) -> None:
+        run_on_actors(actors, [Task("run_chunk", t, f"sample: chunk {t[1]} of dataset {t[0]}") for t in chunks],
+                      finished, in_flight_per_actor=CHUNKS_IN_FLIGHT, kill=False)
 
     try:
-        run_on_actors(actors, [Task("run_chunk", t, f"sample: chunk {t[1]} of dataset {t[0]}") for t in queue],
-                      finished, in_flight_per_actor=CHUNKS_IN_FLIGHT)
+        compute(queue)
+        if held_elsewhere:  # another run on this store computes these: wait for them, take over any it drops
+            log.info("sample: %d chunks are being computed by run %s; waiting for them", len(held_elsewhere),
+                     next(iter(held_elsewhere.values())))
+        leases = lease.of(root)
+        while held_elsewhere:
+            time.sleep(lease.POLL)
+            dropped = []
+            for dataset, chunk in list(held_elsewhere):
+                group = sampled_group(root, dataset, sizes_fp[dataset])
+                if group is not None and group["done"][chunk]:
+                    del held_elsewhere[dataset, chunk]
+                    progress.advance(samples_in((dataset, chunk)))
+                elif not leases.live(leases.holder(f"sample/{dataset}/{chunk}")):  # released unfinished, or its run stopped
+                    del held_elsewhere[dataset, chunk]
+                    dropped.append((dataset, chunk))
+            if dropped:
+                compute(dropped)
     finally:
         progress.close()
+        for actor in actors:
+            ray.kill(actor)
+    finish_staged(study, root, plans)
     seconds = time.time() - t0
     record_finished(study, root, plans, chunks_done, seconds)
     return SampleResult(counts["computed"], skipped, counts["written"], seconds, n_workers)
@@ -445,10 +524,18 @@ def status(study: Study, verify: bool = False) -> list[dict]:
     for name in study.datasets:
         layout = layout_for(study, name)
         group = root.get(schema.dataset_path(name)) if root is not None else None
+        staged = root.get(schema.staging_path(name)) if root is not None else None
+        fp = fingerprint(study, name)
+        if staged is not None and staged.attrs.get("fingerprint") == fp and \
+                (group is None or group.attrs.get("fingerprint") != fp):
+            done = int(schema.done_chunks(staged).sum())
+            out.append({"dataset": name, "done": done, "chunks": layout.n_chunks,
+                        "state": f"resampling aside after a study change ({done}/{layout.n_chunks} chunks)"})
+            continue
         if group is None:
             out.append({"dataset": name, "done": 0, "chunks": layout.n_chunks, "state": "not started"})
             continue
-        stale = group.attrs.get("fingerprint") != fingerprint(study, name)
+        stale = group.attrs.get("fingerprint") != fp
         done = int(schema.done_chunks(group).sum())
         state = "stale (study changed)" if stale else ("complete" if done == layout.n_chunks else "partial")
         row = {"dataset": name, "done": 0 if stale else done, "chunks": layout.n_chunks, "state": state}

@@ -18,11 +18,14 @@ One zarr v3 hierarchy per study (a local folder or s3://bucket/prefix.zarr):
         image/colour_hist   uint32  [N, 4, 25]   per-image pixel counts in 25 bins of R, G, B, gray
         features/fid_pool3  float32 [N, 2048]    FID Inception pool3 features (only with metrics.fid_inception)
         layers/{layer}/umap         float32 [N, 2]  joint UMAP layout in [0, 1]          (embed stage)
+    staging/{dataset}/                   a dataset's group being resampled after a study change; it
+                                         replaces datasets/{dataset} once every chunk is written
     models/umap_{layer}             uint8   [bytes] the pickled (PCA, UMAP) reducer      (embed stage)
     atlas/{layer}/g{G}/             grid statistics, see ganscale.atlas                (atlas stage)
     metrics/                        metric tables and picture inputs, see ganscale.metrics.stage
 
 Root attribute `stages` records each finished stage: input fingerprints and seconds.
+Beside the store, `{store}.leases/` holds the leases of runs at work on it (ganscale.lease).
 
 Every per-sample array is chunked along samples with `chunk_size` rows, so chunk i of every array
 holds samples [i*chunk_size, (i+1)*chunk_size) and exactly one worker writes it. Arrays carry
@@ -57,6 +60,11 @@ def layer_path(dataset: str, layer: str) -> str:
     return f"datasets/{dataset}/layers/{layer}"
 
 
+def staging_path(dataset: str) -> str:
+    """Where a dataset's group is rebuilt when its study changed: it replaces the old one once complete."""
+    return f"staging/{dataset}"
+
+
 def atlas_path(layer: str, grid: int) -> str:
     return f"atlas/{layer}/g{grid}"
 
@@ -70,6 +78,36 @@ def open_store(url: str, storage_options: dict | None = None, mode: str = "a") -
     else:
         store = zarr.storage.LocalStore(url.removeprefix("file://"), read_only=mode == "r")
     return zarr.open_group(store, mode=mode, zarr_format=3)
+
+
+def store_fs(root: zarr.Group) -> tuple[object, str]:
+    """(synchronous fsspec filesystem, path) of the store behind `root`: for work zarr has no API for."""
+    import fsspec
+
+    store = root.store
+    if isinstance(store, zarr.storage.LocalStore):
+        return fsspec.filesystem("file"), str(store.root)
+    protocol = store.fs.protocol if isinstance(store.fs.protocol, str) else store.fs.protocol[0]
+    options = {k: v for k, v in store.fs.storage_options.items() if k != "asynchronous"}
+    return fsspec.filesystem(protocol, **options), store.path.rstrip("/")
+
+
+def replace_group(root: zarr.Group, source: str, target: str) -> None:
+    """Move the complete group at `source` over `target`. Locally a rename; on object stores a copy
+    with the `done` flags copied last, then the source deleted. Safe to repeat after a crash at any
+    point: until the source is deleted it is complete, and a half-copied target has the new
+    fingerprint with some chunks not done, which a rerun computes in place."""
+    fs, base = store_fs(root)
+    src, dst = f"{base}/{source}", f"{base}/{target}"
+    if fs.exists(dst):
+        fs.rm(dst, recursive=True)
+    if "file" in fs.protocol:
+        fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+        fs.mv(src, dst, recursive=True)
+        return
+    files = sorted(fs.find(src), key=lambda f: ("/done/" in f, f))
+    fs.copy(files, [dst + f[len(src):] for f in files])
+    fs.rm(src, recursive=True)
 
 
 @dataclass(frozen=True)
@@ -89,13 +127,13 @@ class DatasetLayout:
         return start, min(start + self.chunk_size, self.samples)
 
 
-def create_dataset_group(root: zarr.Group, dataset: str, layout: DatasetLayout, attrs: dict) -> zarr.Group:
-    """Create (overwriting) the dataset's group and all its arrays, empty. Metadata only: the
-    workers fill the chunks."""
+def create_dataset_group(root: zarr.Group, path: str, layout: DatasetLayout, attrs: dict) -> zarr.Group:
+    """Create (overwriting) a dataset's group at `path` (dataset_path or staging_path) and all its
+    arrays, empty. Metadata only: the workers fill the chunks."""
     n, c = layout.samples, layout.chunk_size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr warns that variable-length strings are not in the v3 core spec yet
-        group = root.create_group(dataset_path(dataset), overwrite=True, attributes=attrs)
+        group = root.create_group(path, overwrite=True, attributes=attrs)
         group.create_array("seed", shape=(n,), chunks=(c,), dtype=np.int64, fill_value=-1, dimension_names=("sample",))
         group.create_array("source", shape=(n,), chunks=(c,), dtype=str, dimension_names=("sample",))
         group.create_array("label", shape=(n,), chunks=(c,), dtype=np.int32, fill_value=-1, dimension_names=("sample",))

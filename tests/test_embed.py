@@ -20,7 +20,7 @@ def blob_store(tmp_path, sizes: dict[str, int], new_datasets="refit", seed=0):
     root = schema.open_store(study.store)
     for i, (name, n) in enumerate(sizes.items()):
         layout = schema.DatasetLayout(n, 50, 4, {"block1": 16})
-        group = schema.create_dataset_group(root, name, layout, {"fingerprint": f"fp-{name}", "chunk_size": 50})
+        group = schema.create_dataset_group(root, schema.dataset_path(name), layout, {"fingerprint": f"fp-{name}", "chunk_size": 50})
         centres = np.where(rng.random(n) < 0.5, 0.0, 4.0)[:, None] + i
         group["layers/block1/activations"][:] = (centres + rng.normal(size=(n, 16))).astype(np.float32)
         group["done"][:] = 1
@@ -76,7 +76,7 @@ def test_a_new_dataset_is_transformed_into_the_existing_layout(ray_local, tmp_pa
     shutil.copytree(study.store, bigger.store)
     root = schema.open_store(bigger.store)
     layout = schema.DatasetLayout(60, 50, 4, {"block1": 16})
-    group = schema.create_dataset_group(root, "c", layout, {"fingerprint": "fp-c", "chunk_size": 50})
+    group = schema.create_dataset_group(root, schema.dataset_path("c"), layout, {"fingerprint": "fp-c", "chunk_size": 50})
     group["layers/block1/activations"][:] = root["datasets/a/layers/block1/activations"][:60]
     group["done"][:] = 1
     result = embed.run(bigger)
