@@ -3,7 +3,7 @@ Ray worker against a single-process loop doing the same three passes (ranges, hi
 contingency counts) on the same seeds, device, batch and chunk size (toy world DCGAN, layers
 layer1 and layer2, the toy segmenter). Samples/s = samples / total time of the three passes.
 
-Stage: `dissect.unit_statistics` with one DissectWorker actor and the Dask-on-Ray merges (actor
+Stage: `ganscale.dissect.stage.unit_statistics` with one DissectWorker actor and the Dask-on-Ray merges (actor
 start-up and model loading included). Loop: the same DissectWorker methods called in this process,
 merged with plain Python (model loading included), timed before and after the stage (the cores
 are shared, so load drifts); the stage is compared with their mean. Both must give identical
@@ -41,7 +41,10 @@ def main() -> None:
     import ray
 
     from conftest import toy_study
-    from ganscale import dissect, sources
+    from ganscale import sources
+    from ganscale.dissect import plan
+    from ganscale.dissect import stage as dissect
+    from ganscale.dissect.worker import DissectWorker
     from ganscale.study import load_study
 
     layers = args.layers.split(",")
@@ -61,7 +64,7 @@ def main() -> None:
         def loop():
             """The three passes in this process, plain Python merges; (seconds, statistics)."""
             t0 = time.perf_counter()
-            worker = dissect.DissectWorker(study, "full", threads)
+            worker = DissectWorker(study, "full", threads)
             chunks = [(s, seeds[s:s + args.chunk]) for s in range(0, len(seeds), args.chunk)]
             ranges = merged([worker.ranges(c, s) for s, c in chunks])
             hist = merged([worker.histograms(c, {k: (r.low, r.high) for k, r in ranges.items()}) for _, c in chunks])
@@ -69,14 +72,14 @@ def main() -> None:
             contingency = merged([worker.contingency(c, thresholds) for _, c in chunks])
             return time.perf_counter() - t0, hist, contingency
 
-        levels = dissect.candidate_levels(study.dissect.quantile)
+        levels = plan.candidate_levels(study.dissect.quantile)
         load_before = os.getloadavg()[0]
         # loop, stage, loop again: the machine's load (shared cores) drifts, so the loop is timed on
         # both sides of the stage and the stage compared with their mean
         loop_first, hist, loop_contingency = loop()
         ray.init(address="local", num_cpus=os.cpu_count(), logging_level="ERROR", include_dashboard=False)
         t0 = time.perf_counter()
-        actor = ray.remote(dissect.DissectWorker).options(num_cpus=max(0.25, (os.cpu_count() or 2) - 1))
+        actor = ray.remote(DissectWorker).options(num_cpus=max(0.25, (os.cpu_count() or 2) - 1))
         stage = dissect.unit_statistics(study, "full", [actor.remote(study, "full", threads)], seeds)
         staged = time.perf_counter() - t0
         ray.shutdown()

@@ -6,7 +6,8 @@ import logging
 import time
 from typing import Callable
 
-from ganscale import atlas, dissect, embed, icons, lease, report, sample, schema, stage
+from ganscale import atlas, embed, icons, lease, report, sample, schema, stage
+from ganscale.dissect import stage as dissect
 from ganscale.metrics import stage as metrics
 from ganscale.study import Study
 

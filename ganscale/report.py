@@ -10,7 +10,7 @@ summary.json (schema "ganscale.summary/1"):
      "kl_smoothing": float,
      "stages": {stage: {"seconds": float}},
      "metrics": {...},     # when the metrics stage ran: the tables of ganscale.metrics.stage (below)
-     "dissect": {...}}     # when the dissect stage ran: see ganscale.dissect
+     "dissect": {...}}     # when the dissect stage ran: see ganscale.dissect.stage
 
 "metrics": {"feature_sets": {name: {"dims": int}}, "resize": str, "subset": int,
             "sizes": {dataset: {"source": [H, W], "probe": int, "fid": 299 | None}},   # what each measurement saw

@@ -1,7 +1,7 @@
 """The shape every stage has, and what follows from it: fingerprints that cover what a stage
 reads, `status`, and the guard that keeps a stage off inputs that are not complete.
 
-A stage module (sample, embed, atlas, icons, metrics.stage, dissect, report) declares
+A stage module (sample, embed, atlas, icons, metrics.stage, dissect.stage, report) declares
 
     NAME                      its name
     ITEM                      what one unit of its work is called: "dataset", "layer", "generator", ""
@@ -27,7 +27,7 @@ from ganscale.errors import GanscaleError
 from ganscale.study import Study, digest
 
 MODULES = {"sample": "ganscale.sample", "embed": "ganscale.embed", "atlas": "ganscale.atlas",
-           "icons": "ganscale.icons", "metrics": "ganscale.metrics.stage", "dissect": "ganscale.dissect",
+           "icons": "ganscale.icons", "metrics": "ganscale.metrics.stage", "dissect": "ganscale.dissect.stage",
            "report": "ganscale.report"}
 ORDER = list(MODULES)
 

@@ -11,8 +11,9 @@ import torch
 import zarr
 
 from conftest import toy_study
-from ganscale import dissect, ledger, sources
-from ganscale.dissect import intervene, stats
+from ganscale import ledger, sources
+from ganscale.dissect import artifacts, intervene, plan, stats, worker
+from ganscale.dissect import stage as dissect
 from ganscale.errors import GanscaleError
 from ganscale.models import registry
 from ganscale.models.dcgan import DCGAN
@@ -109,7 +110,7 @@ def test_thresholds_and_iou_from_merged_partials_equal_one_pass():
     hist = hist_parts[3].merge(hist_parts[0]).merge(hist_parts[4]).merge(hist_parts[2]).merge(hist_parts[1])
     np.testing.assert_array_equal(hist.counts, hist_one.counts)
     assert hist.counts.sum() == maps.numel()
-    levels = dissect.candidate_levels(0.99)
+    levels = plan.candidate_levels(0.99)
     thresholds = hist.quantiles(levels)
     np.testing.assert_array_equal(thresholds, hist_one.quantiles(levels))
     assert np.all(np.diff(thresholds, axis=1) >= 0)
@@ -164,9 +165,9 @@ def test_two_workers_give_the_statistics_of_one(ray_local, tmp_path):
                                                                     "chunk_size": 120})
     study = load_study(path)
     seeds = sources.dataset_seeds(study.seed, "x", 120)
-    one = dissect.unit_statistics(study, "full", [dissect.DissectWorker(study, "full")], seeds)
+    one = dissect.unit_statistics(study, "full", [worker.DissectWorker(study, "full")], seeds)
     split = study.model_copy(update={"dissect": study.dissect.model_copy(update={"chunk_size": 30})})
-    actor = ray_local.remote(dissect.DissectWorker).options(num_cpus=0.25)
+    actor = ray_local.remote(worker.DissectWorker).options(num_cpus=0.25)
     workers = [actor.remote(split, "full", 1) for _ in range(2)]
     two = dissect.unit_statistics(split, "full", workers, seeds)
     np.testing.assert_array_equal(two["histograms"]["layer2"].counts, one["histograms"]["layer2"].counts)
@@ -250,8 +251,8 @@ def test_pixel_interventions_change_only_their_neighbourhood():
 def small_insertion_maps():
     """Insertion maps of 4x4 featuremap pixels on 16 images (the stage passes these to its workers)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dissect, "MAP_SIDE", 4)
-        patch.setattr(dissect, "MAP_IMAGES", 16)
+        patch.setattr(worker, "MAP_SIDE", 4)
+        patch.setattr(worker, "MAP_IMAGES", 16)
         yield
 
 
@@ -328,7 +329,7 @@ def test_report_section_shows_the_dissection(toy_dissection, tmp_path):
 
 
 def test_upernet_weights_load_from_a_path_and_segment(tmp_path):
-    from ganscale.dissect import build_segmenter
+    from ganscale.dissect.worker import build_segmenter
     from ganscale.models import upernet
 
     module = upernet.UPerNet(num_classes=5, fpn_dim=16)
@@ -367,3 +368,19 @@ def test_the_artifact_significance_separates_a_real_improvement_from_none():
     no = artifact_significance(before, untouched, before + rng.normal(scale=0.05, size=before.shape), real_mean,
                                real_var, resamples=300)
     assert not no["significant"] and no["ci95"][0] < 0 < no["ci95"][1]
+
+
+def test_the_units_shown_and_the_artifact_choices_follow_from_the_statistics():
+    # report panels: the best unit of each concept first (by IoU), then the others by IoU
+    assert plan.panel_units(np.array([1, 1, 2, 2, 3]), np.array([0.5, 0.9, 0.2, 0.3, 0.1]), 4) == [1, 3, 4, 0]
+    # artifact units: the most improving k, against as many of the others drawn from the study seed
+    scores = np.array([[5.0, 5.0], [5.0, 1.0], [5.0, 4.0], [5.0, 6.0], [5.0, 2.0]])
+    improvement, top, random_units = artifacts.choose(scores, 2, seed=0)
+    assert improvement.tolist() == [0, 4, 1, -1, 3] and top.tolist() == [1, 4]
+    assert len(random_units) == 2 and not {1, 4} & set(random_units.tolist())
+    assert artifacts.choose(scores, 2, seed=0)[2].tolist() == random_units.tolist()
+    # held-out images: where any top unit is strongest relative to its high quantile, at least 2
+    peaks = np.array([[1.0, 10.0], [3.0, 0.0], [0.0, 30.0], [2.0, 2.0]])
+    assert artifacts.most_active(peaks, [0, 1], np.array([1.0, 10.0]), [10, 11, 12, 13], 0.1).tolist() == [11, 12]
+    rank, held = artifacts.split(np.arange(7))
+    assert rank.tolist() == [0, 1, 2] and held.tolist() == [3, 4, 5, 6]

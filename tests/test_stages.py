@@ -5,7 +5,8 @@ import pytest
 import zarr
 
 from conftest import toy_study
-from ganscale import dissect, ledger, schema, stage
+from ganscale import ledger, schema, stage
+from ganscale.dissect import stage as dissect
 from ganscale.errors import GanscaleError
 from ganscale.pipeline import run_study
 from ganscale.study import load_study
@@ -68,7 +69,7 @@ def test_the_ledger_keeps_one_record_per_item_and_sums_seconds(tmp_path):
 
 
 STAGE_MODULES = {"ganscale.sample", "ganscale.embed", "ganscale.atlas", "ganscale.icons", "ganscale.metrics.stage",
-                 "ganscale.dissect", "ganscale.report", "ganscale.pipeline"}
+                 "ganscale.dissect.stage", "ganscale.report", "ganscale.pipeline"}
 
 
 def _imports(path):
@@ -82,15 +83,47 @@ def _imports(path):
             yield from (f"{node.module}.{a.name}" for a in node.names)
 
 
+def _importing(path, modules):
+    return [m for m in _imports(path) if any(m == s or m.startswith(s + ".") for s in modules)]
+
+
 def test_libraries_import_no_stage():
-    """Stages sit above libraries: nothing below imports a stage (importing ganscale.dissect.x runs
-    the dissect stage's package too), and the viewer does not import the report that shows it."""
+    """Stages sit above libraries: nothing below imports a stage, and the viewer does not import the
+    report that shows it. In metrics/ and dissect/ the stage is stage.py, the rest are libraries."""
     from pathlib import Path
 
     package = Path(stage.__file__).parent
-    libraries = [p for d in ("metrics", "fv", "models") for p in (package / d).glob("*.py") if p.name != "stage.py"]
-    libraries += [package / f for f in ("dissect/stats.py", "dissect/intervene.py", "images.py", "runtime.py", "ledger.py", "schema.py",
-                                        "sources.py", "viewer/__init__.py", "render.py", "partials.py")]
+    libraries = [p for d in ("metrics", "dissect", "fv", "models") for p in (package / d).glob("*.py")
+                 if p.name != "stage.py"]
+    libraries += [package / f for f in ("images.py", "runtime.py", "ledger.py", "schema.py", "sources.py",
+                                        "viewer/__init__.py", "render.py", "partials.py")]
+    assert package / "dissect/__init__.py" in libraries and package / "dissect/plan.py" in libraries
     for path in libraries:
-        bad = [m for m in _imports(path) if any(m == s or m.startswith(s + ".") for s in STAGE_MODULES)]
+        bad = _importing(path, STAGE_MODULES)
         assert not bad, f"{path.relative_to(package)} imports {bad}"
+
+
+def test_dissect_is_a_stage_module_above_pure_ones():
+    """The dissect stage is ganscale.dissect.stage, with the stage shape. Importing any other module of
+    ganscale.dissect (which runs the package's __init__ too) loads no stage, the viewer, Ray or the
+    ledger, not even indirectly (checked in a fresh interpreter)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    module = stage.module("dissect")
+    assert module.__name__ == "ganscale.dissect.stage" and module.NAME == "dissect" and module.ITEM == "generator"
+    assert all(callable(getattr(module, f)) for f in ("items", "settings", "reads", "run"))
+    package = Path(stage.__file__).parent
+    pure = sorted(f"ganscale.dissect.{p.stem}" for p in (package / "dissect").glob("*.py")
+                  if p.stem not in ("__init__", "stage"))
+    assert {"ganscale.dissect.plan", "ganscale.dissect.artifacts", "ganscale.dissect.worker",
+            "ganscale.dissect.stats", "ganscale.dissect.intervene", "ganscale.dissect.figures"} <= set(pure)
+    forbidden = sorted(STAGE_MODULES | {"ganscale.viewer", "ganscale.ledger", "ray"})
+    code = (f"import importlib, json, sys\nfor m in {pure!r}: importlib.import_module(m)\n"
+            f"print(json.dumps(sorted(m for m in sys.modules\n"
+            f"                        if any(m == s or m.startswith(s + '.') for s in {forbidden!r}))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=package.parent).stdout
+    assert json.loads(loaded.strip().splitlines()[-1]) == []

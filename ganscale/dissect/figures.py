@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ganscale import render  # noqa: E402
-from ganscale.dissect import generators_of  # noqa: E402
+from ganscale.dissect.plan import generators_of  # noqa: E402
 from ganscale.study import Study  # noqa: E402
 
 
