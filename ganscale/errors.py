@@ -22,7 +22,7 @@ class EnvironmentFailure(Exception):
 def describe(error: BaseException) -> tuple[str, int]:
     """The one line to print for an error that ends a command, and the exit code."""
     if isinstance(error, GanscaleError):
-        return str(error).splitlines()[0] if str(error) else type(error).__name__, BAD_INPUT
+        return f"{' '.join(str(error).split()) or type(error).__name__}; {RERUN}", BAD_INPUT
     text = " ".join(str(error).split()) or type(error).__name__
     if len(text) > 300:
         text = text[:297] + "..."
@@ -31,7 +31,8 @@ def describe(error: BaseException) -> tuple[str, int]:
     if isinstance(error, PermissionError):
         where = f" {error.filename}" if getattr(error, "filename", None) else ""
         return f"cannot write{where}: permission denied; {RERUN}", ENVIRONMENT
-    if isinstance(error, (OSError, TimeoutError, ConnectionError)):
+    if isinstance(error, (OSError, TimeoutError, ConnectionError)) or \
+            (type(error).__module__ or "").startswith(("botocore", "aiobotocore", "aiohttp")):
         return f"storage or network failure: {type(error).__name__}: {text}; {RERUN}", ENVIRONMENT
     try:
         import ray.exceptions

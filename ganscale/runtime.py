@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-from ganscale.errors import GanscaleError
+from ganscale.errors import EnvironmentFailure, GanscaleError
 
 log = logging.getLogger("ganscale")
 
@@ -71,21 +71,23 @@ class Task:
     key: Any = None  # the caller's handle on the task in on_result (not sent to the actor)
 
 
-def worker_failure(error: BaseException, what: str) -> str:
-    """One line for a failed task, or a worker that could not start or died for good: the
-    GanscaleError raised inside it (bad weights, say) when there was one."""
+def worker_failure(error: BaseException, what: str) -> Exception:
+    """The error to raise for a failed task, or a worker that could not start or died for good, as
+    one line: the GanscaleError raised inside it (bad weights, say: exit 2) when there was one, else
+    an EnvironmentFailure (storage gone mid-run, a worker lost: exit 1)."""
     import ray
 
     cause = getattr(error, "cause", None)
     if isinstance(cause, GanscaleError):
-        return str(cause)
+        return GanscaleError(str(cause))
     for line in str(error).splitlines():
         if "GanscaleError: " in line:
-            return line.split("GanscaleError: ", 1)[1].strip()
+            return GanscaleError(line.split("GanscaleError: ", 1)[1].strip())
     if isinstance(error, ray.exceptions.RayActorError):
-        return f"{what}: a worker died for good ({type(error).__name__}); rerun to resume"
+        return EnvironmentFailure(f"{what}: a worker died for good ({type(error).__name__})")
     lines = str(cause or error).strip().splitlines()
-    return f"{what} failed: {lines[-1] if lines else type(error).__name__}"
+    kind = f"{type(cause).__name__}: " if cause is not None else ""
+    return EnvironmentFailure(f"{what} failed on a worker: {kind}{lines[-1] if lines else type(error).__name__}")
 
 
 def run_on_actors(actors: list, tasks: Iterable[Task], on_result: Callable[[Task, Any], None] | None = None, *,
@@ -93,8 +95,8 @@ def run_on_actors(actors: list, tasks: Iterable[Task], on_result: Callable[[Task
     """Hand `tasks` to `actors` as they free up (`in_flight_per_actor` queued on each, so a worker
     never waits for the driver between tasks). `on_result(task, value)` runs on the driver as each
     finishes (value is the ObjectRef when `fetch` is False: the result stays in the object store for
-    a later merge). Returns the results in task order. A failure raises a one-line GanscaleError
-    naming the task; the actors are killed at the end when `kill`. `actors` may also be plain
+    a later merge). Returns the results in task order. A failure raises one line naming the task
+    (worker_failure); the actors are killed at the end when `kill`. `actors` may also be plain
     objects (tests, benchmarks): their methods run here, one task at a time."""
     import ray
 
@@ -119,7 +121,7 @@ def run_on_actors(actors: list, tasks: Iterable[Task], on_result: Callable[[Task
             try:
                 value = ray.get(ready[0]) if fetch else ready[0]  # unfetched: a failure shows where it is merged
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
-                raise GanscaleError(worker_failure(e, task.what)) from None
+                raise worker_failure(e, task.what) from None
             results[i] = value
             if on_result is not None:
                 on_result(task, value)

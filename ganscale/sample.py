@@ -442,7 +442,7 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
         for actor in actors:
             ray.kill(actor)
-        raise GanscaleError(worker_failure(e, "sample: checking the inputs on a worker")) from None
+        raise worker_failure(e, "sample: checking the inputs on a worker") from None
     prepare_store(study, root, plans)
 
     def samples_in(task):

@@ -71,13 +71,47 @@ def atlas_path(layer: str, grid: int) -> str:
 
 def open_store(url: str, storage_options: dict | None = None, mode: str = "a") -> zarr.Group:
     """The study's root group, local or on any fsspec filesystem (s3:// via s3fs). Credentials come
-    from the environment / AWS configuration: never pass them in storage_options."""
-    if "://" in url and not url.startswith("file://"):
-        store = zarr.storage.FsspecStore.from_url(url, storage_options={**(storage_options or {}), "asynchronous": True},
-                                                  read_only=mode == "r")
-    else:
-        store = zarr.storage.LocalStore(url.removeprefix("file://"), read_only=mode == "r")
-    return zarr.open_group(store, mode=mode, zarr_format=3)
+    from the environment / AWS configuration: never pass them in storage_options. A store that cannot
+    be opened fails in one line naming it (store_error); with mode "r", a missing one raises
+    FileNotFoundError (no store yet)."""
+    try:
+        if "://" in url and not url.startswith("file://"):
+            store = zarr.storage.FsspecStore.from_url(
+                url, storage_options={**(storage_options or {}), "asynchronous": True}, read_only=mode == "r")
+        else:
+            store = zarr.storage.LocalStore(url.removeprefix("file://"), read_only=mode == "r")
+        return zarr.open_group(store, mode=mode, zarr_format=3)
+    except FileNotFoundError as e:
+        if mode == "r" and "bucket" not in str(e).lower():
+            raise
+        raise store_error(url, e) from None
+    except Exception as e:
+        failure = store_error(url, e)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+def store_error(url: str, error: BaseException) -> Exception | None:
+    """One line for a store that cannot be opened or written: a wrong path or bucket is bad input
+    (GanscaleError), permissions, endpoints and credentials are the environment (EnvironmentFailure);
+    None for anything else."""
+    from ganscale.errors import EnvironmentFailure
+
+    text = " ".join(str(error).split()) or type(error).__name__
+    module = type(error).__module__ or ""
+    if isinstance(error, (NotADirectoryError, FileExistsError)):
+        return GanscaleError(f"store: {url}: a file is in the way ({getattr(error, 'strerror', None) or text})")
+    if isinstance(error, FileNotFoundError) and "bucket" in text.lower():
+        return GanscaleError(f"store: {url}: the bucket does not exist")
+    if isinstance(error, PermissionError):
+        return EnvironmentFailure(f"store: {url}: permission denied")
+    if module.startswith("botocore") and "Credentials" in type(error).__name__:
+        return EnvironmentFailure(f"store: {url}: no usable S3 credentials ({text}); set AWS_ACCESS_KEY_ID and "
+                                  "AWS_SECRET_ACCESS_KEY or an AWS profile")
+    if module.startswith(("botocore", "aiobotocore", "aiohttp")) or isinstance(error, (OSError, TimeoutError)):
+        return EnvironmentFailure(f"store: {url}: the storage failed: {type(error).__name__}: {text}")
+    return None
 
 
 def store_fs(root: zarr.Group) -> tuple[object, str]:

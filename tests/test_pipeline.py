@@ -95,7 +95,7 @@ def test_a_stage_refuses_inputs_that_are_not_complete_in_one_line(toy_run, tmp_p
     from typer.testing import CliRunner
 
     from ganscale.cli import app
-    from ganscale.errors import GanscaleError
+    from ganscale.errors import RERUN, GanscaleError
 
     study, _, _ = toy_run
     before = dict(zarr.open_group(study.store, mode="r").attrs["stages"])
@@ -107,7 +107,7 @@ def test_a_stage_refuses_inputs_that_are_not_complete_in_one_line(toy_run, tmp_p
     (tmp_path / "changed.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     result = CliRunner().invoke(app, ["run", str(tmp_path / "changed.yaml"), "--stages", "atlas,report"])
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and lines == [f"error: {refused.value}"]
+    assert result.exit_code == 2 and lines == [f"error: {refused.value}; {RERUN}"]
     assert dict(zarr.open_group(study.store, mode="r").attrs["stages"]) == before  # nothing recorded
 
 

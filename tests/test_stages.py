@@ -64,8 +64,14 @@ def test_the_ledger_keeps_one_record_per_item_and_sums_seconds(tmp_path):
     assert ledger.entry(root, "embed", "a")["inputs"] == {"layer": "a", "sample/x": "2"}
     assert ledger.changed({"layer": "a", "p": {"k": 1, "m": 2}}, {"layer": "a", "p": {"k": 1, "m": 3}, "q": 0}) \
         == ["p.m", "q"]
-    root.attrs["stages"] = {**root.attrs["stages"], "old": {"layers": {}, "seconds": 3}}  # a pre-ledger record
-    assert ledger.items(root, "old") == {} and ledger.stages(root) == ["embed"]
+    other_handle = zarr.open_group(str(tmp_path / "s.zarr"), mode="a")  # another run's view of the store
+    ledger.record(other_handle, "atlas", "a", {"layer": "a"}, 1.0)
+    ledger.record(root, "embed", "c", {"layer": "c"}, 1.0)  # root was opened before atlas/a was recorded
+    assert sorted(ledger.items(other_handle, "embed")) == ["a", "b", "c"] and ledger.items(root, "atlas")
+    fresh = zarr.open_group(str(tmp_path / "s.zarr"), mode="a")
+    fresh.attrs["stages"] = {**fresh.attrs["stages"], "old": {"layers": {}, "seconds": 3}}  # a pre-ledger record
+    assert ledger.items(root, "old") == {} and ledger.stages(root) == ["embed", "atlas"]
+    assert not [f for f in (tmp_path / "s.zarr.leases").rglob("*") if f.is_file()]  # the ledger lease is let go
 
 
 STAGE_MODULES = {"ganscale.sample", "ganscale.embed", "ganscale.atlas", "ganscale.icons", "ganscale.metrics.stage",

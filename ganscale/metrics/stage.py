@@ -417,7 +417,7 @@ def image_tasks(study: Study, reals: list[str], gens: list[str]) -> dict:
         try:
             return ray.get(ref)
         except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
-            raise GanscaleError(worker_failure(e, what)) from None
+            raise worker_failure(e, what) from None
 
     options = _task_options()
     refs = {name: ray.remote(ms_ssim_task).options(**options).remote(study, name) for name in study.datasets}

@@ -1,0 +1,99 @@
+"""Stores that cannot be opened or written, storage that fails mid-run, and a read-only store: one
+line each, exit 2 for bad input and 1 for the environment, and a finished store needs no writes."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import free_port, toy_study
+from ganscale import sample
+from ganscale.cli import app
+from ganscale.errors import RERUN, EnvironmentFailure
+from ganscale.pipeline import run_study
+from ganscale.study import load_study
+
+
+def _run(path, *args):
+    result = CliRunner().invoke(app, ["run", str(path), "--stages", "sample", *args])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    return result.exit_code, errors, result.output
+
+
+@pytest.mark.parametrize("case", ["endpoint_down", "no_bucket", "no_credentials", "under_a_file", "unwritable"])
+def test_a_store_that_cannot_be_opened_fails_in_one_line(case, ray_local, s3_endpoint, tmp_path, monkeypatch):
+    s3 = {"client_kwargs": {"endpoint_url": s3_endpoint}, "skip_instance_cache": True}
+    (tmp_path / "a_file").write_text("not a folder")
+    store, options, code, says = {
+        "endpoint_down": ("s3://ganscale-test/x.zarr", {**s3, "client_kwargs": {
+            "endpoint_url": f"http://127.0.0.1:{free_port()}"}, "config_kwargs": {"retries": {"max_attempts": 1}}},
+                          1, "the storage failed: EndpointConnectionError"),
+        "no_bucket": ("s3://no-such-bucket/x.zarr", s3, 2, "the bucket does not exist"),
+        "no_credentials": ("s3://ganscale-test/x.zarr", s3, 1, "no usable S3 credentials"),
+        "under_a_file": (str(tmp_path / "a_file" / "x.zarr"), {}, 2, "a file is in the way"),
+        "unwritable": ("/proc/ganscale.zarr", {}, 1, "the storage failed"),
+    }[case]
+    if case == "no_credentials":
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    path = toy_study(tmp_path, store=store, storage_options=options)
+    exit_code, errors, output = _run(path)
+    assert exit_code == code and len(errors) == 1, output
+    assert errors[0].startswith(f"error: store: {store}: ") and says in errors[0] and errors[0].endswith(RERUN)
+
+
+def test_storage_gone_mid_run_is_an_environment_failure_in_one_line(ray_local, tmp_path):
+    """The S3 endpoint stops while workers write: exit 1 (not 2: the input was fine), one line."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {"client_kwargs": {"endpoint_url": f"http://{host}:{port}"},
+               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
+    import s3fs
+
+    s3fs.S3FileSystem(**options).mkdir("going-away")
+    slow = {"kind": "generator", "name": "plugins:slow_dcgan", "options": {"delay": 0.3}, "samples": 640}
+    path = toy_study(tmp_path, store="s3://going-away/x.zarr", storage_options=options, datasets={"slow": slow},
+                     sample={"chunk_size": 32, "batch_size": 32, "workers": 1})
+    stopped = []
+
+    def stop_the_endpoint(dataset, chunk, info):
+        if not stopped:
+            server.stop()
+            stopped.append(chunk)
+
+    with pytest.raises(EnvironmentFailure) as failure:
+        sample.run(load_study(path), on_chunk=stop_the_endpoint)
+    assert stopped and "\n" not in str(failure.value)
+    assert "failed on a worker" in str(failure.value) or "store: s3://going-away/x.zarr" in str(failure.value)
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow
+def test_a_complete_store_reruns_read_only(toy_run):
+    """Served over plain HTTP, which cannot be written, the finished toy store reruns as a no-op
+    (all but the report, which states the store's address and so counts the new URL as a change)."""
+    study, tmp, _ = toy_run
+    handler = functools.partial(_Quiet, directory=str(tmp))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        name = study.store.rstrip("/").rsplit("/", 1)[-1]
+        read_only = study.model_copy(update={"store": f"http://127.0.0.1:{server.server_address[1]}/{name}"})
+        again = run_study(read_only, stages=["sample", "embed", "atlas", "icons", "metrics", "dissect"])
+    finally:
+        server.shutdown()
+    assert again == {name: {"skipped": "not in this study" if name in ("icons", "dissect") else "complete"}
+                     for name in again}
