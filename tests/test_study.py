@@ -134,8 +134,9 @@ def test_a_key_given_twice_is_refused(tmp_path):
         load_study(path)
 
 
-def test_environment_failures_are_one_line_with_exit_1(tmp_path):
-    """A store that cannot be created is the environment's fault (exit 1), not bad input (exit 2)."""
+def test_a_store_path_through_a_file_is_bad_input_in_one_line(tmp_path):
+    """A store path that runs through a regular file is a wrong path (exit 2), and the file is left
+    alone; environment failures (exit 1) are in tests/test_errors.py."""
     from typer.testing import CliRunner
 
     from ganscale.cli import app
@@ -144,7 +145,7 @@ def test_environment_failures_are_one_line_with_exit_1(tmp_path):
     blocker.write_text("not a folder")
     path = toy_study(tmp_path, store=str(blocker / "store.zarr"))
     result = CliRunner().invoke(app, ["run", str(path), "--stages", "sample"])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "rerun" in errors[0] and "Traceback" not in result.output
+    assert len(errors) == 1 and "a file is in the way" in errors[0] and "Traceback" not in result.output
     assert blocker.read_text() == "not a folder"
