@@ -59,25 +59,6 @@ def cuml_available() -> bool:
         return False
 
 
-def umap_learn():
-    """umap-learn, with its numba functions cached on disk (beside its sources, or in numba's user
-    cache when those are read-only). umap marks none of them cache=True, so every Ray worker
-    compiled them again. pynndescent caches its own where it can; its functions that take the
-    distance as an argument cannot be cached (their type differs between processes) and still
-    compile once per worker process."""
-    import umap
-    import umap.layouts
-    import umap.umap_
-    from numba.core.caching import NullCache
-    from numba.core.dispatcher import Dispatcher
-
-    for module in (umap.umap_, umap.layouts):
-        for value in vars(module).values():
-            if isinstance(value, Dispatcher) and isinstance(value._cache, NullCache):
-                value.enable_caching()
-    return umap
-
-
 def fit_umap(x: np.ndarray, params: UmapParams, backend: str, seed: int, pca: int | None):
     """(raw 2-d layout, fitted reducer bytes). backend: 'cuml' or 'umap-learn'."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -94,7 +75,8 @@ def fit_umap(x: np.ndarray, params: UmapParams, backend: str, seed: int, pca: in
         reducer = UMAP(n_neighbors=n_neighbors, min_dist=params.min_dist, metric=params.metric,
                        build_algo="nn_descent", random_state=seed)
     else:
-        umap = umap_learn()
+        import umap
+
         reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=params.min_dist, metric=params.metric,
                             random_state=seed, n_jobs=1)
     layout = np.asarray(reducer.fit_transform(x), dtype=np.float32)
