@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+import warnings
 
 import numpy as np
 
@@ -59,8 +60,37 @@ def cuml_available() -> bool:
         return False
 
 
-def fit_umap(x: np.ndarray, params: UmapParams, backend: str, seed: int, pca: int | None):
-    """(raw 2-d layout, fitted reducer bytes). backend: 'cuml' or 'umap-learn'."""
+# Sample counts at which umap-learn's neighbours are found exactly here (below the range umap-learn
+# finds them exactly itself; above it, pynndescent's approximate search).
+EXACT_KNN = (4096, 50_000)
+
+
+def exact_neighbours(x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest neighbours of every row (itself first) and their distances, by blocks of matrix
+    products. At the demo's size this takes seconds, where pynndescent compiles its functions that
+    take the distance as an argument in every process (~30 s of CPU: numba cannot cache them)."""
+    if metric == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = x.astype(np.float64)  # float32 products leave ~1e-3 of cancellation in a point's distance to itself
+    squares = (x ** 2).sum(1)
+    index, distance = np.empty((len(x), k), np.int64), np.empty((len(x), k), np.float32)
+    block = max(1, (1 << 24) // len(x))  # rows per block: 128 MB of float64 distances
+    for start in range(0, len(x), block):
+        d = np.maximum(squares[start:start + block, None] + squares[None] - 2.0 * (x[start:start + block] @ x.T), 0)
+        d = d / 2 if metric == "cosine" else np.sqrt(d)  # cosine: 1 - cos = |a - b|^2 / 2 for unit rows
+        nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
+        values = np.take_along_axis(d, nearest, 1)
+        order = np.argsort(values, axis=1, kind="stable")
+        index[start:start + block] = np.take_along_axis(nearest, order, 1)
+        distance[start:start + block] = np.take_along_axis(values, order, 1)
+    return index, distance
+
+
+def fit_umap(x: np.ndarray, params: UmapParams, backend: str, seed: int, pca: int | None,
+             exact: bool = False) -> tuple[np.ndarray, bytes, str]:
+    """(raw 2-d layout, fitted reducer bytes, how the neighbours were found). backend: 'cuml' or
+    'umap-learn'. `exact`: umap-learn may find the neighbours exactly (within EXACT_KNN, euclidean or
+    cosine); the reducer then has no search index and cannot transform new points."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     projection = None
     if pca and pca < x.shape[1]:
@@ -69,6 +99,7 @@ def fit_umap(x: np.ndarray, params: UmapParams, backend: str, seed: int, pca: in
         projection = PCA(n_components=pca, random_state=seed).fit(x)
         x = projection.transform(x).astype(np.float32)
     n_neighbors = min(params.n_neighbors, len(x) - 1)
+    knn = "approximate"
     if backend == "cuml":
         from cuml.manifold import UMAP
 
@@ -77,10 +108,15 @@ def fit_umap(x: np.ndarray, params: UmapParams, backend: str, seed: int, pca: in
     else:
         import umap
 
+        neighbours = (None, None, None)
+        if exact and EXACT_KNN[0] <= len(x) <= EXACT_KNN[1] and params.metric in ("euclidean", "cosine"):
+            neighbours, knn = exact_neighbours(x, n_neighbors, params.metric), "exact"
         reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=params.min_dist, metric=params.metric,
-                            random_state=seed, n_jobs=1)
-    layout = np.asarray(reducer.fit_transform(x), dtype=np.float32)
-    return layout, _dumps((projection, reducer))
+                            random_state=seed, n_jobs=1, precomputed_knn=neighbours)
+    with warnings.catch_warnings():  # "no search index, so no transform": known, and refitted instead
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
+        layout = np.asarray(reducer.fit_transform(x), dtype=np.float32)
+    return layout, _dumps((projection, reducer)), knn
 
 
 def _dumps(obj) -> bytes:
@@ -130,7 +166,9 @@ def embed_layer(study: Study, layer: str, backend: str) -> dict:
     if not np.isfinite(x).all():
         raise GanscaleError(f"embed: layer {layer} has non-finite activations in the store")
     status(f"embed {layer}: fitting {len(x):,} x {x.shape[1]} with {backend}")
-    raw, reducer = fit_umap(x, params_for(study, layer), backend, study.seed, study.embed.pca)
+    # exact neighbours leave no search index: only where new datasets are refitted, not transformed
+    raw, reducer, knn = fit_umap(x, params_for(study, layer), backend, study.seed, study.embed.pca,
+                                 exact=study.embed.new_datasets == "refit")
     status(f"embed {layer}: fitted in {time.time() - t0:.1f} s")
     layout, (low, high) = normalise(raw)
     offsets = np.cumsum([0] + counts)
@@ -141,7 +179,7 @@ def embed_layer(study: Study, layer: str, backend: str) -> dict:
         f"umap_{layer}", shape=blob.shape, chunks=(max(1, min(len(blob), 1 << 24)),), dtype=np.uint8,
         overwrite=True)[:] = blob
     return {"layer": layer, "backend": backend, "samples": int(len(x)), "seconds": round(time.time() - t0, 2),
-            "bounds": [low.tolist(), high.tolist()]}
+            "bounds": [low.tolist(), high.tolist()], "knn": knn}
 
 
 def transform_layer(study: Study, layer: str, datasets: list[str], bounds) -> dict:
@@ -189,6 +227,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
         # datasets fitted before keep their layout when only new ones came (embed.new_datasets: transform)
         new = [n for n in study.datasets if previous is not None and f"sample/{n}" not in previous["inputs"]]
         if (study.embed.new_datasets == "transform" and previous is not None and new
+                and previous.get("knn") != "exact"  # that reducer has no search index: refit
                 and previous["inputs"]["params"] == inputs[layer]["params"]
                 and all(inputs[layer].get(k) == v for k, v in previous["inputs"].items() if k.startswith("sample/"))):
             transforms[layer] = new
@@ -209,14 +248,14 @@ def run(study: Study, *, address: str | None = None) -> dict:
         (ref,), _ = ray.wait(list(pending), num_returns=1)
         layer, result = pending.pop(ref), ray.get(ref)
         ledger.record(root, NAME, layer, inputs[layer], result["seconds"], backend=result["backend"],
-                      samples=result["samples"], bounds=result["bounds"])
+                      samples=result["samples"], bounds=result["bounds"], knn=result["knn"])
         bar.advance(1, f"{layer} in {result['seconds']:.0f} s")
         log.info("embed %s: %d samples with %s in %.1f s", layer, result["samples"], backend, result["seconds"])
     bar.close()
     for (layer, new), result in zip(transforms.items(), ray.get(transform_refs)):
         previous = ledger.entry(root, NAME, layer)
         ledger.record(root, NAME, layer, inputs[layer], previous["seconds"] + result["seconds"],
-                      **{k: previous[k] for k in ("backend", "samples", "bounds") if k in previous},
+                      **{k: previous[k] for k in ("backend", "samples", "bounds", "knn") if k in previous},
                       transformed=sorted(set(previous.get("transformed", [])) | set(new)))
         log.info("embed %s: transformed %s into the existing layout", layer, ", ".join(new))
     return {"fitted": fits, "transformed": {k: v for k, v in transforms.items()},

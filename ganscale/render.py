@@ -60,56 +60,113 @@ def kl_heatmap(table: np.ndarray, layers: list[str], grids: list[int], title: st
     return path
 
 
+GAP = 2  # white pixels between the pictures of a row
+
+
+def _fit(image: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int, int, int]:
+    """`image` (HWC) enlarged by the largest whole factor that fits, centred on a white
+    height x width cell: (cell, factor, top, left)."""
+    h, w = image.shape[:2]
+    factor = max(1, min(height // h, width // w))
+    image = image.repeat(factor, 0).repeat(factor, 1)[:height, :width]
+    cell = np.ones((height, width, 3), np.float32)
+    top, left = (height - image.shape[0]) // 2, (width - image.shape[1]) // 2
+    cell[top:top + image.shape[0], left:left + image.shape[1]] = image
+    return cell, factor, top, left
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    image = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
+    return np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image[..., :3]
+
+
+def _row_figure(rows: list[tuple[str, np.ndarray]], n_cols: int, title: str):
+    """One axes per row showing that row's pictures composed into one image (one axes per picture
+    made the report's figures cost seconds each: matplotlib lays out every axes and its ticks).
+    Returns the figure and the row axes, for drawing on before `_save`."""
+    fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * n_cols + 1.6, 1.15 * len(rows) + 0.6), squeeze=False)
+    for ax, (label, canvas) in zip(axes[:, 0], rows):
+        ax.imshow(canvas, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return fig, axes[:, 0]
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def _compose(cells: list[np.ndarray], n_cols: int, height: int, width: int) -> np.ndarray:
+    canvas = np.ones((height, n_cols * (width + GAP) - GAP, 3), np.float32)
+    for i, cell in enumerate(cells):
+        canvas[:, i * (width + GAP):i * (width + GAP) + width] = cell
+    return canvas
+
+
 def example_panel(rows: list[tuple[str, list[np.ndarray], list[tuple[int, int, int, int]]]], title: str,
                   path: Path) -> Path:
     """One row per (cell, dataset): example images with the receptive-field box of the sampled
-    position, and the patch itself beside each image."""
+    position, and the patch itself (enlarged) beside each image."""
     n_cols = max((2 * len(images) for _, images, _ in rows), default=2)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.1 * n_cols + 1.5, 1.15 * len(rows) + 0.6),
-                             squeeze=False)
-    for r, (label, images, boxes) in enumerate(rows):
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-        for c in range(n_cols):
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            for spine in axes[r, c].spines.values():
-                spine.set_visible(c < 2 * len(images))
+    pictures = [image for _, images, _ in rows for image in images]
+    height = max((p.shape[0] for p in pictures), default=1)
+    width = max((p.shape[1] for p in pictures), default=1)
+    composed, placed = [], []
+    for label, images, boxes in rows:
+        cells, row_boxes = [], []
         for i, (image, (y0, x0, y1, x1)) in enumerate(zip(images, boxes)):
-            axes[r, 2 * i].imshow(image, interpolation="nearest")
-            axes[r, 2 * i].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="yellow",
-                                               linewidth=1.2))
-            axes[r, 2 * i + 1].imshow(image[y0:y1, x0:x1], interpolation="nearest")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+            image = _rgb(image)
+            cell, factor, top, left = _fit(image, height, width)
+            cells += [cell, _fit(image[y0:y1, x0:x1], height, width)[0]]
+            x = 2 * i * (width + GAP) + left
+            row_boxes.append((x + x0 * factor - 0.5, top + y0 * factor - 0.5, (x1 - x0) * factor, (y1 - y0) * factor))
+        composed.append((label, _compose(cells, n_cols, height, width)))
+        placed.append(row_boxes)
+    fig, axes = _row_figure(composed, n_cols, title)
+    for ax, row_boxes in zip(axes, placed):
+        for x, y, w, h in row_boxes:
+            ax.add_patch(Rectangle((x, y), w, h, fill=False, color="yellow", linewidth=1.2))
+    return _save(fig, path, 100)
+
+
+def _overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """The heat map (normalised to its own range, as imshow does) in the inferno colours over the
+    image, stretched bilinearly to the image's size."""
+    from scipy.ndimage import zoom
+
+    h, w = image.shape[:2]
+    heat = np.asarray(heat, dtype=np.float64)
+    if heat.shape != (h, w):
+        heat = zoom(heat, (h / heat.shape[0], w / heat.shape[1]), order=1, grid_mode=True, mode="nearest")
+    span = heat.max() - heat.min()
+    colours = plt.get_cmap("inferno")((heat - heat.min()) / span if span > 0 else np.zeros_like(heat))[..., :3]
+    return ((1 - alpha) * image + alpha * colours).astype(np.float32)
 
 
 def image_rows(rows: list[tuple[str, list[np.ndarray]]], title: str, path: Path,
                overlays: list[list[np.ndarray | None]] | None = None) -> Path:
     """One labelled row of images (HWC in [0, 1]) per entry; optional heat maps drawn over them."""
     n_cols = max((len(images) for _, images in rows), default=1)
-    fig, axes = plt.subplots(len(rows), n_cols, figsize=(1.1 * n_cols + 1.6, 1.15 * len(rows) + 0.6), squeeze=False)
+    pictures = [image for _, images in rows for image in images]
+    height = max((p.shape[0] for p in pictures), default=1)
+    width = max((p.shape[1] for p in pictures), default=1)
+    composed = []
     for r, (label, images) in enumerate(rows):
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-        for c in range(n_cols):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c >= len(images):
-                ax.axis("off")
-                continue
-            ax.imshow(np.clip(images[c], 0, 1), interpolation="nearest")
+        cells = []
+        for c, image in enumerate(images):
+            image = _rgb(image)
             heat = overlays[r][c] if overlays else None
-            if heat is not None:
-                h, w = images[c].shape[:2]
-                ax.imshow(heat, cmap="inferno", alpha=0.55, interpolation="bilinear", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+            cells.append(_fit(image if heat is None else _overlay(image, heat), height, width)[0])
+        composed.append((label, _compose(cells, n_cols, height, width)))
+    fig, _ = _row_figure(composed, n_cols, title)
+    return _save(fig, path, 100)
 
 
 def line_panels(panels: list[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]]], title: str, path: Path,

@@ -107,3 +107,15 @@ def test_pca_before_umap(ray_local, tmp_path):
     assert projection.n_components_ == 4
     layout = root["datasets/a/layers/block1/umap"][:]
     assert layout.shape == (100, 2) and np.isfinite(layout).all()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_exact_neighbours_match_a_brute_force_search(metric):
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.random.default_rng(0).normal(size=(700, 12)).astype(np.float32)
+    index, distance = embed.exact_neighbours(x, 10, metric)
+    want_distance, want_index = NearestNeighbors(n_neighbors=10, metric=metric, algorithm="brute").fit(x).kneighbors(x)
+    assert (index[:, 0] == np.arange(700)).all()  # every point is its own nearest neighbour, as umap-learn expects
+    assert (index == want_index).mean() > 0.999  # (ties may swap)
+    np.testing.assert_allclose(distance, want_distance, atol=1e-5)
