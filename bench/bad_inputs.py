@@ -95,7 +95,7 @@ REFERENCE = {
 }
 REF_STAGES = "sample,embed,atlas"
 SAMPLE = ["--stages", "sample"]
-LATE_S = 1.0  # how long to wait for lines Ray prints after a command returned
+QUIET_S, LATE_LIMIT_S = 3.0, 30.0  # after a command that used Ray: wait for this much quiet, at most this long
 
 
 def merged(base: dict, overrides: dict) -> dict:
@@ -617,6 +617,15 @@ class Tee:
         return getattr(self.inner, name)
 
 
+def wait_until_quiet(tee: Tee, quiet_s: float, limit_s: float) -> None:
+    t0 = time.time()
+    seen, last_change = len(tee.lines), time.time()
+    while time.time() - last_change < quiet_s and time.time() - t0 < limit_s:
+        time.sleep(0.25)
+        if len(tee.lines) != seen:
+            seen, last_change = len(tee.lines), time.time()
+
+
 @contextlib.contextmanager
 def native_stderr():
     """What native code (Ray's C++ core worker in this process) writes to file descriptor 2 meanwhile:
@@ -689,7 +698,10 @@ def run_kind(bench: Bench, name: str) -> dict:
         out["native_stderr"] = native[:20]  # Ray's C++ logs, on file descriptor 2 (not counted, see below)
     if isinstance(sys.stderr, Tee):
         gc.collect()  # what the command left unclosed reports now, not during the next command
-        time.sleep(LATE_S)
+        # Ray forwards a dying actor's output (and its restarts') for a while after the command
+        # returned: wait until it is quiet so those lines land here, not in the next kind's row.
+        used_ray = out["seconds"] > 2 or any("pid=" in line for line in out["other_stderr"] + out["stdout"])
+        wait_until_quiet(sys.stderr, quiet_s=QUIET_S if used_ray else 0.3, limit_s=LATE_LIMIT_S)
         late = [line for line in sys.stderr.take() if "[ganscale]" not in line]
         if late:
             out["late_stderr"] = late[:20]  # printed by Ray after the command returned (not counted)
