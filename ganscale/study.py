@@ -105,7 +105,7 @@ class SampleSettings(_Strict):
 
 
 class UmapParams(_Strict):
-    n_neighbors: PositiveInt = 50
+    n_neighbors: int = Field(default=50, ge=2)  # UMAP needs a neighbour besides the point itself
     min_dist: float = Field(default=0.05, ge=0)
     metric: Literal["euclidean", "cosine", "manhattan", "correlation"] = "cosine"
 
