@@ -225,6 +225,23 @@ class ChunkSampler:
             torch.set_num_threads(threads)
         self.study = study
         self.files = files or {}
+        self.owner = owner
+        self.probe = None  # the models are built by _build, on first use: a failure in an actor's
+        # constructor prints Ray's whole traceback (and is retried), one in a method gives one line
+        # run_chunk may be called by two threads (an actor with max_concurrency=2): one computes the
+        # next chunk while the other writes its chunk; each lock lets one thread at a time through.
+        self._computing = threading.Lock()
+        self._writing = threading.Lock()
+        self.generators: dict[str, object] = {}
+        self._seeds: dict[str, np.ndarray] = {}
+        self._draws: dict[tuple[str, str], np.ndarray] = {}
+        self._folder_sides: dict[str, int] = {}
+        self.image_sizes: dict[str, list[int]] = {}  # dataset -> [H, W] of its own pixels, as computed
+
+    def _build(self) -> None:
+        """The device, the probe (and FID network) and the store, once."""
+        if self.probe is not None:
+            return
         self.device = pick_device(self.study.sample.device)
         settings = self.study.sample
         if self.device.type != "cuda" and (settings.precision != "fp32" or settings.channels_last):
@@ -232,30 +249,22 @@ class ChunkSampler:
                                 "and this worker computes on the CPU; use precision: fp32, channels_last: false")
         self.bf16 = settings.precision == "bf16"
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
-        self.probe = registry.build_probe(self.study.probe, self.study.storage_options).only(self.study.layers)
-        self.probe.to(self.device)
+        probe = registry.build_probe(self.study.probe, self.study.storage_options).only(self.study.layers)
+        probe.to(self.device)
         if settings.channels_last:  # the probe's nn.Module (a HookedProbe wraps one)
-            module = getattr(self.probe, "module", self.probe)
+            module = getattr(probe, "module", probe)
             if not isinstance(module, torch.nn.Module):
                 raise GanscaleError(f"sample.channels_last: probe {self.study.probe.name} is not a torch module")
             module.to(memory_format=torch.channels_last)
-        # run_chunk may be called by two threads (an actor with max_concurrency=2): one computes the
-        # next chunk while the other writes its chunk; each lock lets one thread at a time through.
-        self._computing = threading.Lock()
-        self._writing = threading.Lock()
         self.fid_net = None
         if self.study.metrics.fid_inception:
             from ganscale.models.fid_inception import load_fid_inception
 
             spec = self.study.metrics.fid_inception
             self.fid_net = load_fid_inception(spec.weights, spec.sha256, self.study.storage_options).to(self.device)
-        self.generators: dict[str, object] = {}
         self.root = schema.open_store(self.study.store, self.study.storage_options)
-        self.leases = lease.Leases(self.root, owner)  # the driver's run owns the chunks its workers take
-        self._seeds: dict[str, np.ndarray] = {}
-        self._draws: dict[tuple[str, str], np.ndarray] = {}
-        self._folder_sides: dict[str, int] = {}
-        self.image_sizes: dict[str, list[int]] = {}  # dataset -> [H, W] of its own pixels, as computed
+        self.leases = lease.Leases(self.root, self.owner)  # the driver's run owns the chunks its workers take
+        self.probe = probe
 
     def _generator(self, dataset: str):
         if dataset not in self.generators:
@@ -295,6 +304,7 @@ class ChunkSampler:
         Every source is measured the same way (sources.RESIZE_NOTE): sharpness and colour histograms
         on its own pixels, the FID network on its own pixels (resized once, to 299, inside
         `features`), the probe on its own pixels resized once to the probe's input size."""
+        self._build()
         layout = layout_for(self.study, dataset)
         start, stop = layout.chunk_range(chunk)
         batch_size = self.study.sample.batch_size
@@ -355,19 +365,25 @@ class ChunkSampler:
 
     @torch.inference_mode()
     def preflight(self, datasets: list[str]) -> None:
-        """Build every model these datasets need and push one batch of each through the probe
-        (and the FID network): the checks that can only be made by running them."""
+        """Build every model these datasets need, read the first batch of every image or array
+        source, and push one image of each through the probe (and the FID network): the checks that
+        can only be made by running them."""
+        self._build()
         for dataset in datasets:
-            images, _, _ = self._images(dataset, np.zeros(1, dtype=np.int64))
-            self._probe(images)
+            spec = self.study.datasets[dataset]
+            first = min(self.study.sample.batch_size, spec.samples) if spec.kind in ("images", "arrays") else 1
+            images, _, _ = self._images(dataset, np.arange(first, dtype=np.int64))
+            self._probe(images[:1])
             if self.fid_net is not None:
-                self.fid_net.features(images)
+                self.fid_net.features(images[:1])
 
     def run_chunk(self, dataset: str, chunk: int) -> tuple[str, int, int, dict]:
         """Compute and write one chunk, under its lease. With two calls in flight on a threaded
         actor, chunk i's write overlaps chunk i+1's compute; each call returns (or fails) only once
         its own chunk is written and marked done. Returns (dataset, chunk, samples written, info):
         nothing is written when another run holds the chunk (info["held_by"]) or has finished it."""
+        with self._computing:
+            self._build()
         name = f"sample/{dataset}/{chunk}"
         holder = self.leases.acquire(name)
         if holder is not None:
@@ -453,7 +469,7 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
         for actor in actors:
             ray.kill(actor)
-        raise worker_failure(e, "sample: checking the inputs on a worker") from None
+        raise worker_failure(e, "sample: checking the inputs") from None
     prepare_store(study, root, plans)
 
     def samples_in(task):

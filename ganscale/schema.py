@@ -102,6 +102,9 @@ def store_error(url: str, error: BaseException) -> Exception | None:
     module = type(error).__module__ or ""
     if isinstance(error, (NotADirectoryError, FileExistsError)):
         return GanscaleError(f"store: {url}: a file is in the way ({getattr(error, 'strerror', None) or text})")
+    if isinstance(error, ValueError) and "protocol not known" in text.lower():
+        return GanscaleError(f"store: {url}: unknown storage protocol (local paths, s3://, or another "
+                             "installed fsspec protocol)")
     if isinstance(error, FileNotFoundError) and "bucket" in text.lower():
         return GanscaleError(f"store: {url}: the bucket does not exist")
     if isinstance(error, PermissionError):

@@ -193,3 +193,16 @@ class PixelScenes:
 
 def pixel_scenes(side: int = 64, weights=None):
     return PixelScenes(side)
+
+
+def raises_while_building(weights=None):
+    raise RuntimeError("the plugin's own bug while building")
+
+
+class _RaisesWhileGenerating(_Wrapped):
+    def generate(self, seeds):
+        raise RuntimeError("the plugin's own bug while generating")
+
+
+def raises_while_generating(weights=None):
+    return _RaisesWhileGenerating(_toy(weights))

@@ -24,7 +24,8 @@ def _run(path, *args):
     return result.exit_code, errors, result.output
 
 
-@pytest.mark.parametrize("case", ["endpoint_down", "no_bucket", "no_credentials", "under_a_file", "unwritable"])
+@pytest.mark.parametrize("case", ["endpoint_down", "no_bucket", "no_credentials", "under_a_file", "unwritable",
+                                  "unknown_protocol"])
 def test_a_store_that_cannot_be_opened_fails_in_one_line(case, ray_local, s3_endpoint, tmp_path, monkeypatch):
     s3 = {"client_kwargs": {"endpoint_url": s3_endpoint}, "skip_instance_cache": True}
     (tmp_path / "a_file").write_text("not a folder")
@@ -36,6 +37,7 @@ def test_a_store_that_cannot_be_opened_fails_in_one_line(case, ray_local, s3_end
         "no_credentials": ("s3://ganscale-test/x.zarr", s3, 1, "no usable S3 credentials"),
         "under_a_file": (str(tmp_path / "a_file" / "x.zarr"), {}, 2, "a file is in the way"),
         "unwritable": ("/proc/ganscale.zarr", {}, 1, "the storage failed"),
+        "unknown_protocol": ("ftp2://host/x.zarr", {}, 2, "unknown storage protocol"),
     }[case]
     if case == "no_credentials":
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
@@ -97,3 +99,32 @@ def test_a_complete_store_reruns_read_only(toy_run):
         server.shutdown()
     assert again == {name: {"skipped": "not in this study" if name in ("icons", "dissect") else "complete"}
                      for name in again}
+
+
+@pytest.mark.parametrize("plugin", ["raises_while_building", "raises_while_generating"])
+def test_a_plugin_s_own_failure_is_bad_input_naming_the_dataset(plugin, ray_local, tmp_path):
+    path = toy_study(tmp_path, datasets={"mine": {"kind": "generator", "name": f"plugins:{plugin}", "samples": 64}})
+    exit_code, errors, output = _run(path)
+    assert exit_code == 2 and len(errors) == 1, output
+    assert errors[0].startswith(f"error: datasets.mine.name: plugin 'plugins:{plugin}' failed while ")
+    assert "RuntimeError: the plugin's own bug" in errors[0] and "on a worker" not in errors[0]
+    assert not (tmp_path / "store.zarr" / "datasets").exists()  # refused before the first write
+
+
+@pytest.mark.slow
+def test_wrong_probe_weights_print_one_line_not_ray_s_traceback(tmp_path):
+    """The probe is built in a worker's method, not its constructor: Ray prints a failed
+    constructor's whole traceback (and retries it), a failed method only returns its error."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = toy_study(tmp_path, probe={"weights": "builtin:dcgan_full.pt"})
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "ganscale"), "run", str(path), "--stages", "sample"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: probe.weights: weights do not fit")
+    assert "Traceback" not in proc.stderr + proc.stdout, (proc.stderr + proc.stdout)[-3000:]

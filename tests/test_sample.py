@@ -381,7 +381,7 @@ def test_bf16_and_channels_last_are_cuda_only_and_enter_the_fingerprint(tmp_path
         assert sample.fingerprint(study, "full") != sample.fingerprint(fp32, "full")
         if not torch.cuda.is_available():
             with pytest.raises(GanscaleError, match="sample.precision/channels_last: .*CUDA workers only"):
-                sample.ChunkSampler(study)
+                sample.ChunkSampler(study)._build()
     assert "numerics" not in sample.numerics(fp32)
 
 

@@ -316,6 +316,31 @@ def check_generator_spec(spec, field: str) -> None:
                              f"(known: {', '.join(sorted(OPTIONS))})")
 
 
+class PluginGenerator:
+    """A plugin's generator, whose own failures while generating are reported as bad input that
+    names the dataset (exit 2), not as a ganscale or environment failure."""
+
+    def __init__(self, inner, name: str, field: str):
+        self.inner, self.name, self.field = inner, name, field
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+    def to(self, device):
+        moved = self.inner.to(device)
+        self.inner = moved if moved is not None else self.inner
+        return self
+
+    def generate(self, seeds):
+        try:
+            return self.inner.generate(seeds)
+        except GanscaleError:
+            raise
+        except Exception as e:
+            raise GanscaleError(f"{self.field}.name: plugin '{self.name}' failed while generating: "
+                                f"{type(e).__name__}: {e}") from None
+
+
 def build_generator(spec, field: str, storage_options: dict | None = None) -> Generator:
     if ":" in spec.name:
         factory = _import_plugin(spec.name, f"{field}.name")
@@ -323,7 +348,15 @@ def build_generator(spec, field: str, storage_options: dict | None = None) -> Ge
         if spec.weights:
             kwargs["weights"] = str(weights_io.resolve(spec.weights, spec.sha256, field=f"{field}.weights",
                                                        storage_options=storage_options))
-        generator = factory(**kwargs)
+        try:
+            generator = factory(**kwargs)
+        except GanscaleError:
+            raise
+        except Exception as e:  # the user's code or options: bad input, named by the field
+            raise GanscaleError(f"{field}.name: plugin '{spec.name}' failed while building: "
+                                f"{type(e).__name__}: {e}") from None
+        generator = PluginGenerator(generator, spec.name, field) \
+            if callable(getattr(generator, "generate", None)) else generator
     else:
         generator = GENERATORS[spec.name](spec, field, storage_options)
     if not callable(getattr(generator, "generate", None)):
