@@ -65,6 +65,7 @@ def main() -> None:
             """The three passes in this process, plain Python merges; (seconds, statistics)."""
             t0 = time.perf_counter()
             worker = DissectWorker(study, "full", threads)
+            worker.ready()
             chunks = [(s, seeds[s:s + args.chunk]) for s in range(0, len(seeds), args.chunk)]
             ranges = merged([worker.ranges(c, s) for s, c in chunks])
             hist = merged([worker.histograms(c, {k: (r.low, r.high) for k, r in ranges.items()}) for _, c in chunks])
@@ -80,7 +81,9 @@ def main() -> None:
         ray.init(address="local", num_cpus=os.cpu_count(), logging_level="ERROR", include_dashboard=False)
         t0 = time.perf_counter()
         actor = ray.remote(DissectWorker).options(num_cpus=max(0.25, (os.cpu_count() or 2) - 1))
-        stage = dissect.unit_statistics(study, "full", [actor.remote(study, "full", threads)], seeds)
+        remote = actor.remote(study, "full", threads)
+        ray.get(remote.ready.remote())
+        stage = dissect.unit_statistics(study, "full", [remote], seeds)
         staged = time.perf_counter() - t0
         ray.shutdown()
         loop_second, _, _ = loop()

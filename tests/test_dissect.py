@@ -160,15 +160,21 @@ def test_iou_and_iqr_by_hand():
     assert independent.iqr()[0, 1, 0] == pytest.approx(0.0, abs=1e-12)
 
 
+def _ready(worker_):
+    worker_.ready()
+    return worker_
+
+
 def test_two_workers_give_the_statistics_of_one(ray_local, tmp_path):
     path = toy_study(tmp_path, sample={"batch_size": 30}, dissect={"layers": ["layer2"], "samples": 120,
                                                                     "chunk_size": 120})
     study = load_study(path)
     seeds = sources.dataset_seeds(study.seed, "x", 120)
-    one = dissect.unit_statistics(study, "full", [worker.DissectWorker(study, "full")], seeds)
+    one = dissect.unit_statistics(study, "full", [_ready(worker.DissectWorker(study, "full"))], seeds)
     split = study.model_copy(update={"dissect": study.dissect.model_copy(update={"chunk_size": 30})})
     actor = ray_local.remote(worker.DissectWorker).options(num_cpus=0.25)
     workers = [actor.remote(split, "full", 1) for _ in range(2)]
+    ray_local.get([w.ready.remote() for w in workers])
     two = dissect.unit_statistics(split, "full", workers, seeds)
     np.testing.assert_array_equal(two["histograms"]["layer2"].counts, one["histograms"]["layer2"].counts)
     np.testing.assert_array_equal(two["contingency"]["layer2"].intersection, one["contingency"]["layer2"].intersection)

@@ -265,6 +265,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
         t0 = time.time()
         workers = _Workers(study, name)
         try:
+            workers.get()  # every worker's models built and checked before anything is written
             dissect_generator(study, root, name, fp, workers)
         finally:
             workers.close()

@@ -52,23 +52,35 @@ class DissectWorker:
     intervention tasks. A Ray actor, or a plain object in one process."""
 
     def __init__(self, study: Study, generator: str, threads: int | None = None):
+        # Models are built by ready(), not here: Ray prints a failed actor constructor's whole
+        # traceback (and retries it), while a failed method returns one error.
+        self.study, self.name, self.threads = study, generator, threads
+        self.generator = None
+
+    def ready(self) -> bool:
+        """Build the generator, segmenter and hooks, and check the generator is deterministic: the
+        checks that fail on bad weights or layer names. Call it first (the stage does)."""
+        if self.generator is not None:
+            return True
         from ganscale.models import registry
 
-        if threads:
-            torch.set_num_threads(threads)
-        self.study, self.name = study, generator
+        study, generator = self.study, self.name
+        if self.threads:
+            torch.set_num_threads(self.threads)
         self.device = pick_device(study.sample.device)
-        self.generator = registry.build_generator(study.datasets[generator], f"datasets.{generator}",
-                                                  study.storage_options).to(self.device)
+        built = registry.build_generator(study.datasets[generator], f"datasets.{generator}",
+                                         study.storage_options).to(self.device)
         self.segmenter = build_segmenter(study).to(self.device)
         self.class_names = list(self.segmenter.class_names)
         self.classes = len(self.class_names)
         self.batch = batch_size(study)
         for layer in study.dissect.layers:
-            intervene.layer_module(self.generator, layer)
+            intervene.layer_module(built, layer)
         seeds = sources.dataset_seeds(study.seed, f"dissect/{generator}", 2).tolist()
-        intervene.check_deterministic(self.generator, seeds, f"datasets.{generator}")
+        intervene.check_deterministic(built, seeds, f"datasets.{generator}")
         self._probe = None
+        self.generator = built
+        return True
 
     # -- unit statistics
 
@@ -246,10 +258,6 @@ class DissectWorker:
                 inserted = _thumbnails(intervene.render(self.generator, padded)[:keep])
             out.append(np.stack([original, ablated, inserted]))
         return np.stack(out) if out else np.zeros((0, 3, keep) + original.shape[1:], np.uint8)
-
-    def ready(self) -> bool:
-        return True
-
 
 def _thumbnails(images: torch.Tensor) -> np.ndarray:
     """[B, 3, H, W] in [0, 1] -> [B, h, w, 3] uint8, at most THUMBNAIL a side."""

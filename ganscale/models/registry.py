@@ -389,7 +389,7 @@ def _toy_segmenter(weights: str | None = None, sha256: str | None = None):
 
     module = ToySegmenter()
     load_strict(module, weights_io.load_state_dict(weights or "builtin:segmenter.pt", sha256,
-                                                   field="segmenter.weights"), "segmenter.weights")
+                                                   field="dissect.segmenter.weights"), "dissect.segmenter.weights")
     return ModuleSegmenter(module, list(CLASS_NAMES))
 
 
@@ -407,5 +407,5 @@ SEGMENTERS: dict[str, Callable[..., Any]] = {"toy_segmenter": _toy_segmenter, "a
 
 def build_segmenter(name: str, weights: str | None = None, sha256: str | None = None):
     if name not in SEGMENTERS:
-        raise GanscaleError(f"segmenter: unknown segmenter '{name}' (known: {', '.join(SEGMENTERS)})")
+        raise GanscaleError(f"dissect.segmenter.name: unknown segmenter '{name}' (known: {', '.join(SEGMENTERS)})")
     return SEGMENTERS[name](weights, sha256)
