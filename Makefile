@@ -32,7 +32,7 @@ browser:
 	  || echo "chromium not installed: the browser tests will skip"; }
 
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 bench: install
 	$(PY) bench/sample.py

@@ -141,6 +141,20 @@ class Leases:
             except FileNotFoundError:
                 pass
 
+    def drop(self, prefix: str, owner: str) -> None:
+        """Delete the leases under `prefix` that `owner` holds: a run that stops (an error, Ctrl-C)
+        frees what its killed workers held, so a rerun need not wait for them to expire."""
+        try:
+            paths = self.fs.find(self._path(prefix))
+        except FileNotFoundError:
+            return
+        for path in paths:
+            try:
+                if json.loads(self.fs.cat_file(path)).get("owner") == owner:
+                    self.fs.rm_file(path)
+            except (FileNotFoundError, ValueError):
+                pass
+
     def _renew_forever(self) -> None:
         while True:
             time.sleep(self.ttl / 3)

@@ -521,6 +521,7 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
         progress.close()
         for actor in actors:
             ray.kill(actor)
+        lease.of(root).drop("sample", owner)  # what the killed workers held, should this run have failed
     finish_staged(study, root, plans)
     seconds = time.time() - t0
     record_finished(study, root, plans, chunks_done, seconds)
