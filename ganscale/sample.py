@@ -444,7 +444,7 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     queue = [(p.name, c) for p in plans for c in p.pending]
     skipped = total_chunks - len(queue)
     sizes = {p.name: p.layout for p in plans}
-    sizes_fp = {p.name: p.fingerprint for p in plans}
+    fingerprints = {p.name: p.fingerprint for p in plans}
     if not queue:
         log.info("sample: all %d chunks already done", total_chunks)
         finish_staged(study, root, plans)  # a run stopped between its last chunk and the swap
@@ -462,8 +462,9 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     actor_cls = ray.remote(max_restarts=3, max_task_retries=3, max_concurrency=CHUNKS_IN_FLIGHT)(ChunkSampler)
     actors = [actor_cls.options(**resources).remote(study, files, threads, owner)
               for _ in range(n_workers)]
-    # Every model built and one batch of every source read, on a worker, before the first write:
-    # bad weights, plugins or images fail here and the store stays as it was.
+    # Every model built, the first batch of every image source read and one image of every source
+    # probed, on a worker, before the first write: bad weights, plugins or images fail here and the
+    # store stays as it was.
     try:
         ray.get(actors[0].preflight.remote(sorted({name for name, _ in queue})))
     except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
@@ -508,11 +509,11 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
             time.sleep(lease.POLL)
             dropped = []
             for dataset, chunk in list(held_elsewhere):
-                group = sampled_group(root, dataset, sizes_fp[dataset])
+                group = sampled_group(root, dataset, fingerprints[dataset])
                 if group is not None and group["done"][chunk]:
                     del held_elsewhere[dataset, chunk]
                     progress.advance(samples_in((dataset, chunk)))
-                elif not leases.live(leases.holder(f"sample/{dataset}/{chunk}")):  # released unfinished, or its run stopped
+                elif not leases.live(leases.holder(f"sample/{dataset}/{chunk}")):  # its run stopped unfinished
                     del held_elsewhere[dataset, chunk]
                     dropped.append((dataset, chunk))
             if dropped:
@@ -521,7 +522,11 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
         progress.close()
         for actor in actors:
             ray.kill(actor)
-        lease.of(root).drop("sample", owner)  # what the killed workers held, should this run have failed
+        try:  # free what the killed workers held, should this run have failed; best effort: the
+            lease.of(root).drop("sample", owner)  # storage itself may be what failed (they expire anyway)
+        except Exception as e:
+            log.warning("sample: could not release this run's chunk leases (%s); they expire in %d s",
+                        type(e).__name__, lease.TTL)
     finish_staged(study, root, plans)
     seconds = time.time() - t0
     record_finished(study, root, plans, chunks_done, seconds)
