@@ -52,19 +52,6 @@ import torch
 from plugins import _toy, _Wrapped
 
 
-def raises_on_build(weights=None):
-    raise RuntimeError("the plugin's own bug while building")
-
-
-class _RaisesOnGenerate(_Wrapped):
-    def generate(self, seeds):
-        raise RuntimeError("the plugin's own bug while generating")
-
-
-def raises_on_generate(weights=None):
-    return _RaisesOnGenerate(_toy(weights))
-
-
 def not_a_generator(weights=None):
     return object()
 
@@ -332,8 +319,8 @@ def _(b, d, store):
 
 for _name, _plugin in [("plugin module missing", "nosuchmodule:make"), ("plugin function missing", "plugins:nosuch"),
                        ("plugin not module:function", "plugins.nan_dcgan"),
-                       ("plugin raises on build", "badin_faults:raises_on_build"),
-                       ("plugin raises on generate", "badin_faults:raises_on_generate"),
+                       ("plugin raises on build", "plugins:raises_while_building"),
+                       ("plugin raises on generate", "plugins:raises_while_generating"),
                        ("plugin returns no generator", "badin_faults:not_a_generator"),
                        ("plugin returns NaN", "plugins:nan_dcgan"),
                        ("plugin returns wrong shape", "plugins:wrong_shape_dcgan"),
