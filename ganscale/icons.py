@@ -371,7 +371,7 @@ def icon_atlas_figures(study: Study, root, out: Path, pairs: list[tuple[str, str
             plain = icon_canvas(stored, has=has)
             zoom = max(1, -(-720 // plain.shape[0]))  # small atlases enlarged (nearest) to ~720 px or more
             path = folder / f"{layer}_g{grid}.png"
-            Image.fromarray(plain.repeat(zoom, 0).repeat(zoom, 1)).save(path, optimize=True)
+            Image.fromarray(plain.repeat(zoom, 0).repeat(zoom, 1)).save(path)
             written.append(IconFigure(layer, grid, path))
             counts = group["counts"][...]
             for a, b in pairs:

@@ -455,7 +455,9 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     n_workers, resources = worker_resources(study.sample.device, workers or study.sample.workers)
     n_workers = min(n_workers, len(queue))
     threads = max(1, int(resources["num_cpus"]))
-    files = ray.put({p.name: p.files for p in plans if p.files is not None})
+    # Inline, not ray.put: Ray warns about (and cannot restart from) constructor arguments in the
+    # object store; it puts a large listing there itself, a 300k-file folder only.
+    files = {p.name: p.files for p in plans if p.files is not None}
     owner = lease.new_owner()
     # Two chunks in flight per actor (two threads, see run_chunk): one writes while the next computes,
     # and the next is already queued when one finishes, so the actor never waits for the driver.

@@ -99,7 +99,8 @@ def _thumbnails(study: Study, root, dataset: str, ids: list[int], thumb: int, ou
             if slot == SHEET_THUMBS - 1 or i == len(ids) - 1:
                 name = f"sprites/D{d}_{k}.{ext}"
                 image = Image.fromarray(sheet)
-                image.save(out / name, **({"optimize": True} if ext == "png" else {"quality": 90}))
+                # PIL's default PNG level: optimize=True (level 9) took 1.6 s more of the demo report for 1% smaller files
+                image.save(out / name, **({} if ext == "png" else {"quality": 90}))
                 files.append(name)
     return {"files": files, "thumb": thumb, "columns": SHEET_COLUMNS, "per_sheet": SHEET_THUMBS}
 
@@ -119,7 +120,7 @@ def _icons(group, grid: int, out: Path, name: str) -> dict | None:
     if grid * size > ICON_ATLAS_MAX:
         size = max(1, ICON_ATLAS_MAX // grid)
         image = image.resize((grid * size, grid * size), Image.LANCZOS)
-    image.save(out / name, optimize=True)
+    image.save(out / name)
     objective = [None] * (grid * grid)
     if "icon_objective" in group:
         values = np.asarray(group["icon_objective"][...], dtype=np.float64).ravel()
