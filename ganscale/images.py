@@ -86,6 +86,36 @@ def images_by_id(study: Study, root, dataset: str, ids, generators: dict | None 
     return images
 
 
+class ImageCache:
+    """Stored samples as images by (dataset, sample id), regenerated (or read) once for every part
+    of the report that shows them: one generator call per request for all the ids missing, and one
+    built generator per dataset. `keep=False` uses what is cached without keeping the new images
+    (the viewer's thumbnails: thousands of full-size images in a large study)."""
+
+    def __init__(self, study: Study, root):
+        self.study, self.root = study, root
+        self.generators: dict = {}
+        self.images: dict[tuple[str, int], torch.Tensor] = {}
+
+    def __call__(self, dataset: str, ids, keep: bool = True) -> torch.Tensor:
+        ids = [int(i) for i in np.asarray(ids).ravel()]
+        missing = sorted({i for i in ids if (dataset, i) not in self.images})
+        new = {}
+        if missing:
+            made = images_by_id(self.study, self.root, dataset, missing, self.generators)
+            new = {i: image for i, image in zip(missing, made)}
+            if keep:
+                self.images.update({(dataset, i): image for i, image in new.items()})
+        return torch.stack([new[i] if i in new else self.images[dataset, i] for i in ids])
+
+    def generator(self, dataset: str):
+        """The dataset's built generator (built now if no image of it was made yet)."""
+        if dataset not in self.generators:
+            spec = self.study.datasets[dataset]
+            self.generators[dataset] = registry.build_generator(spec, f"datasets.{dataset}", self.study.storage_options)
+        return self.generators[dataset]
+
+
 def receptive_field_size(probe, layer: str, tries: int = 4) -> tuple[int, int]:
     """(height, width) of the input region that a unit at the centre of `layer` depends on,
     measured by gradients over a few random inputs (union), not assumed from the architecture."""

@@ -30,6 +30,7 @@ summary.json (schema "ganscale.summary/1"):
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import itertools
 import json
@@ -39,10 +40,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ganscale import __version__, ledger, render, schema, sources, stage
-from ganscale.images import fmap_sizes, patch_box, receptive_field_size
+from ganscale.images import ImageCache, fmap_sizes, patch_box, receptive_field_size
 from ganscale.models import registry
 from ganscale.progress import Progress
 from ganscale.study import Study, digest
@@ -71,29 +71,17 @@ def _example_cells(root, layer: str, grid: int, pair: tuple[int, int], n_cells: 
     return rows
 
 
-class _ExampleImages:
-    """Example images by (dataset, sample id), regenerated once for all the examples figures: a
-    generator always runs whole batches, so one call per figure row would regenerate a full batch
-    for four images."""
-
-    def __init__(self, study: Study, root, generators: dict):
-        self.study, self.root, self.generators, self.images = study, root, generators, {}
-
-    def prefetch(self, dataset: str, ids) -> None:
-        from ganscale.images import images_by_id
-
-        missing = sorted({int(i) for i in ids} - {i for (d, i) in self.images if d == dataset})
-        if missing:
-            for i, image in zip(missing, images_by_id(self.study, self.root, dataset, missing, self.generators)):
-                self.images[dataset, i] = image
-
-    def __call__(self, dataset: str, ids) -> torch.Tensor:
-        self.prefetch(dataset, ids)
-        return torch.stack([self.images[dataset, int(i)] for i in ids])
+@dataclasses.dataclass
+class Shared:
+    """What several report sections need, made once: the probe, its receptive fields per layer, and
+    the images of stored samples (each regenerated once for the examples, metrics pictures and viewer)."""
+    probe: object
+    fields: dict
+    images: ImageCache
 
 
 def examples_figure(study: Study, root, probe, layer: str, grid: int, pair: tuple[int, int], path: Path,
-                    fields, fmap_sizes, images: _ExampleImages) -> Path | None:
+                    fields, fmap_sizes, images: ImageCache) -> Path | None:
     """Example images and receptive-field patches of the cells that most separate the pair."""
     names = list(study.datasets)
     counts = root[schema.atlas_path(layer, grid)]["counts"][...]
@@ -140,19 +128,19 @@ def report_fingerprint(study: Study, root) -> str:
     return stage.fingerprint(study, root, NAME, "all")
 
 
-def _metrics_section(study, root, out):
+def _metrics_section(study, root, out, shared: Shared):
     from ganscale.metrics.figures import metrics_section
 
-    return metrics_section(study, root, out)
+    return metrics_section(study, root, out, shared.images)
 
 
-def _dissect_section(study, root, out):
+def _dissect_section(study, root, out, shared: Shared):
     from ganscale.dissect.figures import dissect_section
 
     return dissect_section(study, root, out)
 
 
-def _icons_section(study, root, out):
+def _icons_section(study, root, out, shared: Shared):
     from ganscale.icons import icon_atlas_figures
 
     pictures = icon_atlas_figures(study, root, out)
@@ -166,16 +154,16 @@ def _icons_section(study, root, out):
             {"grids": sorted({g for _, g, _ in pictures}), "pictures": [str(p.relative_to(out)) for _, _, p in pictures]})
 
 
-def _viewer_section(study, root, out):
+def _viewer_section(study, root, out, shared: Shared):
     from ganscale.viewer import write_viewer
 
-    page = write_viewer(study, root, out)
+    page = write_viewer(study, root, out, probe=shared.probe, images=shared.images, fields=shared.fields)
     return (f"<h2>Interactive atlas</h2><p><a href='{page.relative_to(out)}'>Open the atlas viewer</a>: choose layer, "
             "grid and pair of datasets, zoom and pan, click a cell for its counts, KL term, top labels and examples.</p>",
             {"page": str(page.relative_to(out))})
 
 
-# Report sections of the later stages: name -> f(study, root, out folder) -> (html, summary entry).
+# Report sections of the later stages: name -> f(study, root, out folder, Shared) -> (html, summary entry).
 EXTRA_SECTIONS = {"viewer": _viewer_section, "icons": _icons_section, "metrics": _metrics_section, "dissect": _dissect_section}
 
 
@@ -203,17 +191,16 @@ def run(study: Study, *, address: str | None = None) -> dict:
         probe = registry.build_probe(study.probe, study.storage_options)
         fields = {layer: receptive_field_size(probe, layer) for layer in study.layers}
         map_sizes = fmap_sizes(probe.only(study.layers))
-        generators: dict = {}
         kl_rows, sections = [], []
         pairs = list(itertools.combinations(range(len(names)), 2))
-        example_images = _ExampleImages(study, root, generators)
+        example_images = ImageCache(study, root)
         wanted: dict[int, list] = {}
         for pair in pairs:
             for layer in study.layers:
                 for d, _, _, ids in _example_cells(root, layer, grids[0], pair):
                     wanted.setdefault(d, []).extend(ids.tolist())
-        for d, ids in wanted.items():
-            example_images.prefetch(names[d], ids)
+        for d, ids in wanted.items():  # one generator call per dataset for all the examples figures
+            example_images(names[d], ids)
         bar = Progress("report", len(pairs) * len(study.layers) + len(EXTRA_SECTIONS), unit="sections")
         for a, b in pairs:
             table = np.array([[root[f"{schema.atlas_path(layer, g)}/kl"][a, b] for g in grids] for layer in study.layers])
@@ -243,7 +230,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
                             for i in range(len(names)) for j in range(len(names)) if i != j]
         extra_html, extra_summary = [], {}
         for name, section in EXTRA_SECTIONS.items():
-            fragment, entry = section(study, root, out)
+            fragment, entry = section(study, root, out, Shared(probe, fields, example_images))
             bar.advance(1, name)
             if fragment:
                 extra_html.append(fragment)

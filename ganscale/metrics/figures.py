@@ -12,7 +12,6 @@ import torch
 
 from ganscale import render
 from ganscale.metrics.images import CHANNELS
-from ganscale.models import registry
 from ganscale.models.base import latents_from_seeds
 from ganscale.study import Study
 
@@ -44,8 +43,9 @@ def _img(path: Path, out: Path) -> str:
     return f'<img src="{html.escape(str(path.relative_to(out)))}" style="max-width:100%">'
 
 
-def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
-    """HTML for the report and the `metrics` entry of summary.json (empty when not computed)."""
+def metrics_section(study: Study, root, out: Path, images_of=None) -> tuple[str, dict]:
+    """HTML for the report and the `metrics` entry of summary.json (empty when not computed).
+    `images_of`: the report's ImageCache, shared with its other sections."""
     group = root.get("metrics")
     if group is None:
         return "", {}
@@ -83,12 +83,13 @@ def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
         ["compared", "reference", *CHANNELS], kl_rows))
     parts.append(_img(colour_histogram_figure(study, images, folder / "colour_histograms.png"), out))
 
-    generators: dict = {}
     shown = study.metrics.images_shown
-    from ganscale.images import images_by_id
+    from ganscale.images import ImageCache
+
+    images_of = images_of or ImageCache(study, root)
 
     def pictures(dataset, ids):
-        return _hwc(images_by_id(study, root, dataset, np.asarray(ids), generators))
+        return _hwc(images_of(dataset, ids))
 
     for g in study.datasets:
         spikes = images[g]["spikes"][:group[f"{g}/spikes"].shape[0] if f"{g}/spikes" in group else 0]
@@ -112,8 +113,7 @@ def metrics_section(study: Study, root, out: Path) -> tuple[str, dict]:
                                  f"({next(iter(results['feature_sets']))} features)", folder / f"neighbours_{n}.png")
         parts.append(f"<h4>Nearest neighbours: {html.escape(n)}</h4>" + _img(path, out))
     for g in [n for n, d in study.datasets.items() if d.kind == "generator"]:
-        generator = generators.get(g) or registry.build_generator(study.datasets[g], f"datasets.{g}",
-                                                                   study.storage_options)
+        generator = images_of.generator(g)
         if hasattr(generator, "from_latents") and hasattr(generator, "z_dim"):
             seeds = np.random.default_rng(study.seed).integers(0, 2**31, size=(min(shown, 4), 2))
             path = render.image_rows(interpolation_rows(generator, [tuple(map(int, p)) for p in seeds]),

@@ -72,14 +72,13 @@ def _chosen_ids(groups: dict[int, dict], d: int) -> list[int]:
     return list(chosen)
 
 
-def _thumbnails(study: Study, root, dataset: str, ids: list[int], thumb: int, out: Path, d: int,
-                generators: dict) -> dict:
-    """Regenerate the images of `ids` once, write them as sheets; the sprite entry of the manifest."""
+def _thumbnails(dataset: str, ids: list[int], thumb: int, out: Path, d: int, images_of) -> dict:
+    """Regenerate the images of `ids` once (those the report has not made already), write them as
+    sheets; the sprite entry of the manifest."""
     import torch
     from PIL import Image
 
     from ganscale import sources
-    from ganscale.images import images_by_id
 
     ext = "png" if thumb <= 32 else "jpg"
     files = []
@@ -87,7 +86,7 @@ def _thumbnails(study: Study, root, dataset: str, ids: list[int], thumb: int, ou
     sheet = None
     for start in range(0, len(ids), BATCH):
         part = ids[start:start + BATCH]
-        images = sources.resize_square(images_by_id(study, root, dataset, part, generators), thumb)
+        images = sources.resize_square(images_of(dataset, part, keep=False), thumb)
         pixels = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         for i, picture in enumerate(pixels, start):
             k, slot = divmod(i, SHEET_THUMBS)
@@ -128,12 +127,13 @@ def _icons(group, grid: int, out: Path, name: str) -> dict | None:
     return {"file": name, "size": size, "cells": has.astype(int).tolist(), "objective": objective}
 
 
-def write_viewer(study: Study, root, folder: Path, probe=None) -> Path:
+def write_viewer(study: Study, root, folder: Path, probe=None, images=None, fields: dict | None = None) -> Path:
     """Write folder/viewer/ (replacing an older one) from the study's atlas (and icons, when the
-    store has them) and return the path of its index.html. `probe`: the study's probe if the
-    caller has it built (for class names, featuremap sizes and receptive fields)."""
+    store has them) and return the path of its index.html. What the report has made already, when
+    it calls: `probe` (class names, featuremap sizes), `images` (its ImageCache), `fields` (the
+    receptive field of each layer)."""
     from ganscale.models import registry
-    from ganscale.images import fmap_sizes, patch_box, receptive_field_size
+    from ganscale.images import ImageCache, fmap_sizes, patch_box, receptive_field_size
 
     out = Path(folder) / "viewer"
     if out.exists():
@@ -158,16 +158,16 @@ def write_viewer(study: Study, root, folder: Path, probe=None) -> Path:
     for layer in layers:
         for d in range(len(names)):
             union[d].update(dict.fromkeys(_chosen_ids(stats[layer], d)))
-    generators: dict = {}
+    images = images or ImageCache(study, root)
     sprites, thumb_index = [], []
     for d, name in enumerate(names):
         ids = list(union[d])
-        sprites.append(_thumbnails(study, root, name, ids, thumb, out, d, generators))
+        sprites.append(_thumbnails(name, ids, thumb, out, d, images))
         thumb_index.append({sample: i for i, sample in enumerate(ids)})
 
     files: dict[str, dict[str, str]] = {}
     for li, layer in enumerate(layers):
-        field = receptive_field_size(probe, layer)
+        field = fields[layer] if fields and layer in fields else receptive_field_size(probe, layer)
         positions = [root[f"{schema.layer_path(name, layer)}/position"][...] for name in names]
         scale = thumb / size
         boxes: dict[tuple[int, int], list[float]] = {}
