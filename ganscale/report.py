@@ -193,14 +193,14 @@ def run(study: Study, *, address: str | None = None) -> dict:
         map_sizes = fmap_sizes(probe.only(study.layers))
         kl_rows, sections = [], []
         pairs = list(itertools.combinations(range(len(names)), 2))
-        example_images = ImageCache(study, root)
+        images = ImageCache(study, root)  # shared by the examples figures, metrics pictures and viewer
         wanted: dict[int, list] = {}
         for pair in pairs:
             for layer in study.layers:
                 for d, _, _, ids in _example_cells(root, layer, grids[0], pair):
                     wanted.setdefault(d, []).extend(ids.tolist())
         for d, ids in wanted.items():  # one generator call per dataset for all the examples figures
-            example_images(names[d], ids)
+            images(names[d], ids)
         bar = Progress("report", len(pairs) * len(study.layers) + len(EXTRA_SECTIONS), unit="sections")
         for a, b in pairs:
             table = np.array([[root[f"{schema.atlas_path(layer, g)}/kl"][a, b] for g in grids] for layer in study.layers])
@@ -218,7 +218,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
                     pictures.append((layer, g, path.relative_to(out)))
                 example = examples_figure(study, root, probe, layer, grids[0], (a, b),
                                           out / "examples" / f"{layer}_{names[a]}_vs_{names[b]}.png",
-                                          fields, map_sizes, example_images)
+                                          fields, map_sizes, images)
                 if example:
                     pictures.append((layer, "examples", example.relative_to(out)))
                 bar.advance(1, f"{names[a]} vs {names[b]} {layer}")
@@ -229,8 +229,9 @@ def run(study: Study, *, address: str | None = None) -> dict:
                 kl_rows += [{"layer": layer, "grid": g, "p": names[i], "q": names[j], "kl": float(kl[i, j])}
                             for i in range(len(names)) for j in range(len(names)) if i != j]
         extra_html, extra_summary = [], {}
+        shared = Shared(probe, fields, images)
         for name, section in EXTRA_SECTIONS.items():
-            fragment, entry = section(study, root, out, Shared(probe, fields, example_images))
+            fragment, entry = section(study, root, out, shared)
             bar.advance(1, name)
             if fragment:
                 extra_html.append(fragment)
