@@ -86,28 +86,6 @@ def exact_neighbours(x: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np
     return index, distance
 
 
-def cache_umap_kernels() -> None:
-    """Have numba keep umap-learn's compiled kernels on disk. umap-learn compiles them without
-    numba's cache, so every process paid ~11 s of compilation before its first fit (a 500-point
-    fit: 11.7 s, 0.9 s with the cache; the layout is bit-identical, tested). Only kernels with array
-    arguments are cached: ones that take a distance function miss numba's cache every time
-    (pynndescent #226). The cache goes beside umap's sources, or to numba's user cache directory
-    (NUMBA_CACHE_DIR) where those cannot be written."""
-    import umap.distances
-    import umap.layouts
-    import umap.umap_
-    import umap.utils
-    from numba.core.caching import NullCache
-
-    kernels = [umap.utils.fast_knn_indices, umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths,
-               umap.layouts._nb_optimize_layout_euclidean_single_epoch,
-               umap.layouts._nb_optimize_layout_euclidean_single_epoch_parallel,
-               umap.layouts.rdist, umap.layouts.clip, umap.distances.euclidean, umap.distances.cosine]
-    for kernel in kernels:
-        if isinstance(kernel._cache, NullCache):
-            kernel.enable_caching()
-
-
 def fit_umap(x: np.ndarray, params: UmapParams, backend: str, seed: int, pca: int | None,
              exact: bool = False) -> tuple[np.ndarray, bytes, str]:
     """(raw 2-d layout, fitted reducer bytes, how the neighbours were found). backend: 'cuml' or
@@ -130,7 +108,6 @@ def fit_umap(x: np.ndarray, params: UmapParams, backend: str, seed: int, pca: in
     else:
         import umap
 
-        cache_umap_kernels()
         neighbours = (None, None, None)
         if exact and EXACT_KNN[0] <= len(x) <= EXACT_KNN[1] and params.metric in ("euclidean", "cosine"):
             neighbours, knn = exact_neighbours(x, n_neighbors, params.metric), "exact"

@@ -119,32 +119,3 @@ def test_exact_neighbours_match_a_brute_force_search(metric):
     assert (index[:, 0] == np.arange(700)).all()  # every point is its own nearest neighbour, as umap-learn expects
     assert (index == want_index).mean() > 0.999  # (ties may swap)
     np.testing.assert_allclose(distance, want_distance, atol=1e-5)
-
-
-def test_a_new_process_loads_umap_kernels_from_numbas_cache():
-    """umap-learn compiles its kernels without numba's cache (~11 s in every process); embed turns
-    the cache on, so a second process loads them and fits the same layout."""
-    import json
-    import subprocess
-    import sys
-
-    from ganscale.embed import fit_umap
-    from ganscale.study import UmapParams
-
-    code = """if True:
-        import json, numpy as np, umap.umap_
-        from ganscale.embed import fit_umap
-        from ganscale.study import UmapParams
-        x = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
-        layout, _, _ = fit_umap(x, UmapParams(n_neighbors=10), "umap-learn", 0, None)
-        kernels = [umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths]
-        print(json.dumps({"hits": [sum(k.stats.cache_hits.values()) for k in kernels],
-                          "misses": [sum(k.stats.cache_misses.values()) for k in kernels],
-                          "layout": layout.tolist()}))"""
-    x = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
-    here, _, _ = fit_umap(x, UmapParams(n_neighbors=10), "umap-learn", 0, None)  # compiles and stores, or loads
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    there = json.loads(out.stdout.strip().splitlines()[-1])
-    assert there["hits"] == [1, 1] and there["misses"] == [0, 0], there
-    np.testing.assert_array_equal(np.asarray(there["layout"], np.float32), here)
