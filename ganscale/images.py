@@ -64,6 +64,14 @@ def source_images(study: Study, dataset: str, index: np.ndarray, *, generator=No
     return images, labels, np.full(len(index), "", dtype=object)
 
 
+def built_generator(study: Study, dataset: str, generators: dict, device: torch.device | str = "cpu"):
+    """The dataset's generator from `generators`, built (on `device`) and kept there on first use."""
+    if dataset not in generators:
+        generators[dataset] = registry.build_generator(study.datasets[dataset], f"datasets.{dataset}",
+                                                       study.storage_options).to(device)
+    return generators[dataset]
+
+
 def images_by_id(study: Study, root, dataset: str, ids, generators: dict | None = None,
                  device: torch.device | str = "cpu") -> torch.Tensor:
     """Stored samples `ids` of a dataset, as images [B, 3, H, W] in [0, 1]: regenerated from their
@@ -77,11 +85,7 @@ def images_by_id(study: Study, root, dataset: str, ids, generators: dict | None 
         if spec.kind == "images":
             size = (group.attrs.get("image_size") or [None])[0]  # the folder's side, as sampled
     elif spec.kind == "generator":
-        generators = {} if generators is None else generators
-        if dataset not in generators:
-            generators[dataset] = registry.build_generator(spec, f"datasets.{dataset}",
-                                                           study.storage_options).to(device)
-        generator = generators[dataset]
+        generator = built_generator(study, dataset, {} if generators is None else generators, device)
     images, _, _ = load_images(study, dataset, ids, generator=generator, files=files, device=device, size=size)
     return images
 
@@ -110,10 +114,7 @@ class ImageCache:
 
     def generator(self, dataset: str):
         """The dataset's built generator (built now if no image of it was made yet)."""
-        if dataset not in self.generators:
-            spec = self.study.datasets[dataset]
-            self.generators[dataset] = registry.build_generator(spec, f"datasets.{dataset}", self.study.storage_options)
-        return self.generators[dataset]
+        return built_generator(self.study, dataset, self.generators)
 
 
 def receptive_field_size(probe, layer: str, tries: int = 4) -> tuple[int, int]:
