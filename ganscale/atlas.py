@@ -102,10 +102,10 @@ def chunk_stats(store: str, storage_options: dict, dataset: str, layer: str, sta
     (Tasks open the store themselves: zarr arrays are not shipped through the graph, which also
     keeps Dask-on-Ray from having to serialise them.)"""
     root = schema.open_store(store, storage_options, mode="r")
-    layer_group = root[schema.layer_path(dataset, layer)]
-    xy = layer_group["umap"][start:stop]
-    acts = layer_group["activations"][start:stop]
-    logits = root[f"{schema.dataset_path(dataset)}/logits"][start:stop]
+    group = root[schema.dataset_path(dataset)]
+    xy = schema.read_rows(group, f"layers/{layer}/umap", start, stop)
+    acts = schema.read_rows(group, f"layers/{layer}/activations", start, stop)
+    logits = schema.read_rows(group, "logits", start, stop)
     return {grid: partial_stats(xy, acts, logits, start, grid, n_examples) for grid in grids}
 
 

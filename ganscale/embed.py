@@ -146,15 +146,14 @@ def layer_fingerprint(study: Study, root, layer: str) -> str:
 
 
 def load_layer(root, datasets: list[str], layer: str) -> tuple[np.ndarray, list[int]]:
-    parts = [root[f"{schema.layer_path(d, layer)}/activations"][:] for d in datasets]
+    parts = [schema.read_rows(root[schema.dataset_path(d)], f"layers/{layer}/activations") for d in datasets]
     return np.concatenate(parts), [len(p) for p in parts]
 
 
 def _write_layout(root, dataset: str, layer: str, layout: np.ndarray) -> None:
-    chunk = root[schema.dataset_path(dataset)].attrs["chunk_size"]
-    root[schema.layer_path(dataset, layer)].create_array(
-        "umap", shape=layout.shape, chunks=(chunk, 2), dtype=np.float32, dimension_names=("sample", "xy"),
-        overwrite=True)[:] = layout
+    group = root[schema.dataset_path(dataset)]
+    schema.write_checksummed(group, f"layers/{layer}/umap", np.asarray(layout, dtype=np.float32),
+                             group.attrs["chunk_size"], ("sample", "xy"))
 
 
 def embed_layer(study: Study, layer: str, backend: str) -> dict:

@@ -19,8 +19,23 @@ class EnvironmentFailure(Exception):
     """A problem outside the user's input (storage, network, cluster). Printed as one line, exit code 1."""
 
 
+class StoreDamage(EnvironmentFailure):
+    """Stored data that no longer matches what was written, or cannot be decoded: one line naming
+    the file (array and chunk), exit code 1."""
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The error raised inside a Ray task or actor when it is one of ours (its one line names the
+    field or file), else the error itself."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, (GanscaleError, EnvironmentFailure)) and error.__class__.__module__.startswith("ray"):
+        return unwrap(cause)
+    return error
+
+
 def describe(error: BaseException) -> tuple[str, int]:
     """The one line to print for an error that ends a command, and the exit code."""
+    error = unwrap(error)
     if isinstance(error, GanscaleError):
         return f"{' '.join(str(error).split()) or type(error).__name__}; {RERUN}", BAD_INPUT
     text = " ".join(str(error).split()) or type(error).__name__

@@ -86,10 +86,11 @@ def layer_fingerprint(study: Study, root, layer: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Whitening: A^T A / N of the layer's stored activations, from mergeable per-chunk moments
 
-def _chunk_moments(store: str, storage_options: dict, path: str, start: int, stop: int):
+def _chunk_moments(store: str, storage_options: dict, dataset: str, path: str, start: int, stop: int):
     from ganscale.metrics.features import FeatureMoments
 
-    return FeatureMoments.of(schema.open_store(store, storage_options, mode="r")[path][start:stop])
+    group = schema.open_store(store, storage_options, mode="r")[schema.dataset_path(dataset)]
+    return FeatureMoments.of(schema.read_rows(group, path, start, stop))
 
 
 def second_moment(study: Study, root, layer: str) -> np.ndarray:
@@ -99,9 +100,10 @@ def second_moment(study: Study, root, layer: str) -> np.ndarray:
 
     parts = []
     for name in study.datasets:
-        path = f"{schema.layer_path(name, layer)}/activations"
-        n, step = root[path].shape[0], root[path].chunks[0]
-        parts += [dask.delayed(_chunk_moments)(study.store, study.storage_options, path, s, min(s + step, n))
+        path = f"layers/{layer}/activations"
+        array = root[schema.dataset_path(name)][path]
+        n, step = array.shape[0], array.chunks[0]
+        parts += [dask.delayed(_chunk_moments)(study.store, study.storage_options, name, path, s, min(s + step, n))
                   for s in range(0, n, step)]
     total = dask.compute(tree_reduce(parts), scheduler=dask_scheduler())[0]
     return total.outer / total.n

@@ -81,7 +81,7 @@ def images_by_id(study: Study, root, dataset: str, ids, generators: dict | None 
     files = generator = size = None
     if spec.kind in ("images", "arrays"):
         group = root[schema.dataset_path(dataset)]
-        files = [str(p) for p in group["source"][...]]
+        files = [str(p) for p in schema.read_rows(group, "source")]
         if spec.kind == "images":
             size = (group.attrs.get("image_size") or [None])[0]  # the folder's side, as sampled
     elif spec.kind == "generator":

@@ -57,8 +57,12 @@ def run_study(study: Study, stages: list[str] | None = None, address: str | None
 
 def complete(study: Study, root, name: str) -> bool:
     """Whether every item of the stage is recorded with its current fingerprint."""
-    return root is not None and all(stage.state(study, root, name, item)[0] == "complete"
-                                    for item in stage.module(name).items(study))
+    if root is None or not all(stage.state(study, root, name, item)[0] == "complete"
+                               for item in stage.module(name).items(study)):
+        return False
+    if name == "sample":  # a done flag lost since: the ledger says complete, the chunk must be redone
+        return all(schema.done_chunks(root[schema.dataset_path(d)]).all() for d in study.datasets)
+    return True
 
 
 def stage_status(study: Study, verify: bool = False) -> list[dict]:
@@ -74,6 +78,9 @@ def stage_status(study: Study, verify: bool = False) -> list[dict]:
             counted = chunks[row["item"]]
             if counted["state"].startswith(("damaged", "resampling")):
                 state = counted["state"] if row["state"] != "stale" else f"{state}; {counted['state']}"
+            elif row["state"] == "complete" and counted["done"] < counted["chunks"]:
+                state = (f"damaged ({counted['chunks'] - counted['done']} of {counted['chunks']} chunks not marked "
+                         "done: bookkeeping lost; `ganscale run` recomputes them)")
             elif row["state"] != "stale":
                 if row["state"] == "not started" and counted["done"]:
                     state = "partial"

@@ -103,7 +103,7 @@ def examples_figure(study: Study, root, probe, layer: str, grid: int, pair: tupl
 
 def _cell_images(study, root, probe, dataset, layer, ids, field, fmap_size, images_of):
     images = sources.resize_square(images_of(dataset, ids), probe.input_size)
-    positions = root[f"{schema.layer_path(dataset, layer)}/position"][...][ids]
+    positions = schema.read_ids(root[schema.dataset_path(dataset)], f"layers/{layer}/position", ids)
     boxes = [patch_box(pos, fmap_size, field, probe.input_size) for pos in positions]
     return [im.permute(1, 2, 0).numpy() for im in images], boxes
 

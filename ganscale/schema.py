@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import zarr
 
-from ganscale.errors import GanscaleError
+from ganscale.errors import GanscaleError, StoreDamage
 
 LAYOUT_VERSION = 3  # 3: per-chunk checksums
 
@@ -218,17 +218,30 @@ def chunk_checksum(values: np.ndarray, dtype) -> int:
 
 
 def verify_chunks(group: zarr.Group, layout: DatasetLayout, chunks=None) -> list[tuple[str, int, str]]:
-    """(array, chunk, problem) for every done chunk whose data no longer matches its checksum, or
-    cannot be read: a deleted chunk file reads back as the fill value, a corrupt one fails to decode."""
-    done = done_chunks(group)
-    chunks = np.flatnonzero(done) if chunks is None else [c for c in chunks if done[c]]
+    """(array, chunk, problem) for every chunk whose data no longer matches its checksum, or cannot
+    be read (a deleted chunk file reads back as the fill value, a corrupt one fails to decode), and
+    for every chunk whose bookkeeping is lost: a `done` flag that does not decode or went missing
+    (the chunk's data is all there and matches its checksums, yet it is not marked done), or a
+    `checksum` row that does not decode. Each is recomputed by `run --verify`."""
+    done, unreadable = read_done(group)
+    bad = [("done", int(c), "unreadable flag (bookkeeping lost)") for c in unreadable]
+    if chunks is None:
+        chunks = [int(c) for c in np.flatnonzero(done)]
+        if "checksum" in group:  # a lost done flag: the chunk has checksums and data, but reads as not done
+            bad += [("done", c, "flag missing, though the chunk was written (bookkeeping lost)")
+                    for c in lost_done_flags(group, layout, done, unreadable)]
+    else:
+        chunks = [c for c in chunks if done[c]]
     if "checksum" not in group:
-        return [("checksum", int(c), "no checksums (written by an older ganscale)") for c in chunks]
+        return bad + [("checksum", int(c), "no checksums (written by an older ganscale)") for c in chunks]
     paths = group.attrs.get("checksum_arrays", checksummed_arrays(layout))
-    bad = []
     for chunk in chunks:
         start, stop = layout.chunk_range(int(chunk))
-        stored = group["checksum"][int(chunk)]
+        try:
+            stored = group["checksum"][int(chunk)]
+        except Exception as e:
+            bad.append(("checksum", int(chunk), f"unreadable ({type(e).__name__}; bookkeeping lost)"))
+            continue
         for column, path in enumerate(paths):
             array = group[path]
             try:
@@ -239,6 +252,19 @@ def verify_chunks(group: zarr.Group, layout: DatasetLayout, chunks=None) -> list
             if got != int(stored[column]):
                 bad.append((path, int(chunk), "checksum mismatch (missing or changed chunk)"))
     return bad
+
+
+def lost_done_flags(group: zarr.Group, layout: DatasetLayout, done: np.ndarray, unreadable=()) -> list[int]:
+    """Chunks not marked done whose `done` flag file is missing although their checksum row was
+    written (checksums are written just before the flag): their flag was lost, not never set."""
+    fs, base = store_fs(group)
+    base = f"{base}/{group.path}" if group.path else base
+    try:  # chunk keys: done/c/{i}, checksum/c/{i}/0
+        present = {int(p.rstrip("/").split("/")[-1]) for p in fs.find(f"{base}/done/c")}
+        rows = {int(p.rstrip("/").split("/")[-2]) for p in fs.find(f"{base}/checksum/c")}
+    except Exception:  # a store whose files cannot be listed: nothing to add
+        return []
+    return sorted(c for c in rows - present if c < len(done) and not done[c] and c not in unreadable)
 
 
 def write_chunk(group: zarr.Group, layout: DatasetLayout, chunk: int, *, seed: np.ndarray, source: np.ndarray,
@@ -270,8 +296,24 @@ def write_chunk(group: zarr.Group, layout: DatasetLayout, chunk: int, *, seed: n
     group["done"][chunk] = 1
 
 
+def read_done(group: zarr.Group) -> tuple[np.ndarray, list[int]]:
+    """(done flags, chunks whose flag does not decode). An undecodable flag counts as not done, so
+    the chunk is recomputed rather than the whole dataset failing to read."""
+    try:
+        return group["done"][:].astype(bool), []
+    except Exception:
+        n = group["done"].shape[0]
+        flags, unreadable = np.zeros(n, dtype=bool), []
+        for i in range(n):
+            try:
+                flags[i] = bool(group["done"][i])
+            except Exception:
+                unreadable.append(i)
+        return flags, unreadable
+
+
 def done_chunks(group: zarr.Group) -> np.ndarray:
-    return group["done"][:].astype(bool)
+    return read_done(group)[0]
 
 
 def require_sampled(root: zarr.Group, datasets, stage: str) -> None:
@@ -280,3 +322,90 @@ def require_sampled(root: zarr.Group, datasets, stage: str) -> None:
         group = root.get(dataset_path(name))
         if group is None or not done_chunks(group).all():
             raise GanscaleError(f"{stage}: dataset {name} is not fully sampled yet; run the sample stage first")
+
+
+# --- reading what was verified ------------------------------------------------------------------
+# Every stage reads sample arrays through read_rows / read_ids: each chunk read is checked against
+# the CRC-32 written with it (the dataset's `checksum` table for sample arrays, the array's
+# `chunk_checksums` attribute for arrays later stages add, such as `umap`), so damage that still
+# decodes is found where it is read instead of spreading into every stage downstream.
+
+
+def _damage(group: zarr.Group, path: str, chunk: int, problem: str) -> StoreDamage:
+    where = f"{group.path}/{path}" if group.path else path
+    return StoreDamage(f"store: {where} chunk {chunk}: {problem}; `ganscale run --verify` recomputes damaged "
+                       "sample chunks (or rerun the stage that wrote it with --force)")
+
+
+def _read_or_damage(group: zarr.Group, path: str, chunk: int, read):
+    try:
+        return read()
+    except (KeyError, StoreDamage):
+        raise
+    except Exception as e:  # codecs raise many types for damaged bytes
+        raise _damage(group, path, chunk, f"unreadable ({type(e).__name__}: {' '.join(str(e).split())[:120]})") \
+            from None
+
+
+def expected_checksums(group: zarr.Group, path: str, first: int, last: int) -> np.ndarray | None:
+    """The CRC-32 recorded for chunks [first, last) of array `path` of a dataset group, or None when
+    none was recorded (a derived array of an older store)."""
+    array = group[path]
+    columns = group.attrs.get("checksum_arrays")
+    if columns and path in columns and "checksum" in group:
+        column = columns.index(path)
+        table = _read_or_damage(group, "checksum", first, lambda: group["checksum"][first:last])
+        return table[:, column].astype(np.int64)
+    recorded = array.attrs.get("chunk_checksums")
+    return None if recorded is None else np.asarray(recorded, dtype=np.int64)[first:last]
+
+
+def read_rows(group: zarr.Group, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Rows [start, stop) of the per-sample array `path` of a dataset group, each chunk they touch
+    checked against its recorded CRC-32 (StoreDamage naming the array and chunk otherwise)."""
+    array = group[path]
+    n, step = array.shape[0], array.chunks[0]
+    stop = n if stop is None else min(stop, n)
+    if stop <= start:
+        return array[start:stop]
+    first, last = start // step, -(-stop // step)
+    lo, hi = first * step, min(last * step, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            values = array[lo:hi]
+        except Exception:  # find the chunk that does not decode, and name it
+            for chunk in range(first, last):
+                _read_or_damage(group, path, chunk, lambda: array[chunk * step:min((chunk + 1) * step, n)])
+            raise
+    expected = expected_checksums(group, path, first, last)
+    if expected is not None:
+        for i, chunk in enumerate(range(first, last)):
+            a, b = chunk * step - lo, min((chunk + 1) * step, n) - lo
+            if chunk_checksum(values[a:b], array.dtype) != expected[i]:
+                raise _damage(group, path, chunk, "checksum mismatch (changed since it was written)")
+    return values[start - lo:stop - lo]
+
+
+def read_ids(group: zarr.Group, path: str, ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` (sorted or not) of a per-sample array, chunk by chunk, each chunk verified."""
+    ids = np.asarray(ids, dtype=np.int64)
+    array = group[path]
+    step = array.chunks[0]
+    out = np.empty((len(ids), *array.shape[1:]), dtype=array.dtype)
+    chunk_of = ids // step
+    for chunk in np.unique(chunk_of):
+        rows = np.flatnonzero(chunk_of == chunk)
+        block = read_rows(group, path, int(chunk) * step, (int(chunk) + 1) * step)
+        out[rows] = block[ids[rows] - int(chunk) * step]
+    return out
+
+
+def write_checksummed(group: zarr.Group, name: str, values: np.ndarray, chunk_rows: int, dimension_names) -> None:
+    """Write an array a later stage adds to a dataset group (e.g. layers/{layer}/umap), with the
+    CRC-32 of each chunk in its `chunk_checksums` attribute, so read_rows verifies it too."""
+    array = group.create_array(name, shape=values.shape, chunks=(chunk_rows, *values.shape[1:]),
+                               dtype=values.dtype, dimension_names=dimension_names, overwrite=True)
+    array[:] = values
+    array.attrs["chunk_checksums"] = [chunk_checksum(values[s:s + chunk_rows], values.dtype)
+                                      for s in range(0, len(values), chunk_rows)]

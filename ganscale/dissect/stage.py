@@ -442,9 +442,9 @@ def _real_moments(study: Study):
     path = f"layers/{study.layers[-1]}/pooled"
     if group is None or group.get(path) is None or not schema.done_chunks(group).all():
         raise GanscaleError(f"dissect: the artifact units need dataset {real} sampled; run sample first")
-    array = group[path]
+    step = group[path].chunks[0]
     total = None
-    for start in range(0, array.shape[0], array.chunks[0]):
-        part = fm.FeatureMoments.of(array[start:start + array.chunks[0]])
+    for start in range(0, group[path].shape[0], step):
+        part = fm.FeatureMoments.of(schema.read_rows(group, path, start, start + step))
         total = part if total is None else total.merge(part)
     return total

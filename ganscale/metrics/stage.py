@@ -166,8 +166,8 @@ def chunk_partial(store: str, storage_options: dict, dataset: str, start: int, s
     root = schema.open_store(store, storage_options, mode="r")
     group = root[schema.dataset_path(dataset)]
     n = group["logits"].shape[0]
-    moments = {name: fm.FeatureMoments.of(group[path][start:stop]) for name, path in paths.items()}
-    logits = group["logits"][start:stop].astype(np.float64)
+    moments = {name: fm.FeatureMoments.of(schema.read_rows(group, path, start, stop)) for name, path in paths.items()}
+    logits = schema.read_rows(group, "logits", start, stop).astype(np.float64)
     logp = logits  # [n, 0] for a probe without a class head: the IS sums stay empty
     if logits.shape[1]:
         logp = logits - logits.max(1, keepdims=True)
@@ -178,8 +178,8 @@ def chunk_partial(store: str, storage_options: dict, dataset: str, start: int, s
     np.add.at(p_sum, split, p)
     plogp = np.bincount(split, weights=(p * logp).sum(1), minlength=splits)
     count = np.bincount(split, minlength=splits).astype(np.float64)
-    sharp = group["image/sharpness"][start:stop].astype(np.float64)
-    hist = group["image/colour_hist"][start:stop].astype(np.uint64).sum(0)
+    sharp = schema.read_rows(group, "image/sharpness", start, stop).astype(np.float64)
+    hist = schema.read_rows(group, "image/colour_hist", start, stop).astype(np.uint64).sum(0)
     return DatasetPartial(moments, p_sum, plogp, count, float(sharp.sum()), float((sharp ** 2).sum()), hist)
 
 
@@ -207,12 +207,12 @@ def inception_score_from_partial(part: DatasetPartial) -> tuple[float, float]:
 
 def feature_subset(study: Study, root, dataset: str, path: str) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random subset (sorted sample ids) of a dataset's features: KID, PRDC, neighbours."""
-    array = root[f"{schema.dataset_path(dataset)}/{path}"]
-    n = array.shape[0]
+    group = root[schema.dataset_path(dataset)]
+    n = group[path].shape[0]
     size = min(study.metrics.prdc_samples, n)
     rng = np.random.default_rng(sources.dataset_seeds(study.seed, f"metrics/{dataset}", 1)[0])
     ids = np.sort(rng.choice(n, size, replace=False))
-    return ids, array.get_orthogonal_selection((ids, slice(None))).astype(np.float64)
+    return ids, schema.read_ids(group, path, ids).astype(np.float64)
 
 
 def run(study: Study, *, address: str | None = None) -> dict:
@@ -333,11 +333,11 @@ def picture_inputs(study: Study, root, subsets: dict, image_stats: dict, sets: d
         rows = [[q] + [j for j in row if j != q][:k] for q, row in zip(queries, np.asarray(neighbours))]
         arrays[f"{name}/neighbours"] = ids[np.asarray(rows)]
         group = root[schema.dataset_path(name)]
-        sharp = group["image/sharpness"][...]
+        sharp = schema.read_rows(group, "image/sharpness")
         arrays[f"{name}/sharpest"] = np.argsort(-sharp, kind="stable")[:shown]
         spikes = image_stats[name]["spikes"][:SPIKES_SHOWN]
         if spikes:
-            hist = group["image/colour_hist"]
+            hist = schema.read_rows(group, "image/colour_hist")
             rows = []
             for spike in spikes:
                 column = hist[:, CHANNELS.index(spike["channel"]), int(spike["bin"])].astype(np.float64)
@@ -491,11 +491,11 @@ def probe_features(study: Study, probe, images, layer: str, batch: int = 256):
 
 
 def stored_moments(study: Study, root, dataset: str, path: str) -> fm.FeatureMoments:
-    array = root[f"{schema.dataset_path(dataset)}/{path}"]
-    step = array.chunks[0]
+    group = root[schema.dataset_path(dataset)]
+    step = group[path].chunks[0]
     total = None
-    for start in range(0, array.shape[0], step):
-        part = fm.FeatureMoments.of(array[start:start + step])
+    for start in range(0, group[path].shape[0], step):
+        part = fm.FeatureMoments.of(schema.read_rows(group, path, start, start + step))
         total = part if total is None else total.merge(part)
     return total
 

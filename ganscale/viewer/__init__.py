@@ -168,7 +168,7 @@ def write_viewer(study: Study, root, folder: Path, probe=None, images=None, fiel
     files: dict[str, dict[str, str]] = {}
     for li, layer in enumerate(layers):
         field = fields[layer] if fields and layer in fields else receptive_field_size(probe, layer)
-        positions = [root[f"{schema.layer_path(name, layer)}/position"][...] for name in names]
+        positions = [schema.read_rows(root[schema.dataset_path(name)], f"layers/{layer}/position") for name in names]
         scale = thumb / size
         boxes: dict[tuple[int, int], list[float]] = {}
 
