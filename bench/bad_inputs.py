@@ -570,6 +570,172 @@ simple("dissect segmenter weights of another model", {"dissect": {
     **DISSECT, "segmenter": {"name": "toy_segmenter", "weights": "builtin:probe.pt"}}}, args=["--stages", "dissect"])
 
 
+
+# ---- issue 18: trust the store ------------------------------------------------------------------------
+def _name_in_error(*needles: str):
+    def check(out: dict) -> tuple[bool, str]:
+        named = all(n in out["error"] for n in needles)
+        return named, "names " + ", ".join(needles) if named else f"does not name {needles}"
+    return check
+
+
+class _Marker:
+    """Unpickling this creates `path`: what a malicious pickle in a shared store would do."""
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@kind("malicious pickle where the UMAP reducer was (transform)")
+def _(b, d, store):
+    import pickle
+
+    import zarr
+
+    marker = d / "PWNED"
+    blob = np.frombuffer(pickle.dumps(_Marker(str(marker))), dtype=np.uint8)
+    root = zarr.open_group(str(store), mode="a")
+    for name in [f"models/umap_{layer}" for layer in REFERENCE["layers"]] + \
+            [f"models/{k}" for k, v in (root["models"].arrays() if "models" in root else []) if v.dtype == np.uint8]:
+        root.create_array(name, shape=blob.shape, dtype=np.uint8, overwrite=True)[:] = blob
+    path = b.with_bad(d, {"kind": "toyworld", "samples": 64}, embed={"new_datasets": "transform"})
+
+    def nothing_ran(out: dict) -> tuple[bool, str]:
+        return not marker.exists(), "nothing ran (no marker file)" if not marker.exists() else "THE PICKLE RAN"
+    return Case(path, ["--stages", "sample,embed"], expect=0, after=nothing_ran)
+
+
+@kind("changed value that still decodes, then embed")
+def _(b, d, store):
+    import zarr
+
+    zarr.open_group(str(store), mode="a")["datasets/full/layers/block3/activations"][70, 3] = np.float32(2.5e38)
+    return Case(b.study(d, {"embed": {"layers": {"block3": {"n_neighbors": 10}}}}), ["--stages", "embed"],
+                expect=1, watch=store, after=_name_in_error("datasets/full/layers/block3/activations chunk 1"))
+
+
+@kind("changed value that still decodes, then run --verify")
+def _(b, d, store):
+    import zarr
+
+    zarr.open_group(str(store), mode="a")["datasets/full/layers/block3/activations"][70, 3] = np.float32(2.5e38)
+
+    def repaired(out: dict) -> tuple[bool, str]:
+        same = all(not n.startswith("datasets/") for n in differ_names(b.reference_store, store))
+        return same, "chunks identical to the reference" if same else "chunks differ from the reference"
+    return Case(b.study(d), ["--verify", "--stages", "sample"], expect=0, watch=store, must_change=True,
+                after=repaired)
+
+
+@kind("truncated activations chunk, then embed")
+def _(b, d, store):
+    chunk = store / "datasets/full/layers/block3/activations/c/1/0"
+    chunk.write_bytes(chunk.read_bytes()[:40])
+    return Case(b.study(d, {"embed": {"layers": {"block3": {"n_neighbors": 10}}}}), ["--stages", "embed"],
+                expect=1, watch=store, after=_name_in_error("datasets/full/layers/block3/activations chunk 1"))
+
+
+for _label, _target, _how, _named in [
+        ("truncated done chunk", "datasets/real/done/c/1", "truncate", "done chunk 1"),
+        ("truncated checksum chunk", "datasets/real/checksum/c/1/0", "truncate", "checksum chunk 1"),
+        ("deleted done chunk", "datasets/real/done/c/1", "delete", "done chunk 1")]:
+    def _damage_bookkeeping(b, d, store, target=_target, how=_how):
+        f = store / target
+        f.unlink() if how == "delete" else f.write_bytes(f.read_bytes()[:3])
+
+    def _status_kind(b, d, store, damage=_damage_bookkeeping, named=_named):
+        damage(b, d, store)
+
+        def names_it(out: dict) -> tuple[bool, str]:
+            ok = any(named in line for line in out["stdout"]) and out["error_lines"] == 0
+            return ok, f"names {named} on stdout" if ok else f"{named} not named"
+        return Case(b.study(d), ["--verify"], expect=1, watch=store, command="status", after=names_it)
+
+    def _repair_kind(b, d, store, damage=_damage_bookkeeping):
+        damage(b, d, store)
+
+        def repaired(out: dict) -> tuple[bool, str]:
+            same = all(not n.startswith("datasets/") for n in differ_names(b.reference_store, store))
+            return same, "chunks identical to the reference" if same else "chunks differ from the reference"
+        return Case(b.study(d), ["--verify", "--stages", "sample"], expect=0, watch=store, must_change=True,
+                    after=repaired)
+    kind(f"{_label}, then status --verify")(_status_kind)
+    kind(f"{_label}, then run --verify")(_repair_kind)
+
+
+@kind("deleted done chunk, then plain status")
+def _(b, d, store):
+    (store / "datasets/real/done/c/1").unlink()
+
+    def says_damaged(out: dict) -> tuple[bool, str]:
+        ok = any("not marked done" in line for line in out["stdout"])
+        return ok, "says the chunk is not marked done" if ok else "does not notice"
+    return Case(b.study(d), [], expect=1, watch=store, command="status", after=says_damaged)
+
+
+_BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(8))
+simple("YAML alias bomb as the study", text=_BOMB, args=[], expect=2)
+
+
+@kind("YAML alias bomb as the study (status)")
+def _(b, d, store):
+    return Case(b.study(d, text=_BOMB), [], watch=store, command="status")
+
+
+simple("YAML alias bomb inside storage_options",
+       text=yaml.safe_dump({k: v for k, v in REFERENCE.items() if k != "datasets"}, sort_keys=False)
+       + "datasets:\n  real: {kind: toyworld, samples: 200}\n  full: {kind: generator, name: dcgan, "
+         "weights: 'builtin:dcgan_full.pt', samples: 150}\n"
+       + _BOMB.replace("\n", "\n  ").replace("a: &a", "storage_options:\n  a: &a", 1).rstrip() + "\n")
+simple("oversized study file", text=yaml.safe_dump(REFERENCE, sort_keys=False) + "# " + "x" * (2 << 20) + "\n")
+simple("10^9 samples", {"datasets": {**REFERENCE["datasets"], "huge": {"kind": "toyworld", "samples": 10 ** 9}}})
+simple("dataset named zarr.json", {"datasets": {**REFERENCE["datasets"], "zarr.json": {"kind": "toyworld",
+                                                                                       "samples": 64}}})
+simple("dataset name with a trailing newline", {"datasets": {**REFERENCE["datasets"],
+                                                             "real\n": {"kind": "toyworld", "samples": 64}}})
+simple("dataset name .hidden", {"datasets": {**REFERENCE["datasets"], ".hidden": {"kind": "toyworld", "samples": 64}}})
+
+
+@kind("secrets under other names in storage_options")
+def _(b, d, store):
+    secrets = ["SECRETPASS", "SECRETBEARER", "SECRETSAS"]
+    options = {"client_kwargs": {"endpoint_url": "http://user:SECRETPASS@localhost:9/",
+                                 "headers": {"Authorization": "Bearer SECRETBEARER"}},
+               "sas_token": "SECRETSAS"}
+    path = b.with_bad(d, {"kind": "toyworld", "samples": 64}, storage_options=options)
+
+    def nowhere(out: dict) -> tuple[bool, str]:
+        found = [f.name for f in store.rglob("*") if f.is_file() and any(s.encode() in f.read_bytes() for s in secrets)]
+        printed = any(s in line for s in secrets for line in out["stdout"] + out["other_stderr"] + [out["error"]])
+        return not found and not printed, ("no secret in the store or the output" if not found and not printed
+                                           else f"secret found in {found or 'the output'}")
+    return Case(path, expect=0, after=nowhere)
+
+
+@kind("garbage zarr.json of the store root")
+def _(b, d, store):
+    (store / "zarr.json").write_bytes(b"{not json at all")
+    return Case(b.study(d), expect=1, watch=store, after=_name_in_error("zarr.json"))
+
+
+@kind("garbage zarr.json of a dataset group")
+def _(b, d, store):
+    (store / "datasets/real/zarr.json").write_bytes(b"\x00\x01garbage")
+    return Case(b.study(d), ["--stages", "sample,embed"], expect=1, watch=store,
+                after=_name_in_error("datasets/real/zarr.json"))
+
+
+@kind("dissect worker dies")
+def _(b, d, store):
+    path = b.study(d, {"datasets": {**REFERENCE["datasets"], "dying": {
+        "kind": "generator", "name": "plugins:dies_in_dissect", "samples": 64}},
+        "dissect": {**DISSECT, "generators": ["dying"]}})
+    return Case(path, ["--stages", "sample,dissect"], expect=1)
+
 # ---- running them ---------------------------------------------------------------------------------
 
 
