@@ -19,8 +19,16 @@ def load_images(study: Study, dataset: str, index: np.ndarray, *, generator=None
     what every measurement sees."""
     images, labels, names = source_images(study, dataset, index, generator=generator, files=files, device=device,
                                           size=size, seeds=seeds)
+    return measured(study, images), labels, names
+
+
+def measured(study: Study, images: torch.Tensor) -> torch.Tensor:
+    """Images [B, 3, H, W] in [0, 1] at their source's size, as every measurement sees them: after the
+    study's `preprocess`. Everything that measures or compares images goes through here (the sample
+    stage via load_images, the checkpoint sweep, dissection's artifact comparison), so generated
+    images are compared with stored features of the same pixels."""
     p = study.preprocess
-    return (sources.preprocess(images, p.grayscale, p.size) if p.grayscale or p.size else images), labels, names
+    return sources.preprocess(images, p.grayscale, p.size) if p.grayscale or p.size else images
 
 
 def source_images(study: Study, dataset: str, index: np.ndarray, *, generator=None, files: list[str] | None = None,

@@ -11,6 +11,7 @@ import torch
 from ganscale import sources
 from ganscale.dissect import artifacts, intervene, stats
 from ganscale.errors import GanscaleError
+from ganscale.images import measured
 from ganscale.runtime import pick_device
 from ganscale.study import Study
 
@@ -163,7 +164,8 @@ class DissectWorker:
         if self._probe is None:
             probe = registry.build_probe(self.study.probe, self.study.storage_options)
             self._probe = probe.only([layer]).to(self.device)
-        maps, _ = self._probe(sources.resize_square(images.to(self.device), self._probe.input_size))
+        images = measured(self.study, images.to(self.device))  # the pixels the stored features were measured on
+        maps, _ = self._probe(sources.resize_square(images, self._probe.input_size))
         return maps[layer].float().mean((2, 3)).cpu().numpy()
 
     def _features_of(self, image_batches) -> np.ndarray:

@@ -42,6 +42,7 @@ import numpy as np
 
 from ganscale import ledger, schema, sources, stage
 from ganscale.errors import GanscaleError
+from ganscale.images import measured
 from ganscale.metrics import features as fm
 from ganscale.metrics import images as im
 from ganscale.metrics.images import CHANNELS
@@ -500,6 +501,15 @@ def stored_moments(study: Study, root, dataset: str, path: str) -> fm.FeatureMom
     return total
 
 
+def generated_features(study: Study, generator, seeds: np.ndarray, probe, layer: str, field: str):
+    """(images as measured, pooled features of `layer`, logits) of a generator's images for `seeds`:
+    the same pixels and the same probe path as the sample stage's stored features."""
+    images, _ = generator.generate(seeds.tolist())
+    images = measured(study, sources.check_images(images, len(seeds), field))
+    feats, logits = probe_features(study, probe, images, layer)
+    return images, feats, logits
+
+
 def sweep_task(study: Study) -> dict:
     """The metrics of each checkpoint of one training run against a real dataset, in training order:
     Frechet distance and KID on the first feature set (a probe layer), precision/recall,
@@ -521,10 +531,9 @@ def sweep_task(study: Study) -> dict:
     for label, checkpoint in sweep.checkpoints.items():
         spec = GeneratorDataset(kind="generator", name=sweep.generator, samples=sweep.samples,
                                 weights=checkpoint.weights, sha256=checkpoint.sha256)
-        generator = registry.build_generator(spec, f"metrics.sweep.checkpoints.{label}", study.storage_options)
-        images, _ = generator.to(device).generate(seeds.tolist())
-        images = sources.check_images(images, len(seeds), f"metrics.sweep.checkpoints.{label}")
-        feats, logits = probe_features(study, probe, images, layer)
+        field = f"metrics.sweep.checkpoints.{label}"
+        generator = registry.build_generator(spec, field, study.storage_options).to(device)
+        images, feats, logits = generated_features(study, generator, seeds, probe, layer, field)
         kid_mean, kid_std = fm.kid(against_subset, feats, subsets=m.kid_subsets, subset_size=m.kid_subset_size,
                                    seed=study.seed)
         pr = fm.prdc(against_subset, feats[:m.prdc_samples], k=m.precision_k)
