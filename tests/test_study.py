@@ -278,3 +278,85 @@ def test_dissected_layer_names_are_store_keys(tmp_path):
 def test_good_names_still_load(tmp_path):
     datasets = {n: {"kind": "toyworld", "samples": 5} for n in ("real", "Real_2", "v1.5-b", "json")}
     assert set(load_study(toy_study(tmp_path, datasets=datasets)).datasets) == set(datasets)
+
+
+# --- secrets: what of storage_options may reach the store --------------------------------------------
+
+SECRETS = ("SECRET1", "SECRET2", "SECRET3", "SECRET4", "SECRET5")
+
+
+def secret_options(endpoint: str = "http://user:SECRET1@host:9000") -> dict:
+    return {"client_kwargs": {"endpoint_url": endpoint, "headers": {"X-Custom-Auth": "SECRET2"}, "verify": False},
+            "endpoint_url": "https://host:9000/?X-Amz-Signature=SECRET3&region=eu",
+            "config_kwargs": {"retries": {"max_attempts": 1}, "user_agent_extra": "SECRET4", "connect_timeout": 2},
+            "profile": "SECRET5", "anon": False, "skip_instance_cache": True}
+
+
+def test_stored_keeps_the_allowlist_and_redacts_the_rest(tmp_path):
+    study = load_study(toy_study(tmp_path, storage_options=secret_options()))
+    assert study.storage_options == secret_options()  # what fsspec gets is untouched
+    stored = study.stored()["storage_options"]
+    assert stored == {"client_kwargs": {"endpoint_url": "http://<redacted>@host:9000", "headers": "<redacted>",
+                                        "verify": False},
+                      "endpoint_url": "https://host:9000/?X-Amz-Signature=<redacted>&region=eu",
+                      "config_kwargs": {"retries": {"max_attempts": 1}, "user_agent_extra": "<redacted>",
+                                        "connect_timeout": 2},
+                      "profile": "<redacted>", "anon": False, "skip_instance_cache": True}
+    rotated = secret_options("http://user:ROTATED@host:9000")
+    rotated["config_kwargs"]["user_agent_extra"] = "ROTATED"
+    assert load_study(toy_study(tmp_path, storage_options=rotated)).config_hash() == study.config_hash()
+    plain = load_study(toy_study(tmp_path, storage_options={}))
+    assert plain.stored() == plain.model_dump(mode="json")  # nothing to redact: the same hash as before
+
+
+@pytest.mark.parametrize("options", [{"account_key": "SECRET1"}, {"sas_token": "SECRET1"},
+                                     {"client_kwargs": {"headers": {"Authorization": "Bearer SECRET1"}}},
+                                     {"headers": {"authorization": "SECRET1"}},
+                                     {"s3_additional_kwargs": [{"aws_secret_access_key": "SECRET1"}]}])
+def test_well_known_credentials_are_refused_without_printing_them(tmp_path, options):
+    message = error_of(toy_study(tmp_path, storage_options=options))
+    assert "storage_options" in message and "looks like a credential" in message and "SECRET1" not in message
+
+
+def _files_hold_secrets(files: dict[str, bytes]) -> list[str]:
+    return [f"{name}: {secret}" for name, data in files.items() for secret in SECRETS if secret.encode() in data]
+
+
+def test_no_secret_of_storage_options_reaches_a_local_store(tmp_path):
+    from ganscale import sample, schema
+
+    study = load_study(toy_study(tmp_path, storage_options=secret_options()))
+    root = schema.open_store(study.store)  # local: fsspec's options are not used
+    sample.prepare_store(study, root, sample.plan(study, root, check_inputs=False))
+    files = {str(p): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "study.yaml"}
+    assert any(name.endswith("store.zarr/zarr.json") for name in files) and len(files) > 5
+    assert _files_hold_secrets(files) == []
+    attrs = schema.open_store(study.store, mode="r").attrs  # read fresh: the ledger wrote them
+    assert attrs["study"]["storage_options"]["client_kwargs"]["endpoint_url"] == "http://<redacted>@host:9000"
+    assert attrs["config_hash"] == study.config_hash()
+
+
+def test_no_secret_of_storage_options_reaches_an_s3_store(s3_endpoint, tmp_path):
+    import s3fs
+
+    from ganscale import sample, schema
+
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}, "skip_instance_cache": True,
+               "config_kwargs": {"user_agent_extra": "SECRET4"}}  # a real option that is not on the allowlist
+    study = load_study(toy_study(tmp_path, store="s3://ganscale-test/secrets.zarr", storage_options=options))
+    root = schema.open_store(study.store, study.storage_options)
+    sample.prepare_store(study, root, sample.plan(study, root, check_inputs=False))
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
+    names = fs.find("ganscale-test/secrets.zarr") + fs.find("ganscale-test/secrets.zarr.leases")
+    files = {name: fs.cat(name) for name in names}
+    assert "ganscale-test/secrets.zarr/zarr.json" in files and len(files) > 5
+    assert _files_hold_secrets(files) == []
+    stored = schema.open_store(study.store, study.storage_options, mode="r").attrs["study"]["storage_options"]
+    assert stored == {**options, "config_kwargs": {"user_agent_extra": "<redacted>"}}
+
+
+def test_error_lines_lose_the_credentials_of_urls():
+    from ganscale.errors import describe
+
+    line, code = describe(OSError('Could not connect to the endpoint URL: "http://user:SECRET1@host:9000/b"'))
+    assert "SECRET1" not in line and "http://<redacted>@host:9000/b" in line and code == 1
