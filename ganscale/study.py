@@ -296,7 +296,8 @@ class Study(_Strict):
     @classmethod
     def _dataset_names(cls, v):
         for name in v if isinstance(v, dict) else ():
-            check_name(name, "dataset name")
+            if isinstance(name, str):  # other keys: pydantic's own "should be a valid string"
+                check_name(name, "dataset name")
         return v
 
     @model_validator(mode="after")

@@ -275,6 +275,10 @@ def test_dissected_layer_names_are_store_keys(tmp_path):
     assert load_study(toy_study(tmp_path, datasets=datasets, dissect={"layers": ["layer2"]})).dissect.layers
 
 
+def test_a_yaml_key_that_is_not_a_string_becomes_its_json_name(tmp_path):
+    assert list(load_study(write(tmp_path, STUDY_TAIL.replace("real:", "1:"))).datasets) == ["1"]
+
+
 def test_good_names_still_load(tmp_path):
     datasets = {n: {"kind": "toyworld", "samples": 5} for n in ("real", "Real_2", "v1.5-b", "json")}
     assert set(load_study(toy_study(tmp_path, datasets=datasets)).datasets) == set(datasets)
