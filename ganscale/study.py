@@ -276,7 +276,8 @@ class Study(_Strict):
         def walk(d):
             if isinstance(d, list):
                 for val in d:
-                    walk(val)
+                    if isinstance(val, (dict, list)):
+                        walk(val)
                 return
             for k, val in d.items():
                 if str(k).lower() in CREDENTIAL_KEYS:
@@ -402,13 +403,16 @@ def scrub_url(text: str) -> str:
         parts = urlsplit(text)
     except ValueError:
         return REDACTED
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret_query = any(SECRET_QUERY.search(k) for k, _ in pairs)
+    if "@" not in parts.netloc and not secret_query:
+        return text  # unchanged, byte for byte (config_hash)
     netloc = parts.netloc
     if "@" in netloc:
         netloc = REDACTED + "@" + netloc.rsplit("@", 1)[1]
     query = parts.query
-    if query:
-        query = urlencode([(k, REDACTED if SECRET_QUERY.search(k) else v)
-                           for k, v in parse_qsl(query, keep_blank_values=True)], safe="<>")
+    if secret_query:
+        query = urlencode([(k, REDACTED if SECRET_QUERY.search(k) else v) for k, v in pairs], safe="<>")
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 

@@ -316,7 +316,7 @@ def test_stored_keeps_the_allowlist_and_redacts_the_rest(tmp_path):
 @pytest.mark.parametrize("options", [{"account_key": "SECRET1"}, {"sas_token": "SECRET1"},
                                      {"client_kwargs": {"headers": {"Authorization": "Bearer SECRET1"}}},
                                      {"headers": {"authorization": "SECRET1"}},
-                                     {"s3_additional_kwargs": [{"aws_secret_access_key": "SECRET1"}]}])
+                                     {"s3_additional_kwargs": [1, "x", [{"aws_secret_access_key": "SECRET1"}]]}])
 def test_well_known_credentials_are_refused_without_printing_them(tmp_path, options):
     message = error_of(toy_study(tmp_path, storage_options=options))
     assert "storage_options" in message and "looks like a credential" in message and "SECRET1" not in message
@@ -357,6 +357,15 @@ def test_no_secret_of_storage_options_reaches_an_s3_store(s3_endpoint, tmp_path)
     assert _files_hold_secrets(files) == []
     stored = schema.open_store(study.store, study.storage_options, mode="r").attrs["study"]["storage_options"]
     assert stored == {**options, "config_kwargs": {"user_agent_extra": "<redacted>"}}
+
+
+def test_scrub_url():
+    from ganscale.study import scrub_url
+
+    assert scrub_url("https://u:p@host:1/a?b=c%2Fd&X-Amz-Credential=x") == \
+        "https://<redacted>@host:1/a?b=c%2Fd&X-Amz-Credential=<redacted>"
+    for unchanged in ("https://host/w.pth?download=a/b c", "s3://bucket/key@2x.png", "/local/path", "builtin:probe.pt"):
+        assert scrub_url(unchanged) == unchanged
 
 
 def test_error_lines_lose_the_credentials_of_urls():
