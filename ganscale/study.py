@@ -257,7 +257,8 @@ class Preprocess(_Strict):
 class Study(_Strict):
     name: str  # check_name: NAME_PATTERN in full, not a reserved key
     store: str
-    storage_options: dict[str, Any] = {}  # fsspec options (endpoint_url, ...); never credentials
+    # fsspec options (endpoint_url, ...); never credentials; left out of repr(), stored through stored()
+    storage_options: dict[str, Any] = Field(default={}, repr=False)
     probe: ProbeSpec = ProbeSpec()
     layers: list[str] = Field(min_length=1)
     datasets: dict[str, Dataset] = Field(min_length=1)

@@ -309,6 +309,7 @@ def test_stored_keeps_the_allowlist_and_redacts_the_rest(tmp_path):
     rotated = secret_options("http://user:ROTATED@host:9000")
     rotated["config_kwargs"]["user_agent_extra"] = "ROTATED"
     assert load_study(toy_study(tmp_path, storage_options=rotated)).config_hash() == study.config_hash()
+    assert not any(secret in repr(study) or secret in str(study) for secret in SECRETS)  # tracebacks, Ray errors
     plain = load_study(toy_study(tmp_path, storage_options={}))
     assert plain.stored() == plain.model_dump(mode="json")  # nothing to redact: the same hash as before
 
