@@ -7,6 +7,8 @@ away). Either way a rerun of the same command resumes where it stopped.
 
 from __future__ import annotations
 
+import re
+
 BAD_INPUT, ENVIRONMENT = 2, 1
 RERUN = "fix it and rerun the same command: finished work is kept"
 
@@ -33,12 +35,20 @@ def unwrap(error: BaseException) -> BaseException:
     return error
 
 
+_URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/@]+@")
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's text on one line, without the user:password@ of any URL in it (an endpoint's)."""
+    return _URL_USERINFO.sub(r"\1<redacted>@", " ".join(str(error).split())) or type(error).__name__
+
+
 def describe(error: BaseException) -> tuple[str, int]:
     """The one line to print for an error that ends a command, and the exit code."""
     error = unwrap(error)
     if isinstance(error, GanscaleError):
-        return f"{' '.join(str(error).split()) or type(error).__name__}; {RERUN}", BAD_INPUT
-    text = " ".join(str(error).split()) or type(error).__name__
+        return f"{_one_line(error)}; {RERUN}", BAD_INPUT
+    text = _one_line(error)
     if len(text) > 300:
         text = text[:297] + "..."
     if isinstance(error, EnvironmentFailure):

@@ -45,7 +45,7 @@ from ganscale import __version__, ledger, render, schema, sources, stage
 from ganscale.images import ImageCache, fmap_sizes, patch_box, receptive_field_size
 from ganscale.models import registry
 from ganscale.progress import Progress
-from ganscale.study import Study, digest
+from ganscale.study import Study, digest, scrub_url
 
 SUMMARY_SCHEMA = "ganscale.summary/1"
 
@@ -239,7 +239,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
         bar.close()
         summary = {
             "schema": SUMMARY_SCHEMA, "study": study.name, "config_hash": study.config_hash(),
-            "ganscale_version": __version__, "store": study.store, "resize": sources.RESIZE_NOTE,
+            "ganscale_version": __version__, "store": scrub_url(study.store), "resize": sources.RESIZE_NOTE,
             "preprocess": sources.preprocess_note(study.preprocess.grayscale, study.preprocess.size),
             "datasets": dataset_entries(study, root),
             "kl": kl_rows, "kl_smoothing": study.atlas.smoothing,

@@ -168,7 +168,7 @@ def prepare_store(study: Study, root, plans: list[DatasetPlan]) -> None:
     """The first writes of a run, once every input has been checked: root metadata, fresh groups
     (aside, in staging/, where an old group exists), and damaged chunks marked not done."""
     ledger.update_root(root, {"ganscale_version": __version__, "layout_version": schema.LAYOUT_VERSION,
-                              "study": study.model_dump(mode="json"), "config_hash": study.config_hash()})
+                              "study": study.stored(), "config_hash": study.config_hash()})
     entry = registry.probe_entry(study.probe.name)
     leases = lease.of(root)
     for p in plans:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -16,9 +18,43 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from ganscale.errors import GanscaleError
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# Names that become store keys (the study, datasets, dissected layers) match this in full (re.fullmatch)
+# and are none of the reserved names below: zarr's metadata files, our own groups' keys.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+RESERVED_NAMES = {"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata", "c2st"}  # c2st: metrics/c2st
+# storage_options keys refused outright (any depth, any case): credentials come from the environment,
+# the AWS configuration or the instance role, never from the study.
 CREDENTIAL_KEYS = {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
-                   "aws_session_token", "session_token", "access_key", "secret_key"}
+                   "aws_session_token", "session_token", "access_key", "secret_key", "account_key", "sas_token",
+                   "connection_string", "client_secret", "credential", "credentials", "api_key", "access_token",
+                   "refresh_token", "authorization"}
+# What of storage_options may be written (root attrs `study`) and enter config_hash: these known
+# non-secret fsspec/s3fs keys (True: a plain value, a dict: its own allowlist); any other value is
+# recorded as "<redacted>", and every kept string that is a URL loses its user:password@ and the
+# values of signature/token query parameters.
+PUBLIC_STORAGE_OPTIONS: dict[str, Any] = {
+    **dict.fromkeys(["endpoint_url", "region_name", "anon", "use_ssl", "requester_pays", "default_block_size",
+                     "default_fill_cache", "default_cache_type", "version_aware", "cache_regions",
+                     "skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths",
+                     "max_concurrency", "fixed_upload_size", "auto_mkdir"], True),
+    "client_kwargs": dict.fromkeys(["endpoint_url", "region_name", "verify", "use_ssl", "api_version"], True),
+    "config_kwargs": {
+        **dict.fromkeys(["connect_timeout", "read_timeout", "signature_version", "max_pool_connections",
+                         "region_name", "tcp_keepalive", "parameter_validation", "request_checksum_calculation",
+                         "response_checksum_validation"], True),
+        "retries": dict.fromkeys(["max_attempts", "total_max_attempts", "mode"], True),
+        "s3": dict.fromkeys(["addressing_style", "use_accelerate_endpoint", "use_dualstack_endpoint",
+                             "payload_signing_enabled", "us_east_1_regional_endpoint"], True),
+    },
+    "s3_additional_kwargs": dict.fromkeys(["ServerSideEncryption", "ACL", "StorageClass", "RequestPayer"], True),
+}
+REDACTED = "<redacted>"
+SECRET_QUERY = re.compile(r"sig|token|key|secret|pass|credential|auth", re.IGNORECASE)
+# Limits of the study file, checked before anything walks it: its size, and the number of values it
+# expands to once YAML aliases are followed (a 1 KB "billion laughs" expands to 10^9).
+MAX_STUDY_BYTES = 1 << 20
+MAX_STUDY_VALUES = 100_000
+MAX_SAMPLES = 20_000_000  # sample.max_samples' default: all datasets together
 PROBE_DEFAULT_WEIGHTS = {"toy_probe": "builtin:probe.pt"}
 
 
@@ -94,6 +130,8 @@ class SampleSettings(_Strict):
     # The probe's numerics on CUDA workers (refused on CPU workers): bf16 autocast, channels_last layout.
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    # The most samples a study may ask for, all datasets together (a limit, not part of config_hash).
+    max_samples: PositiveInt = MAX_SAMPLES
 
     @model_validator(mode="after")
     def _batch_fits_chunk(self):
@@ -217,9 +255,10 @@ class Preprocess(_Strict):
 
 
 class Study(_Strict):
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str  # check_name: NAME_PATTERN in full, not a reserved key
     store: str
-    storage_options: dict[str, Any] = {}  # fsspec options (endpoint_url, ...); never credentials
+    # fsspec options (endpoint_url, ...); never credentials; left out of repr(), stored through stored()
+    storage_options: dict[str, Any] = Field(default={}, repr=False)
     probe: ProbeSpec = ProbeSpec()
     layers: list[str] = Field(min_length=1)
     datasets: dict[str, Dataset] = Field(min_length=1)
@@ -236,24 +275,45 @@ class Study(_Strict):
     @classmethod
     def _no_credentials(cls, v: dict) -> dict:
         def walk(d):
+            if isinstance(d, list):
+                for val in d:
+                    if isinstance(val, (dict, list)):
+                        walk(val)
+                return
             for k, val in d.items():
-                if k.lower() in CREDENTIAL_KEYS:
+                if str(k).lower() in CREDENTIAL_KEYS:
                     raise ValueError(f"'{k}' looks like a credential: credentials come from the environment "
                                      "or the AWS configuration, never from the study")
-                if isinstance(val, dict):
+                if isinstance(val, (dict, list)):
                     walk(val)
         walk(v)
         return v
 
-    @field_validator("datasets")
+    @field_validator("name", mode="before")
     @classmethod
-    def _dataset_names(cls, v: dict) -> dict:
-        import re
+    def _study_name(cls, v):
+        return check_name(v) if isinstance(v, str) else v
 
-        for name in v:
-            if not re.match(NAME_PATTERN, name):
-                raise ValueError(f"dataset name '{name}' must match {NAME_PATTERN}")
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _dataset_names(cls, v):
+        for name in v if isinstance(v, dict) else ():
+            if isinstance(name, str):  # other keys: pydantic's own "should be a valid string"
+                check_name(name, "dataset name")
         return v
+
+    @model_validator(mode="after")
+    def _sample_limit(self):
+        limit = self.sample.max_samples
+        for name, ds in self.datasets.items():
+            if ds.samples > limit:
+                raise ValueError(f"datasets.{name}.samples: {ds.samples:,} samples, above the limit "
+                                 f"{limit:,}; raise sample.max_samples to allow it")
+        total = sum(ds.samples for ds in self.datasets.values())
+        if total > limit:
+            raise ValueError(f"sample.max_samples: the study asks for {total:,} samples ({len(self.datasets)} "
+                             f"datasets), above the limit {limit:,}; raise sample.max_samples to allow it")
+        return self
 
     @model_validator(mode="after")
     def _known_models(self):
@@ -289,10 +349,80 @@ class Study(_Strict):
             for name in self.dissect.generators or []:
                 if name not in generators:
                     raise ValueError(f"dissect.generators: '{name}' is not a generator dataset of the study")
+            for layer in self.dissect.layers:  # store keys: dissect/{generator}/{layer}
+                try:
+                    check_name(layer, "layer name")
+                except ValueError as e:
+                    raise ValueError(f"dissect.layers: {e}") from None
         return self
 
+    def stored(self) -> dict:
+        """The study as it may be written to the store or shown: storage_options through the allowlist
+        PUBLIC_STORAGE_OPTIONS (anything else "<redacted>"), and no URL anywhere with its credentials."""
+        out = self.model_dump(mode="json")
+        out["storage_options"] = public_storage_options(out["storage_options"])
+        return _scrub_urls(out)
+
     def config_hash(self) -> str:
-        return digest(self.model_dump(mode="json"))
+        """Digest of stored() less the limits: rotating a token or raising a limit keeps the hash."""
+        out = self.stored()
+        out["sample"] = {k: v for k, v in out["sample"].items() if k != "max_samples"}
+        return digest(out)
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """A name that becomes a store key: NAME_PATTERN in full, and not a key zarr or ganscale uses."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"{what} {name!r} must match {NAME_PATTERN} (letters, digits, _ . -; "
+                         "a letter or digit first)")
+    if name.lower() in RESERVED_NAMES or name.lower().endswith(".json") or name.startswith((".", "__")):
+        raise ValueError(f"{what} {name!r} is reserved: it would collide with a key of the store "
+                         "(zarr.json, .z*, *.json, c2st)")
+    return name
+
+
+def public_storage_options(options: Any, allowed: Any = PUBLIC_STORAGE_OPTIONS) -> Any:
+    """storage_options as they may be stored: allowlisted keys kept (URLs without credentials), any
+    other value "<redacted>"."""
+    if isinstance(allowed, dict):
+        if not isinstance(options, dict):
+            return REDACTED
+        return {k: public_storage_options(v, allowed[k]) if k in allowed else REDACTED for k, v in options.items()}
+    if options is None or isinstance(options, (bool, int, float)):
+        return options
+    if isinstance(options, str):
+        return scrub_url(options)
+    return REDACTED  # a list or mapping where a plain value is expected
+
+
+def scrub_url(text: str) -> str:
+    """A URL without user:password@ and without the values of signature/token/key query parameters;
+    any other string unchanged."""
+    if "://" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return REDACTED
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret_query = any(SECRET_QUERY.search(k) for k, _ in pairs)
+    if "@" not in parts.netloc and not secret_query:
+        return text  # unchanged, byte for byte (config_hash)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = REDACTED + "@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if secret_query:
+        query = urlencode([(k, REDACTED if SECRET_QUERY.search(k) else v) for k, v in pairs], safe="<>")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _scrub_urls(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _scrub_urls(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_scrub_urls(v) for v in obj]
+    return scrub_url(obj) if isinstance(obj, str) else obj
 
 
 def digest(obj: Any) -> str:
@@ -351,11 +481,60 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
 def parse_study(raw: Any, source: str = "study", base: Path | None = None) -> Study:
     if not isinstance(raw, dict):
         raise GanscaleError(f"{source}: a study must be a YAML mapping, got {type(raw).__name__}")
+    _check_expanded_size(raw, _value_children, source)  # before anything walks it (json.dumps, pydantic)
     raw = _resolve_paths(json.loads(json.dumps(raw)), base or Path.cwd())
     try:
         return Study.model_validate(raw)
     except ValidationError as e:
         raise GanscaleError(_format_validation_error(source, e)) from None
+
+
+def _node_children(node) -> list:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    return []
+
+
+def _value_children(obj) -> list:
+    if isinstance(obj, dict):
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, (list, tuple)):
+        return obj
+    return []
+
+
+def _check_expanded_size(root, children, source: str, limit: int = MAX_STUDY_VALUES) -> None:
+    """Refuse a document that expands to more than `limit` values once shared parts (YAML aliases)
+    are counted at every place they appear, or that contains itself. Linear in the document as
+    written: each shared part is counted once (memoised by id) and its count reused."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()  # expanding: met again below itself means a cycle
+    stack = [(root, False)]
+    while stack:
+        item, done = stack.pop()
+        key = id(item)
+        if done:
+            open_.discard(key)
+            total = 1 + sum(sizes.get(id(c), 1) for c in children(item))
+            if total > limit:
+                raise GanscaleError(f"{source}: the study expands to more than the limit of {limit:,} values "
+                                    "once its YAML aliases are followed (an alias bomb?)")
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in open_:
+            raise GanscaleError(f"{source}: a YAML alias refers to a value that contains it (a recursive "
+                                "structure); a study cannot contain itself")
+        kids = children(item)
+        if not kids:
+            sizes[key] = 1
+            continue
+        open_.add(key)
+        stack.append((item, True))
+        stack.extend((c, False) for c in kids if id(c) not in sizes)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -376,13 +555,32 @@ def load_study(path: str | Path, check_files: bool = True) -> Study:
     path = Path(path)
     if not path.is_file():
         raise GanscaleError(f"{path}: study file not found")
+    with open(path, "rb") as f:
+        data = f.read(MAX_STUDY_BYTES + 1)
+    if len(data) > MAX_STUDY_BYTES:
+        raise GanscaleError(f"{path}: the study file is larger than the limit of {MAX_STUDY_BYTES:,} bytes "
+                            f"({MAX_STUDY_BYTES >> 20} MiB); is it the right file?")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        loader = _UniqueKeyLoader(data.decode("utf-8"))
+        try:
+            node = loader.get_single_node()  # the node graph: aliases are shared nodes, nothing expanded yet
+            if node is not None:
+                _check_expanded_size(node, _node_children, str(path))
+            raw = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except UnicodeDecodeError as e:
+        raise GanscaleError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise GanscaleError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', e)}") from None
-    study = parse_study(raw, str(path), path.parent)
+    except RecursionError:
+        raise GanscaleError(f"{path}: the YAML is nested too deeply") from None
+    try:
+        study = parse_study(raw, str(path), path.parent)
+    except RecursionError:
+        raise GanscaleError(f"{path}: the YAML is nested too deeply") from None
     if check_files:
         check_local_inputs(study, str(path))
     return study
