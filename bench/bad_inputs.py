@@ -700,16 +700,33 @@ simple("dataset name with a trailing newline", {"datasets": {**REFERENCE["datase
 simple("dataset name .hidden", {"datasets": {**REFERENCE["datasets"], ".hidden": {"kind": "toyworld", "samples": 64}}})
 
 
-@kind("secrets under other names in storage_options")
+@kind("secrets under other names in storage_options (refused)")
 def _(b, d, store):
-    secrets = ["SECRETPASS", "SECRETBEARER", "SECRETSAS"]
-    options = {"client_kwargs": {"endpoint_url": "http://user:SECRETPASS@localhost:9/",
-                                 "headers": {"Authorization": "Bearer SECRETBEARER"}},
-               "sas_token": "SECRETSAS"}
+    options = {"client_kwargs": {"headers": {"Authorization": "Bearer SECRETBEARER"}}, "sas_token": "SECRETSAS"}
     path = b.with_bad(d, {"kind": "toyworld", "samples": 64}, storage_options=options)
 
+    def not_printed(out: dict) -> tuple[bool, str]:
+        printed = any(s in line for s in ("SECRETBEARER", "SECRETSAS")
+                      for line in out["stdout"] + out["other_stderr"] + [out["error"]])
+        return not printed, "the secret is not printed" if not printed else "THE SECRET IS PRINTED"
+    return Case(path, watch=store, after=not_printed)
+
+
+@kind("secrets under other names in storage_options (redacted)")
+def _(b, d, store):
+    secrets = ["SECRETPASS", "SECRETCUSTOM", "SECRETSIG"]
+    options = {"client_kwargs": {"endpoint_url": "http://user:SECRETPASS@localhost:9/"},
+               "my_vendor_option": "SECRETCUSTOM"}
+    path = b.with_bad(d, {"kind": "toyworld", "samples": 64}, storage_options=options)
+    raw = yaml.safe_load(path.read_text())  # and a signed URL as a dataset path
+    (d / "photos").mkdir()
+    _scenes(d / "photos", 8)
+    raw["datasets"]["signed"] = {"kind": "images", "path": str(d / "photos"), "samples": 8}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
     def nowhere(out: dict) -> tuple[bool, str]:
-        found = [f.name for f in store.rglob("*") if f.is_file() and any(s.encode() in f.read_bytes() for s in secrets)]
+        found = [str(f.relative_to(store)) for f in store.rglob("*")
+                 if f.is_file() and any(s.encode() in f.read_bytes() for s in secrets)]
         printed = any(s in line for s in secrets for line in out["stdout"] + out["other_stderr"] + [out["error"]])
         return not found and not printed, ("no secret in the store or the output" if not found and not printed
                                            else f"secret found in {found or 'the output'}")

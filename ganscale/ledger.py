@@ -17,14 +17,15 @@ import time
 
 import zarr
 
-from ganscale.study import digest
+from ganscale.study import digest, scrub_urls
 
 KEY = "stages"
 
 
 def jsonable(inputs: dict) -> dict:
-    """`inputs` as they read back from the store (tuples become lists), so fingerprints compare."""
-    return json.loads(json.dumps(inputs))
+    """`inputs` as they read back from the store (tuples become lists), so fingerprints compare; URLs
+    without their credentials (a signed or user:password@ URL in a dataset path never reaches the store)."""
+    return scrub_urls(json.loads(json.dumps(inputs)))
 
 
 def record(root, stage: str, item: str, inputs: dict, seconds: float, **extra) -> dict:

@@ -361,7 +361,7 @@ class Study(_Strict):
         PUBLIC_STORAGE_OPTIONS (anything else "<redacted>"), and no URL anywhere with its credentials."""
         out = self.model_dump(mode="json")
         out["storage_options"] = public_storage_options(out["storage_options"])
-        return _scrub_urls(out)
+        return scrub_urls(out)
 
     def config_hash(self) -> str:
         """Digest of stored() less the limits: rotating a token or raising a limit keeps the hash."""
@@ -417,11 +417,11 @@ def scrub_url(text: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def _scrub_urls(obj: Any) -> Any:
+def scrub_urls(obj: Any) -> Any:
     if isinstance(obj, dict):
-        return {k: _scrub_urls(v) for k, v in obj.items()}
+        return {k: scrub_urls(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_scrub_urls(v) for v in obj]
+        return [scrub_urls(v) for v in obj]
     return scrub_url(obj) if isinstance(obj, str) else obj
 
 
