@@ -714,15 +714,10 @@ def _(b, d, store):
 
 @kind("secrets under other names in storage_options (redacted)")
 def _(b, d, store):
-    secrets = ["SECRETPASS", "SECRETCUSTOM", "SECRETSIG"]
+    secrets = ["SECRETPASS", "SECRETCUSTOM"]
     options = {"client_kwargs": {"endpoint_url": "http://user:SECRETPASS@localhost:9/"},
                "my_vendor_option": "SECRETCUSTOM"}
     path = b.with_bad(d, {"kind": "toyworld", "samples": 64}, storage_options=options)
-    raw = yaml.safe_load(path.read_text())  # and a signed URL as a dataset path
-    (d / "photos").mkdir()
-    _scenes(d / "photos", 8)
-    raw["datasets"]["signed"] = {"kind": "images", "path": str(d / "photos"), "samples": 8}
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
     def nowhere(out: dict) -> tuple[bool, str]:
         found = [str(f.relative_to(store)) for f in store.rglob("*")
