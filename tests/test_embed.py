@@ -187,3 +187,34 @@ def test_exact_neighbours_match_a_brute_force_search(metric):
     assert (index[:, 0] == np.arange(700)).all()  # every point is its own nearest neighbour, as umap-learn expects
     assert (index == want_index).mean() > 0.999  # (ties may swap)
     np.testing.assert_allclose(distance, want_distance, atol=1e-5)
+
+
+def test_transform_points_is_within_umap_learns_own_transform_noise():
+    """transform_points against umap-learn's UMAP.transform on the same fit (both find neighbours
+    exactly at this size), in the normalised layout: the README's tolerance (embed.new_datasets)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(8, 32)) * 3
+
+    def clustered(n, seed):
+        r = np.random.default_rng(seed)
+        return (centres[r.integers(0, 8, n)] + r.normal(size=(n, 32))).astype(np.float32)
+
+    x, new = clustered(1500, 1), clustered(300, 2)
+    reducer = umap.UMAP(n_neighbors=15, min_dist=0.05, metric="cosine", random_state=3, n_jobs=1).fit(x)
+    theirs = reducer.transform(new)
+    ours = embed.transform_points(x, reducer.embedding_, new, n_neighbors=15, metric="cosine",
+                                  a=reducer._a, b=reducer._b)
+    reducer.transform_seed = 7  # umap-learn's own run-to-run noise: its transform with another seed
+    noise = reducer.transform(new)
+    _, (low, high) = embed.normalise(reducer.embedding_)
+
+    def differences(u, v):
+        u, v = embed.apply_bounds(u, low, high), embed.apply_bounds(v, low, high)
+        distance = np.linalg.norm(u - v, axis=1)
+        same_cell = (np.minimum((u * 20).astype(int), 19) == np.minimum((v * 20).astype(int), 19)).all(1).mean()
+        return np.median(distance), np.percentile(distance, 95), same_cell
+
+    (median, p95, same_cell), (noise_median, noise_p95, noise_same_cell) = differences(theirs, ours), differences(theirs, noise)
+    print("transform_points vs umap-learn:", median, p95, same_cell, "umap-learn seed 42 vs 7:", noise_median, noise_p95, noise_same_cell)
+    assert median <= 0.01 and p95 <= 0.03 and same_cell >= 0.75  # README, embed.new_datasets
+    assert median <= noise_median and p95 <= 1.5 * noise_p95 and same_cell >= noise_same_cell - 0.05
