@@ -110,6 +110,7 @@ def probe_entry(name: str, field: str = "probe.name") -> ProbeEntry:
 
 
 def _import_plugin(name: str, field: str) -> Callable[..., Any]:
+    """A `package.module:function` plugin named in the study: code by design, imported and called."""
     module_name, _, attr = name.partition(":")
     if not module_name or not attr:
         raise GanscaleError(f"{field}: a plugin is written 'package.module:function', got '{name}'")
@@ -261,6 +262,9 @@ def _dcgan(spec, field: str, storage_options=None) -> Generator:
 
 
 def _torchscript(spec, field: str, storage_options=None) -> Generator:
+    """`name: torchscript`: the study names code to run. torch.jit.load runs the archive's TorchScript
+    (a module's __setstate__ runs as it loads), so `path` is trusted as a Python file would be (README,
+    Trust); weights fields never go through here."""
     path = weights_io.resolve(spec.path, spec.sha256, field=f"{field}.path", storage_options=storage_options)
     try:
         module = torch.jit.load(str(path), map_location="cpu")
