@@ -152,6 +152,25 @@ def project(x: np.ndarray, components: np.ndarray | None, mean: np.ndarray | Non
     return ((x - mean) @ components.T).astype(np.float32)
 
 
+# Beyond this many (new, fitted) pairs, transform_points finds the neighbours with an NNDescent index
+# built afresh on the fitted points (umap-learn's own search, never stored) instead of matrix products:
+# the products cost pairs x channels, 2.5e9 pairs about a minute of two CPU cores at 512 channels.
+EXACT_PAIRS = 50_000 ** 2
+
+
+def searched_neighbours(query: np.ndarray, train: np.ndarray, k: int, metric: str, seed: int):
+    """umap-learn's approximate search: an NNDescent index on `train` as UMAP.fit builds it (its
+    n_trees, n_iters, max_candidates), queried as UMAP.transform queries it (epsilon 0.24 with
+    angular trees, else 0.12). Built here from the fitted arrays, never stored or read back."""
+    from pynndescent import NNDescent
+
+    index = NNDescent(train, n_neighbors=k, metric=metric, random_state=np.random.RandomState(seed),
+                      n_trees=min(64, 5 + int(round(len(train) ** 0.5 / 20.0))),
+                      n_iters=max(5, int(round(np.log2(len(train))))), max_candidates=60, low_memory=True,
+                      n_jobs=1, compressed=False)
+    return index.query(query, k, epsilon=0.24 if index._angular_trees else 0.12)
+
+
 # umap-learn 0.5.12's UMAP.transform settings that ganscale never changes: its transform_seed,
 # local_connectivity 1 (adjusted to 0 for new points), repulsion_strength, learning_rate,
 # negative_sample_rate, and n_epochs None (100 epochs for up to 10,000 new points, else 30).
@@ -162,9 +181,10 @@ def transform_points(train: np.ndarray, embedding: np.ndarray, x: np.ndarray, *,
                      a: float, b: float, seed: int = TRANSFORM_SEED) -> np.ndarray:
     """New points `x` placed into a fitted layout `embedding` (the raw layout of the rows of `train`),
     as umap-learn 0.5.12's UMAP.transform places them, from arrays alone: each point's n_neighbors
-    nearest training points (exactly, as umap-learn does below 4,096 training points; above, it asks
-    pynndescent's index), their fuzzy memberships, the weighted mean of their positions as the
-    start, and the layout optimisation that moves only the new points."""
+    nearest training points (exactly, as umap-learn does below 4,096 training points, up to EXACT_PAIRS
+    pairs and for euclidean and cosine; beyond, by umap-learn's own NNDescent search built here), their
+    fuzzy memberships, the weighted mean of their positions as the start, and the layout optimisation
+    that moves only the new points."""
     import scipy.sparse
     from sklearn.utils import check_random_state
     from umap.layouts import optimize_layout_euclidean
@@ -173,7 +193,10 @@ def transform_points(train: np.ndarray, embedding: np.ndarray, x: np.ndarray, *,
 
     embedding = np.ascontiguousarray(embedding, dtype=np.float32)
     rng_state = check_random_state(seed).randint(INT32_MIN, INT32_MAX, 3).astype(np.int64)
-    indices, dists = nearest_in(x, train, n_neighbors, metric)
+    if len(x) * len(train) <= EXACT_PAIRS and metric in ("euclidean", "cosine"):
+        indices, dists = nearest_in(x, train, n_neighbors, metric)
+    else:
+        indices, dists = searched_neighbours(x, train, n_neighbors, metric, seed)
     dists = dists.astype(np.float32, order="C")
     indices[dists >= DISCONNECTION_DISTANCES.get(metric, np.inf)] = -1
     sigmas, rhos = smooth_knn_dist(dists, float(n_neighbors), local_connectivity=0.0)

@@ -218,3 +218,21 @@ def test_transform_points_is_within_umap_learns_own_transform_noise():
     print("transform_points vs umap-learn:", median, p95, same_cell, "umap-learn seed 42 vs 7:", noise_median, noise_p95, noise_same_cell)
     assert median <= 0.01 and p95 <= 0.03 and same_cell >= 0.75  # README, embed.new_datasets
     assert median <= noise_median and p95 <= 1.5 * noise_p95 and same_cell >= noise_same_cell - 0.05
+
+
+def test_transform_points_beyond_exact_pairs_searches_like_umap_learn(monkeypatch):
+    """Past EXACT_PAIRS (and for metrics other than euclidean and cosine) the neighbours come from an
+    NNDescent index built on the fitted points, as umap-learn's own search: the same places within
+    the tolerance of test_transform_points_is_within_umap_learns_own_transform_noise."""
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(6, 16))[rng.integers(0, 6, 800)] * 3 + rng.normal(size=(800, 16))).astype(np.float32)
+    reducer = umap.UMAP(n_neighbors=10, min_dist=0.05, metric="euclidean", random_state=3, n_jobs=1).fit(x)
+    new = x[:200] + 0.05 * rng.normal(size=(200, 16)).astype(np.float32)
+    exact = embed.transform_points(x, reducer.embedding_, new, n_neighbors=10, metric="euclidean",
+                                   a=reducer._a, b=reducer._b)
+    monkeypatch.setattr(embed, "EXACT_PAIRS", 0)
+    searched = embed.transform_points(x, reducer.embedding_, new, n_neighbors=10, metric="euclidean",
+                                      a=reducer._a, b=reducer._b)
+    _, (low, high) = embed.normalise(reducer.embedding_)
+    distance = np.linalg.norm(embed.apply_bounds(exact, low, high) - embed.apply_bounds(searched, low, high), axis=1)
+    assert np.median(distance) <= 0.01 and np.percentile(distance, 95) <= 0.03
