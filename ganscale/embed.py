@@ -4,6 +4,12 @@ The fit runs as a Ray task, on a GPU node with RAPIDS cuML when the cluster has 
 imports there, else with umap-learn on a CPU. The layout is normalised as the published atlases
 do (clip to the 1st..99th percentile, add a 10% margin, rescale to [0, 1]) and written back per
 dataset as datasets/{dataset}/layers/{layer}/umap. A layer whose inputs did not change is skipped.
+
+What `embed.new_datasets: transform` needs is kept in models/umap_{layer}/ as float arrays and plain
+settings, each array with its CRC-32 (write_model, model_problem), and new points are placed from them
+as umap-learn's UMAP.transform places them (transform_points): nothing read from the store is
+unpickled or executed. A model that is missing, pickled by an older ganscale, or damaged is not read:
+the layer is refitted, with a warning naming it.
 """
 
 from __future__ import annotations
