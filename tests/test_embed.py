@@ -140,7 +140,7 @@ def test_a_planted_pickle_is_never_unpickled(ray_local, tmp_path, caplog):
     bigger, root = with_new_dataset(study, tmp_path / "x")
     plant(root, "models/umap_block1", marker)  # the old format: the model's group replaced by a uint8 array
     plant(root, "models/umap_block2", marker)
-    planted = list(uint8_arrays(root["models"], "models"))
+    planted = sorted(uint8_arrays(root["models"], "models"))
     assert planted == ["models/umap_block1", "models/umap_block2"]
     with caplog.at_level("WARNING", logger="ganscale.embed"):
         result = embed.run(bigger)
@@ -220,7 +220,17 @@ def test_transform_points_is_within_umap_learns_own_transform_noise():
     assert median <= noise_median and p95 <= 1.5 * noise_p95 and same_cell >= noise_same_cell - 0.05
 
 
-def test_transform_points_beyond_exact_pairs_searches_like_umap_learn(monkeypatch):
+def searched_transform(*args, **kwargs):
+    """transform_points past EXACT_PAIRS, in a Ray worker as the stage runs it (in the test process,
+    where Ray has replaced builtins.print, numba cannot compile pynndescent's functions)."""
+    saved, embed.EXACT_PAIRS = embed.EXACT_PAIRS, 0
+    try:
+        return embed.transform_points(*args, **kwargs)
+    finally:
+        embed.EXACT_PAIRS = saved  # the worker serves later tasks
+
+
+def test_transform_points_beyond_exact_pairs_searches_like_umap_learn(ray_local):
     """Past EXACT_PAIRS (and for metrics other than euclidean and cosine) the neighbours come from an
     NNDescent index built on the fitted points, as umap-learn's own search: the same places within
     the tolerance of test_transform_points_is_within_umap_learns_own_transform_noise."""
@@ -228,11 +238,9 @@ def test_transform_points_beyond_exact_pairs_searches_like_umap_learn(monkeypatc
     x = (rng.normal(size=(6, 16))[rng.integers(0, 6, 800)] * 3 + rng.normal(size=(800, 16))).astype(np.float32)
     reducer = umap.UMAP(n_neighbors=10, min_dist=0.05, metric="euclidean", random_state=3, n_jobs=1).fit(x)
     new = x[:200] + 0.05 * rng.normal(size=(200, 16)).astype(np.float32)
-    exact = embed.transform_points(x, reducer.embedding_, new, n_neighbors=10, metric="euclidean",
-                                   a=reducer._a, b=reducer._b)
-    monkeypatch.setattr(embed, "EXACT_PAIRS", 0)
-    searched = embed.transform_points(x, reducer.embedding_, new, n_neighbors=10, metric="euclidean",
-                                      a=reducer._a, b=reducer._b)
+    settings = {"n_neighbors": 10, "metric": "euclidean", "a": reducer._a, "b": reducer._b}
+    exact = embed.transform_points(x, reducer.embedding_, new, **settings)
+    searched = ray_local.get(ray_local.remote(searched_transform).remote(x, reducer.embedding_, new, **settings))
     _, (low, high) = embed.normalise(reducer.embedding_)
     distance = np.linalg.norm(embed.apply_bounds(exact, low, high) - embed.apply_bounds(searched, low, high), axis=1)
     assert np.median(distance) <= 0.01 and np.percentile(distance, 95) <= 0.03
