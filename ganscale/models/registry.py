@@ -110,6 +110,7 @@ def probe_entry(name: str, field: str = "probe.name") -> ProbeEntry:
 
 
 def _import_plugin(name: str, field: str) -> Callable[..., Any]:
+    """A `package.module:function` plugin named in the study: code by design, imported and called."""
     module_name, _, attr = name.partition(":")
     if not module_name or not attr:
         raise GanscaleError(f"{field}: a plugin is written 'package.module:function', got '{name}'")
@@ -201,12 +202,18 @@ class BigGANGenerator:
     """BigGAN through pytorch-pretrained-biggan, from a local weights directory (config.json and
     pytorch_model.bin). Noise and class come from the seed; truncation as in the paper."""
 
-    def __init__(self, weights_dir: str, truncation: float = 0.4, classes: list[int] | None = None):
+    def __init__(self, weights_dir: str, truncation: float = 0.4, classes: list[int] | None = None,
+                 field: str = "weights"):
         try:
-            from pytorch_pretrained_biggan import BigGAN
+            from pytorch_pretrained_biggan import BigGAN, BigGANConfig
         except ImportError:
             raise GanscaleError("generator 'biggan' needs the biggan extra: pip install 'ganscale[biggan]'") from None
-        self.model = BigGAN.from_pretrained(weights_dir).eval()
+        # BigGAN.from_pretrained(weights_dir), but with the tensors read weights-only (its own torch.load
+        # would unpickle whatever the file holds on a torch that does not default to weights_only)
+        self.model = BigGAN(BigGANConfig.from_json_file(str(Path(weights_dir) / "config.json")))
+        state = weights_io.load_state_dict(str(Path(weights_dir) / "pytorch_model.bin"), field=field)
+        self.model.load_state_dict(state, strict=False)  # strict=False as from_pretrained loads it
+        self.model.eval()
         self.truncation = truncation
         self.num_classes = self.model.config.num_classes
         self.resolution = self.model.config.output_dim
@@ -255,6 +262,9 @@ def _dcgan(spec, field: str, storage_options=None) -> Generator:
 
 
 def _torchscript(spec, field: str, storage_options=None) -> Generator:
+    """`name: torchscript`: the study names code to run. torch.jit.load runs the archive's TorchScript
+    (a module's __setstate__ runs as it loads), so `path` is trusted as a Python file would be (README,
+    Trust); weights fields never go through here."""
     path = weights_io.resolve(spec.path, spec.sha256, field=f"{field}.path", storage_options=storage_options)
     try:
         module = torch.jit.load(str(path), map_location="cpu")
@@ -268,7 +278,7 @@ def _biggan(spec, field: str, storage_options=None) -> Generator:
     directory = weights_io.local_path(spec.weights)
     if not (directory / "config.json").exists():
         raise GanscaleError(f"{field}.weights: {spec.weights} is not a BigGAN weights directory (no config.json)")
-    return BigGANGenerator(str(directory), spec.truncation or 0.4, spec.options.get("classes"))
+    return BigGANGenerator(str(directory), spec.truncation or 0.4, spec.options.get("classes"), f"{field}.weights")
 
 
 def _openvino(spec, field: str, storage_options=None) -> Generator:
