@@ -356,7 +356,7 @@ def transform_layer(study: Study, layer: str, datasets: list[str], bounds) -> di
     mean = group["mean"][...] if "mean" in group else None
     parts = []
     for name, count, crc in zip(attrs["datasets"], attrs["samples"], attrs["activations_crc32"]):
-        values = root[f"{schema.layer_path(name, layer)}/activations"][...]
+        values = schema.read_rows(root[schema.dataset_path(name)], f"layers/{layer}/activations")
         if len(values) != count or chunk_checksum(values, np.float32) != crc:
             raise GanscaleError(f"embed: the activations of {schema.layer_path(name, layer)} changed since "
                                 f"{path} was fitted; rerun embed to refit the layer")
@@ -367,7 +367,7 @@ def transform_layer(study: Study, layer: str, datasets: list[str], bounds) -> di
         raise GanscaleError(f"embed: {path}/embedding has {len(embedding)} rows for {len(train)} fitted samples")
     low, high = (np.asarray(b) for b in bounds)
     for name in datasets:
-        x = project(root[f"{schema.layer_path(name, layer)}/activations"][...], components, mean)
+        x = project(schema.read_rows(root[schema.dataset_path(name)], f"layers/{layer}/activations"), components, mean)
         raw = transform_points(train, embedding, x, n_neighbors=int(attrs["n_neighbors"]), metric=attrs["metric"],
                                a=float(attrs["a"]), b=float(attrs["b"]),
                                seed=int(attrs.get("transform_seed", TRANSFORM_SEED)))
