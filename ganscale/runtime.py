@@ -100,6 +100,15 @@ def _which_worker(error: BaseException) -> str:
     return f"worker ({', '.join(found)})" if found else "worker"
 
 
+def _ray_kind(error: BaseException) -> str:
+    """The Ray exception's own name: ActorDiedError, also for the RayTaskError(ActorDiedError) Ray
+    makes when a dead actor's failure passes through another task."""
+    for cls in type(error).__mro__:
+        if cls.__module__ == "ray.exceptions" and not cls.__name__.startswith("RayTaskError"):
+            return cls.__name__
+    return type(error).__name__
+
+
 def worker_failure(error: BaseException, what: str) -> Exception:
     """The error to raise for a failed task, or a worker that could not start or died for good, as
     one line: the GanscaleError raised inside it (bad weights, say: exit 2) when there was one, else
@@ -117,7 +126,7 @@ def worker_failure(error: BaseException, what: str) -> Exception:
             for line in str(error).splitlines():
                 if "GanscaleError: " in line:
                     return GanscaleError(line.split("GanscaleError: ", 1)[1].strip())
-        return EnvironmentFailure(f"{what}: {_which_worker(error)} died for good ({type(error).__name__})")
+        return EnvironmentFailure(f"{what}: {_which_worker(error)} died for good ({_ray_kind(error)})")
     for line in str(error).splitlines():
         if "GanscaleError: " in line:
             return GanscaleError(line.split("GanscaleError: ", 1)[1].strip())
