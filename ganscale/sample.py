@@ -437,9 +437,15 @@ class ChunkSampler:
 
     def _files_of(self, dataset: str) -> list[str] | None:
         """An image folder's chosen files: the driver puts the listing in Ray's object store once and
-        passes every actor its reference (not a copy each), fetched here on first use."""
+        passes every actor its reference (not a copy each), fetched here on first use. An arrays
+        dataset's sources 'path[row]': derived here, once (the driver keeps none)."""
         files = self.files.get(dataset)
-        if files is not None and not isinstance(files, list):
+        spec = self.study.datasets[dataset]
+        if files is None and spec.kind == "arrays":
+            files = self.files[dataset] = sources.array_sources(
+                spec.path, spec.key, spec.samples, self.study.seed, dataset, self.study.storage_options,
+                f"datasets.{dataset}", rows=spec.rows)
+        elif files is not None and not isinstance(files, list):
             import ray
 
             files = self.files[dataset] = ray.get(files)
