@@ -45,6 +45,7 @@ def run(study: Path = typer.Argument(..., help="The study YAML."),
         for s in chosen or []:
             if s not in STAGES:
                 raise GanscaleError(f"--stages: unknown stage '{s}' (known: {', '.join(STAGES)})")
+        # run_study logs the sample stage's planned size first (printed here on stderr)
         results = run_study(load_study(study), chosen, address, verify=verify, force=force)
     except Exception as e:  # every failure ends in one line (-v logs the traceback)
         logging.getLogger("ganscale").debug("failure", exc_info=True)
@@ -62,13 +63,26 @@ def status(study: Path = typer.Argument(..., help="The study YAML."),
     from ganscale.study import load_study
 
     try:
-        rows = stage_status(load_study(study, check_files=False), verify=verify)
+        loaded = load_study(study, check_files=False)
+        rows = stage_status(loaded, verify=verify)
     except Exception as e:
         _fail(e)
     for row in rows:
         typer.echo(f"{row['stage']:<7} {row['item']:<24} {row['state']}")
+    try:
+        _print_planned_size(loaded)
+    except Exception as e:
+        _fail(e)
     if any(row["state"].startswith("damaged") for row in rows):
         raise typer.Exit(1)
+
+
+def _print_planned_size(study) -> None:
+    """The sample stage's planned size (samples, chunks, bytes per array and in all), before any work."""
+    from ganscale import sample
+
+    for line in sample.planned_size_lines(sample.planned_size(study)):
+        typer.echo(line)
 
 
 def demo_study_path(out: Path) -> Path:

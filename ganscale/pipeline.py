@@ -19,7 +19,7 @@ assert list(STAGES) == stage.ORDER
 
 def _open(study: Study, mode: str = "r"):
     try:
-        return schema.open_store(study.store, study.storage_options, mode=mode)
+        return schema.open_root(study.store, study.storage_options, mode=mode)
     except FileNotFoundError:
         return None
 
@@ -32,6 +32,9 @@ def run_study(study: Study, stages: list[str] | None = None, address: str | None
     `force`: the sample stage may replace a store that holds another study."""
     chosen = stages or list(STAGES)
     results = {}
+    if "sample" in chosen:  # what the sample stage will hold, before any work
+        for line in sample.planned_size_lines(sample.planned_size(study)):
+            log.info("%s", line)
     for name in STAGES:
         if name not in chosen:
             continue
@@ -47,7 +50,7 @@ def run_study(study: Study, stages: list[str] | None = None, address: str | None
         if name == "sample":  # chunk by chunk, each under its own lease (ganscale.sample)
             results[name] = STAGES[name](study, address=address, verify=verify, force=force)
         else:
-            root = root if root is not None else schema.open_store(study.store, study.storage_options)
+            root = root if root is not None else schema.open_root(study.store, study.storage_options)
             with lease.of(root).exclusive(f"stage/{name}", waiting=f"stage {name}"):
                 # another run may have finished it while this one waited: the stage then skips its items
                 results[name] = STAGES[name](study, address=address)
@@ -61,7 +64,8 @@ def complete(study: Study, root, name: str) -> bool:
                                for item in stage.module(name).items(study)):
         return False
     if name == "sample":  # a done flag lost since: the ledger says complete, the chunk must be redone
-        return all(schema.done_chunks(root[schema.dataset_path(d)]).all() for d in study.datasets)
+        groups = [root.get(schema.dataset_path(d)) for d in study.datasets]
+        return all(g is not None and schema.done_chunks(g).all() for g in groups)
     return True
 
 

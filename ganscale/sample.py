@@ -27,7 +27,7 @@ from ganscale.metrics import images as image_metrics
 from ganscale.models import registry
 from ganscale.progress import Progress
 from ganscale.runtime import Task, init_ray, pick_device, run_on_actors, worker_failure, worker_resources
-from ganscale.study import Study, digest
+from ganscale.study import Study, digest, scrub_urls
 
 log = logging.getLogger("ganscale.sample")
 
@@ -79,16 +79,54 @@ def layout_for(study: Study, dataset: str) -> schema.DatasetLayout:
         fid_features=study.metrics.fid_inception is not None)
 
 
+class Pending:
+    """The chunks of a dataset left to compute, in order, without a list per chunk: every chunk of a
+    group still to be made (a range), or those whose `done` flag is 0 (one byte per chunk, read
+    once). Counts are arithmetic; iterating walks the flags block by block."""
+
+    BLOCK = 1 << 16
+
+    def __init__(self, n_chunks: int, done: np.ndarray | None = None):
+        self.n_chunks = n_chunks
+        self.done = None if done is None else np.asarray(done, dtype=bool)
+
+    def __len__(self) -> int:
+        return self.n_chunks if self.done is None else self.n_chunks - int(np.count_nonzero(self.done))
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __iter__(self):
+        if self.done is None:
+            yield from range(self.n_chunks)
+            return
+        for start in range(0, self.n_chunks, self.BLOCK):
+            for chunk in np.flatnonzero(~self.done[start:start + self.BLOCK]):
+                yield start + int(chunk)
+
+    def __contains__(self, chunk: int) -> bool:
+        return 0 <= chunk < self.n_chunks and (self.done is None or not self.done[chunk])
+
+    def samples(self, layout: schema.DatasetLayout) -> int:
+        """Samples in the pending chunks: every chunk is chunk_size long but the last."""
+        if not self:
+            return 0
+        last = self.n_chunks - 1
+        short = layout.chunk_size - (layout.samples - last * layout.chunk_size)
+        return len(self) * layout.chunk_size - (short if last in self else 0)
+
+
 @dataclasses.dataclass
 class DatasetPlan:
     name: str
     layout: schema.DatasetLayout
-    pending: list[int]
-    files: list[str] | None = None  # image datasets: the file of each sample
+    pending: Pending
+    files: list[str] | None = None  # image folders: the file of each sample (the folder's listing, chosen)
     fingerprint: str = ""
-    path: str = ""  # the group the chunks go to: datasets/{name}, or staging/{name} while an old group stays
+    path: str = ""  # the group the chunks go to: staging/{name} until complete, or datasets/{name}
     create: bool = False  # make that group afresh (it is missing, or holds other samples)
     damaged: list[int] = dataclasses.field(default_factory=list)  # done chunks that failed `verify`
+    replaces: bool = False  # an older datasets/{name} stays until the staged group replaces it
 
     @property
     def staged(self) -> bool:
@@ -96,20 +134,48 @@ class DatasetPlan:
 
 
 def sampled_group(root, dataset: str, fp: str):
-    """The group holding `dataset`'s samples for fingerprint `fp`: datasets/{dataset}, or its
-    replacement being written aside in staging/{dataset}; None when neither matches."""
+    """The group holding `dataset`'s samples for fingerprint `fp`: datasets/{dataset}, or the group
+    being written aside in staging/{dataset} (a new dataset, or a changed one's replacement); None
+    when neither matches (or there is no store yet)."""
+    if root is None:
+        return None
     for path in (schema.dataset_path(dataset), schema.staging_path(dataset)):
-        group = root.get(path)
+        group = schema_group(root, path)
         if group is not None and group.attrs.get("fingerprint") == fp:
             return group
     return None
 
 
+def schema_group(root, path: str):
+    """root[path], or None when missing; a group whose metadata is damaged fails in one line naming it."""
+    try:
+        return root.get(path)
+    except Exception as e:
+        raise schema.damaged_metadata(root, path, e) from None
+
+
+def check_array_source(study: Study, name: str) -> None:
+    """An arrays dataset's file and rows, checked as `sources.array_sources` checks them, without a
+    source string per sample (each worker derives those it needs)."""
+    spec = study.datasets[name]
+    field = f"datasets.{name}"
+    array = sources.ImageArray(spec.path, spec.key, study.storage_options, f"{field}.path", spec.sha256)
+    n = array.shape[0]
+    start, stop = spec.rows if spec.rows is not None else (0, n)
+    if not 0 <= start < stop <= n:
+        raise GanscaleError(f"{field}.rows: [{start}, {stop}) is not a range of rows of {spec.path} (it has {n})")
+    if spec.samples > stop - start:
+        raise GanscaleError(f"{field}.path: {spec.path} holds {stop - start} images"
+                            f"{' in rows' if spec.rows is not None else ''}, fewer than samples ({spec.samples})")
+
+
 def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False) -> list[DatasetPlan]:
-    """Which chunks are left to compute, without writing anything: inputs are checked; a dataset
-    whose stored group holds other samples (the study changed) is planned aside, in staging/, so
-    the old group stays until the new one is complete; with `verify` the chunks whose checksums no
-    longer match count as pending."""
+    """Which chunks are left to compute, without writing anything (`root` None: no store yet):
+    inputs are checked; a dataset without a group of its current samples is planned aside, in
+    staging/, and moved into datasets/ once complete (so a failure halfway leaves no half-written
+    dataset, and a changed dataset's old group stays until then); with `verify` the chunks whose
+    checksums no longer match count as pending. Memory: a byte per chunk, nothing per sample (but
+    an image folder's listing)."""
     files_of: dict[str, list[str]] = {}
     if check_inputs:
         from ganscale import weights
@@ -128,10 +194,9 @@ def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False)
             if spec.kind == "images":
                 found = sources.list_images(spec.path, study.storage_options, f"datasets.{name}.path")
                 files_of[name] = sources.choose_files(found, spec.samples, study.seed, name, f"datasets.{name}")
-            elif spec.kind == "arrays":  # rows chosen like files; sources 'path[row]'
-                files_of[name] = sources.array_sources(spec.path, spec.key, spec.samples, study.seed, name,
-                                                       study.storage_options, f"datasets.{name}", spec.sha256,
-                                                       spec.rows)
+                del found
+            elif spec.kind == "arrays":  # rows chosen like files; each worker derives its sources 'path[row]'
+                check_array_source(study, name)
             elif spec.kind == "generator" and spec.name != "biggan":  # biggan's weights are a directory
                 verify_file(spec.weights, spec.sha256, f"datasets.{name}.weights")
                 verify_file(spec.path, spec.sha256, f"datasets.{name}.path")
@@ -142,17 +207,19 @@ def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False)
         fp = fingerprint(study, name)
         group = sampled_group(root, name, fp)
         if group is None:
-            path = schema.staging_path(name) if schema.dataset_path(name) in root else schema.dataset_path(name)
-            plans.append(DatasetPlan(name, layout, list(range(layout.n_chunks)), files_of.get(name), fp, path, True))
+            old = root is not None and schema_group(root, schema.dataset_path(name)) is not None
+            plans.append(DatasetPlan(name, layout, Pending(layout.n_chunks), files_of.get(name), fp,
+                                     schema.staging_path(name), True, replaces=old))
             continue
         done = schema.done_chunks(group)
         damaged = schema.verify_chunks(group, layout) if verify else []
         for path, chunk, problem in damaged:
             log.warning("dataset %s: %s chunk %d: %s; recomputing it", name, path, chunk, problem)
         done[[chunk for _, chunk, _ in damaged]] = False
-        pending = [int(i) for i in np.flatnonzero(~done)]
-        plans.append(DatasetPlan(name, layout, pending, files_of.get(name), fp, group.path, False,
-                                 sorted({chunk for _, chunk, _ in damaged})))
+        plans.append(DatasetPlan(name, layout, Pending(layout.n_chunks, done), files_of.get(name), fp,
+                                 group.path, False, sorted({chunk for _, chunk, _ in damaged}),
+                                 replaces=group.path == schema.staging_path(name)
+                                 and schema_group(root, schema.dataset_path(name)) is not None))
     return plans
 
 
@@ -165,44 +232,119 @@ def check_store_owner(study: Study, root, force: bool = False) -> None:
 
 
 def prepare_store(study: Study, root, plans: list[DatasetPlan]) -> None:
-    """The first writes of a run, once every input has been checked: root metadata, fresh groups
-    (aside, in staging/, where an old group exists), and damaged chunks marked not done."""
-    ledger.update_root(root, {"ganscale_version": __version__, "layout_version": schema.LAYOUT_VERSION,
-                              "study": study.stored(), "config_hash": study.config_hash()})
+    """The first writes of a run, once every check has passed (inputs, store owner, preflight on a
+    worker): the root's metadata when the store is new (or --force gives it to this study), fresh
+    groups in staging/, and damaged chunks marked not done. A store this study already holds keeps
+    its root metadata until the run has finished (finish_root)."""
+    if (root.attrs.get("study") or {}).get("name") != study.name:
+        finish_root(study, root)
     entry = registry.probe_entry(study.probe.name)
     leases = lease.of(root)
     for p in plans:
         spec = study.datasets[p.name]
-        if p.pending:  # complete again only once its chunks are all written
-            ledger.forget(root, NAME, p.name)
+        recorded = ledger.entry(root, NAME, p.name)
+        if p.pending and recorded is not None and recorded["fingerprint"] == p.fingerprint:
+            ledger.forget(root, NAME, p.name)  # damaged chunks: complete again only once rewritten
         if p.create:
             with leases.exclusive(f"sample/{p.name}/group"):  # a concurrent run may have made it meanwhile
                 if sampled_group(root, p.name, p.fingerprint) is None:
-                    if p.staged:
+                    if p.replaces:
                         log.warning("dataset %s: its configuration changed since it was sampled; resampling it "
                                     "aside (the old samples stay until the new ones are complete)", p.name)
                     schema.create_dataset_group(root, p.path, p.layout, {
                         "fingerprint": p.fingerprint, "kind": spec.kind, "samples": spec.samples,
                         "chunk_size": p.layout.chunk_size, "n_chunks": p.layout.n_chunks,
                         "probe": study.probe.name, "input_size": entry.input_size, "resize": sources.RESIZE_NOTE,
-                        "spec": spec.model_dump(mode="json")})
+                        "spec": scrub_urls(spec.model_dump(mode="json"))})
         else:
             for chunk in p.damaged:
                 root[p.path]["done"][chunk] = 0
 
 
+def finish_root(study: Study, root) -> None:
+    """The root's study metadata (rewritten only when it changed)."""
+    if root.attrs.get("config_hash") == study.config_hash() and root.attrs.get("ganscale_version") == __version__:
+        return
+    ledger.update_root(root, {"ganscale_version": __version__, "layout_version": schema.LAYOUT_VERSION,
+                              "study": study.stored(), "config_hash": study.config_hash()})
+
+
 def finish_staged(study: Study, root, plans: list[DatasetPlan]) -> None:
-    """Swap each dataset resampled aside into place once all its chunks are written."""
+    """Move each dataset sampled aside (new, or resampled after a change) into datasets/ once all
+    its chunks are written."""
     for p in plans:
         if not p.staged:
             continue
         with lease.of(root).exclusive(f"sample/{p.name}/group"):
-            staged = root.get(p.path)  # another run may have swapped it already
+            staged = schema_group(root, p.path)  # another run may have moved it already
             if staged is None or staged.attrs.get("fingerprint") != p.fingerprint \
                     or not schema.done_chunks(staged).all():
                 continue
+            if schema_group(root, "datasets") is None:  # zarr v3 needs the parent group's own metadata
+                root.require_group("datasets")
             schema.replace_group(root, p.path, schema.dataset_path(p.name))
-            log.info("dataset %s: the resampled group replaced the old one", p.name)
+            log.info("dataset %s: the group sampled aside moved into datasets/%s", p.name, p.name)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def _source_bytes(study: Study, name: str) -> int:
+    """An estimate of one `source` entry as stored (vlen-utf8: a 4-byte length and the text): ""
+    for seeded datasets, a file path under the folder, or 'path[row]'."""
+    spec = study.datasets[name]
+    if spec.kind == "images":
+        return 4 + len(str(spec.path).rstrip("/")) + 1 + 24  # + '/' + a typical file name
+    if spec.kind == "arrays":
+        return 4 + len(str(spec.path)) + 2 + len(str(max(spec.samples - 1, 0)))
+    return 4
+
+
+def planned_size(study: Study) -> list[dict]:
+    """The planned size of the sample stage, before any work (from the layout alone, uncompressed):
+    per dataset {"dataset", "samples", "chunks", "arrays": {path: bytes}, "bytes"}, then a row
+    {"dataset": "all", ...} of the sums. Per array: dtype itemsize x shape; `source` is estimated."""
+    rows = []
+    for name in study.datasets:
+        layout = layout_for(study, name)
+        n = layout.samples
+        per_row = {"seed": 8, "label": 4, "logits": 4 * layout.num_classes}
+        for layer, channels in layout.layer_channels.items():
+            per_row.update({f"layers/{layer}/activations": np.dtype(schema.ACTIVATION_DTYPE).itemsize * channels,
+                            f"layers/{layer}/position": np.dtype(schema.POSITION_DTYPE).itemsize * 2,
+                            f"layers/{layer}/pooled": np.dtype(schema.ACTIVATION_DTYPE).itemsize * channels})
+        per_row.update({"image/sharpness": 4, "image/colour_hist": 4 * 4 * schema.HIST_BINS,
+                        "features/fid_pool3": np.dtype(schema.ACTIVATION_DTYPE).itemsize * schema.FID_FEATURES,
+                        "source": _source_bytes(study, name)})
+        paths = schema.checksummed_arrays(layout)
+        arrays = {path: per_row[path] * n for path in paths}
+        arrays["done"] = layout.n_chunks
+        arrays["checksum"] = 4 * len(paths) * layout.n_chunks
+        rows.append({"dataset": name, "samples": n, "chunks": layout.n_chunks, "arrays": arrays,
+                     "bytes": sum(arrays.values())})
+    rows.append({"dataset": "all", "samples": sum(r["samples"] for r in rows),
+                 "chunks": sum(r["chunks"] for r in rows), "arrays": {}, "bytes": sum(r["bytes"] for r in rows)})
+    return rows
+
+
+def planned_size_lines(rows: list[dict]) -> list[str]:
+    """planned_size as lines for the command line and the log."""
+    lines = []
+    for r in rows:
+        head = f"sample  {r['dataset']:<24} planned: {r['samples']:,} samples in {r['chunks']:,} chunks, " \
+               f"{_human(r['bytes'])}"
+        if r["dataset"] == "all":
+            lines.append(head + " in all (uncompressed; source estimated)")
+            continue
+        lines.append(head)
+        lines.append("          " + "; ".join(f"{path} {'~' if path == 'source' else ''}{_human(b)}"
+                                             for path, b in r["arrays"].items()))
+    return lines
 
 
 def image_statistic(numpy_fn, torch_fn, images: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -262,9 +404,13 @@ class ChunkSampler:
 
             spec = self.study.metrics.fid_inception
             self.fid_net = load_fid_inception(spec.weights, spec.sha256, self.study.storage_options).to(self.device)
-        self.root = schema.open_store(self.study.store, self.study.storage_options)
-        self.leases = lease.Leases(self.root, self.owner)  # the driver's run owns the chunks its workers take
         self.probe = probe
+
+    def _store(self) -> None:
+        """The store, opened on the first chunk (not by preflight: nothing is written before every check)."""
+        if getattr(self, "root", None) is None:
+            self.root = schema.open_store(self.study.store, self.study.storage_options)
+            self.leases = lease.Leases(self.root, self.owner)  # the driver's run owns the chunks its workers take
 
     def _generator(self, dataset: str):
         if dataset not in self.generators:
@@ -282,12 +428,28 @@ class ChunkSampler:
     def _images(self, dataset: str, index: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         kind = self.study.datasets[dataset].kind
         generator = self._generator(dataset) if kind == "generator" else None
-        files = self.files.get(dataset)
+        files = self._files_of(dataset)
         if kind == "images" and dataset not in self._folder_sides:
             self._folder_sides[dataset] = sources.folder_side(files[0], self.study.storage_options,
                                                               f"datasets.{dataset}")
         return load_images(self.study, dataset, index, generator=generator, files=files, device=self.device,
                            size=self._folder_sides.get(dataset), seeds=self._seeds_of(dataset))
+
+    def _files_of(self, dataset: str) -> list[str] | None:
+        """An image folder's chosen files: the driver puts the listing in Ray's object store once and
+        passes every actor its reference (not a copy each), fetched here on first use. An arrays
+        dataset's sources 'path[row]': derived here, once (the driver keeps none)."""
+        files = self.files.get(dataset)
+        spec = self.study.datasets[dataset]
+        if files is None and spec.kind == "arrays":
+            files = self.files[dataset] = sources.array_sources(
+                spec.path, spec.key, spec.samples, self.study.seed, dataset, self.study.storage_options,
+                f"datasets.{dataset}", rows=spec.rows)
+        elif files is not None and not isinstance(files, list):
+            import ray
+
+            files = self.files[dataset] = ray.get(files)
+        return files
 
     def _draws_of(self, dataset: str, layer: str) -> np.ndarray:
         if (dataset, layer) not in self._draws:
@@ -384,6 +546,7 @@ class ChunkSampler:
         nothing is written when another run holds the chunk (info["held_by"]) or has finished it."""
         with self._computing:
             self._build()
+            self._store()
         name = f"sample/{dataset}/{chunk}"
         holder = self.leases.acquire(name)
         if holder is not None:
@@ -437,49 +600,69 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
     import ray
 
     t0 = time.time()
-    root = schema.open_store(study.store, study.storage_options)
-    check_store_owner(study, root, force)
+    # Every check before the first write: the store is opened read-only (a new store is created only
+    # once the checks have passed), then the owner, the inputs, and a preflight on a worker.
+    try:
+        root = schema.open_root(study.store, study.storage_options, mode="r")
+    except FileNotFoundError:
+        root = None  # no store yet
+    if root is not None:
+        check_store_owner(study, root, force)
     plans = plan(study, root, verify=verify)
     total_chunks = sum(p.layout.n_chunks for p in plans)
-    queue = [(p.name, c) for p in plans for c in p.pending]
-    skipped = total_chunks - len(queue)
+    n_pending = sum(len(p.pending) for p in plans)
+    skipped = total_chunks - n_pending
     sizes = {p.name: p.layout for p in plans}
     fingerprints = {p.name: p.fingerprint for p in plans}
-    if not queue:
+    if not n_pending:
         log.info("sample: all %d chunks already done", total_chunks)
-        finish_staged(study, root, plans)  # a run stopped between its last chunk and the swap
-        record_finished(study, root, plans, {}, 0.0)
+        if root is not None:
+            if any(p.staged for p in plans) or any(
+                    (ledger.entry(root, NAME, p.name) or {}).get("fingerprint") != p.fingerprint for p in plans):
+                root = schema.open_root(study.store, study.storage_options)  # something to move or record
+            finish_staged(study, root, plans)  # a run stopped between its last chunk and the move
+            record_finished(study, root, plans, {}, 0.0)
         return SampleResult(0, skipped, 0, time.time() - t0, 0)
 
     init_ray(address)
     n_workers, resources = worker_resources(study.sample.device, workers or study.sample.workers)
-    n_workers = min(n_workers, len(queue))
+    n_workers = min(n_workers, n_pending)
     threads = max(1, int(resources["num_cpus"]))
-    # Inline, not ray.put: Ray warns about (and cannot restart from) constructor arguments in the
-    # object store; it puts a large listing there itself, a 300k-file folder only.
-    files = {p.name: p.files for p in plans if p.files is not None}
+    # An image folder's listing goes to the object store once; each actor gets its reference (in a
+    # dict, so Ray passes it as is) and fetches it on first use, instead of a copy in every
+    # constructor. Other datasets need no per-sample lists: workers derive seeds and sources.
+    files = {p.name: ray.put(p.files) for p in plans if p.files is not None}
+    for p in plans:
+        p.files = None  # the driver keeps no listing
     owner = lease.new_owner()
     # Two chunks in flight per actor (two threads, see run_chunk): one writes while the next computes,
     # and the next is already queued when one finishes, so the actor never waits for the driver.
-    actor_cls = ray.remote(max_restarts=3, max_task_retries=3, max_concurrency=CHUNKS_IN_FLIGHT)(ChunkSampler)
+    # Ray restarts a dead actor (max_restarts) but does not resend its tasks itself: run_on_actors
+    # resends them (retries), except when the worker was killed for memory, which fails at once.
+    actor_cls = ray.remote(max_restarts=RESTARTS, max_task_retries=0, max_concurrency=CHUNKS_IN_FLIGHT)(ChunkSampler)
     actors = [actor_cls.options(**resources).remote(study, files, threads, owner)
               for _ in range(n_workers)]
     # Every model built, the first batch of every image source read and one image of every source
     # probed, on a worker, before the first write: bad weights, plugins or images fail here and the
     # store stays as it was.
     try:
-        ray.get(actors[0].preflight.remote(sorted({name for name, _ in queue})))
-    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as e:
+        ray.get(actors[0].preflight.remote([p.name for p in plans if p.pending]))
+    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as e:
         for actor in actors:
             ray.kill(actor)
         raise worker_failure(e, "sample: checking the inputs") from None
+    if root is None:  # the first write: a new store
+        root = schema.open_root(study.store, study.storage_options)
+        check_store_owner(study, root, force)  # another run may have made it meanwhile
+    else:
+        root = schema.open_root(study.store, study.storage_options)
     prepare_store(study, root, plans)
 
     def samples_in(task):
         start, stop = sizes[task[0]].chunk_range(task[1])
         return stop - start
 
-    progress = Progress("sample", sum(samples_in(t) for t in queue), unit="samples")
+    progress = Progress("sample", sum(p.pending.samples(p.layout) for p in plans), unit="samples")
     counts = {"written": 0, "computed": 0}
     chunks_done: dict[str, int] = {}
     held_elsewhere: dict[tuple[str, int], str] = {}  # chunk -> the run that holds its lease
@@ -498,11 +681,11 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
             on_chunk(dataset, chunk, info)
 
     def compute(chunks) -> None:
-        run_on_actors(actors, [Task("run_chunk", t, f"sample: chunk {t[1]} of dataset {t[0]}") for t in chunks],
-                      finished, in_flight_per_actor=CHUNKS_IN_FLIGHT, kill=False)
+        run_on_actors(actors, chunk_tasks(chunks), finished, in_flight_per_actor=CHUNKS_IN_FLIGHT, kill=False,
+                      collect=False, retries=RESTARTS)
 
     try:
-        compute(queue)
+        compute((p.name, c) for p in plans for c in p.pending)
         if held_elsewhere:  # another run on this store computes these: wait for them, take over any it drops
             log.info("sample: %d chunks are being computed by run %s; waiting for them", len(held_elsewhere),
                      next(iter(held_elsewhere.values())))
@@ -530,9 +713,19 @@ def run(study: Study, *, address: str | None = None, workers: int | None = None,
             log.warning("sample: could not release this run's chunk leases (%s); they expire in %d s",
                         type(e).__name__, lease.TTL)
     finish_staged(study, root, plans)
+    finish_root(study, root)
     seconds = time.time() - t0
     record_finished(study, root, plans, chunks_done, seconds)
     return SampleResult(counts["computed"], skipped, counts["written"], seconds, n_workers)
+
+
+RESTARTS = 3  # a dead sample actor is restarted (and its chunks sent again) this many times
+
+
+def chunk_tasks(chunks):
+    """The run_chunk tasks of (dataset, chunk) pairs, made one at a time as actors free up."""
+    for dataset, chunk in chunks:
+        yield Task("run_chunk", (dataset, chunk), f"sample: chunk {chunk} of dataset {dataset}")
 
 
 def record_finished(study: Study, root, plans: list[DatasetPlan], chunks_done: dict[str, int], seconds: float) -> None:
@@ -540,7 +733,7 @@ def record_finished(study: Study, root, plans: list[DatasetPlan], chunks_done: d
     current; the run's seconds are shared out by the chunks each computed."""
     total = max(1, sum(chunks_done.values()))
     for p in plans:
-        group = root.get(schema.dataset_path(p.name))
+        group = schema_group(root, schema.dataset_path(p.name))
         recorded = ledger.entry(root, NAME, p.name)
         if (group is None or group.attrs.get("fingerprint") != p.fingerprint or not schema.done_chunks(group).all()
                 or (recorded is not None and recorded["fingerprint"] == p.fingerprint)):
@@ -552,20 +745,24 @@ def status(study: Study, verify: bool = False) -> list[dict]:
     """Per dataset: chunks done of total, and whether the stored samples match the study; with
     `verify`, also the chunks whose data no longer match their checksums."""
     try:
-        root = schema.open_store(study.store, study.storage_options, mode="r")
+        root = schema.open_root(study.store, study.storage_options, mode="r")
     except FileNotFoundError:
         root = None
     out = []
     for name in study.datasets:
         layout = layout_for(study, name)
-        group = root.get(schema.dataset_path(name)) if root is not None else None
-        staged = root.get(schema.staging_path(name)) if root is not None else None
+        group = schema_group(root, schema.dataset_path(name)) if root is not None else None
+        staged = schema_group(root, schema.staging_path(name)) if root is not None else None
         fp = fingerprint(study, name)
         if staged is not None and staged.attrs.get("fingerprint") == fp and \
                 (group is None or group.attrs.get("fingerprint") != fp):
             done = int(schema.done_chunks(staged).sum())
-            out.append({"dataset": name, "done": done, "chunks": layout.n_chunks,
-                        "state": f"resampling aside after a study change ({done}/{layout.n_chunks} chunks)"})
+            if group is None:  # a new dataset, sampled aside until complete
+                out.append({"dataset": name, "done": done, "chunks": layout.n_chunks,
+                            "state": "partial" if done else "not started"})
+            else:
+                out.append({"dataset": name, "done": done, "chunks": layout.n_chunks,
+                            "state": f"resampling aside after a study change ({done}/{layout.n_chunks} chunks)"})
             continue
         if group is None:
             out.append({"dataset": name, "done": 0, "chunks": layout.n_chunks, "state": "not started"})

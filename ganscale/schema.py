@@ -412,3 +412,38 @@ def write_checksummed(group: zarr.Group, name: str, values: np.ndarray, chunk_ro
     array[:] = values
     array.attrs["chunk_checksums"] = [chunk_checksum(values[s:s + chunk_rows], values.dtype)
                                       for s in range(0, len(values), chunk_rows)]
+
+
+# --- damaged metadata: one line naming the file ------------------------------------------------------
+
+
+def damaged_metadata(where, path: str, error: BaseException) -> Exception:
+    """The error for a group at `path` ("" for the root) of `where` (a root group, or a store URL)
+    whose zarr.json cannot be read: one line naming the file when it is garbage (storage damage, as
+    `verify` finds it: an EnvironmentFailure, exit 1), else `error` itself."""
+    import json
+
+    from ganscale.errors import EnvironmentFailure
+
+    if not isinstance(error, (json.JSONDecodeError, UnicodeDecodeError, zarr.errors.MetadataValidationError)):
+        return error
+    if isinstance(where, str):
+        base = where.rstrip("/")
+    else:
+        try:
+            base = store_fs(where)[1]
+        except Exception:
+            base = str(where.store)
+    file = "/".join(p for p in (base, path.strip("/"), "zarr.json") if p)
+    text = " ".join(str(error).split())[:120]
+    what = ("restore it from a copy, or delete the store to start afresh" if not path.strip("/") else
+            "restore it from a copy, or delete that group so it is sampled again")
+    return EnvironmentFailure(f"store: {file}: damaged metadata ({type(error).__name__}: {text}); {what}")
+
+
+def open_root(url: str, storage_options: dict | None = None, mode: str = "a") -> zarr.Group:
+    """open_store, with a damaged root zarr.json named in one line (damaged_metadata)."""
+    try:
+        return open_store(url, storage_options, mode=mode)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise damaged_metadata(url, "", e) from None

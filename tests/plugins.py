@@ -206,3 +206,46 @@ class _RaisesWhileGenerating(_Wrapped):
 
 def raises_while_generating(weights=None):
     return _RaisesWhileGenerating(_toy(weights))
+
+
+# --- workers that die (os._exit: no exception, the process is gone, as when the OOM killer strikes) ---
+
+
+class _DiesWhileGenerating(_Wrapped):
+    def generate(self, seeds):
+        if len(seeds) > 1:  # the preflight's one image passes; the first chunk's batch kills the worker
+            import os
+
+            os._exit(1)
+        return super().generate(seeds)
+
+
+def dies_while_generating(weights=None):
+    return _DiesWhileGenerating(_toy(weights))
+
+
+class _DyingSegmenter(PaletteSegmenter):
+    def __init__(self, where: str):
+        self.where = where
+
+    def to(self, device):
+        if self.where == "build":
+            import os
+
+            os._exit(1)
+        return self
+
+    def __call__(self, images):
+        import os
+
+        os._exit(1)
+
+
+def dying_segmenter(weights=None):
+    """A segmenter whose dissect worker dies while it builds it."""
+    return _DyingSegmenter("build")
+
+
+def segmenter_dying_in_a_pass(weights=None):
+    """A segmenter whose dissect worker dies when it first segments (in a statistics pass)."""
+    return _DyingSegmenter("segment")

@@ -390,3 +390,23 @@ def test_the_units_shown_and_the_artifact_choices_follow_from_the_statistics():
     assert artifacts.most_active(peaks, [0, 1], np.array([1.0, 10.0]), [10, 11, 12, 13], 0.1).tolist() == [11, 12]
     rank, held = artifacts.split(np.arange(7))
     assert rank.tolist() == [0, 1, 2] and held.tolist() == [3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("segmenter", ["dying_segmenter", "segmenter_dying_in_a_pass"])
+def test_a_dissect_worker_that_dies_is_one_line_exit_1_naming_the_worker(segmenter, ray_local, tmp_path):
+    """The worker process exits (os._exit) while it builds the segmenter, or in a statistics pass:
+    the environment (exit 1, as the README says), not bad input; one line naming the worker."""
+    import re
+
+    from ganscale.errors import describe
+
+    path = toy_study(tmp_path,
+                     datasets={"synth": {"kind": "generator", "name": "plugins:mask_generator", "samples": 8}},
+                     sample={"batch_size": 25, "workers": 1},
+                     dissect={"layers": ["masks"], "segmenter": {"name": f"plugins:{segmenter}"},
+                              "samples": 50, "chunk_size": 50, "intervention_samples": 16, "top_k": 1})
+    with pytest.raises(Exception) as info:
+        dissect.run(load_study(path))
+    line, code = describe(info.value)
+    assert code == 1 and "\n" not in line, line
+    assert re.match(r"dissect: .*: worker \(pid \d+, node [0-9a-f.:]+\) died for good \(ActorDiedError\)", line), line

@@ -4,6 +4,7 @@ line each, exit 2 for bad input and 1 for the environment, and a finished store 
 from __future__ import annotations
 
 import functools
+import re
 import http.server
 import threading
 
@@ -108,7 +109,7 @@ def test_a_plugin_s_own_failure_is_bad_input_naming_the_dataset(plugin, ray_loca
     assert exit_code == 2 and len(errors) == 1, output
     assert errors[0].startswith(f"error: datasets.mine.name: plugin 'plugins:{plugin}' failed while ")
     assert "RuntimeError: the plugin's own bug" in errors[0] and "on a worker" not in errors[0]
-    assert not (tmp_path / "store.zarr" / "datasets").exists()  # refused before the first write
+    assert not (tmp_path / "store.zarr").exists()  # refused before the first write: no store was made
 
 
 @pytest.mark.slow
@@ -128,3 +129,93 @@ def test_wrong_probe_weights_print_one_line_not_ray_s_traceback(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: probe.weights: weights do not fit")
     assert "Traceback" not in proc.stderr + proc.stdout, (proc.stderr + proc.stdout)[-3000:]
+
+
+# ---- workers that die: one line, exit 1, naming the worker; killed for memory: not retried ---------
+
+
+def test_a_sample_worker_that_dies_is_one_line_exit_1_naming_the_worker(ray_local, tmp_path):
+    """The plugin's worker process exits (os._exit) on its first chunk, again after each restart."""
+    path = toy_study(tmp_path, datasets={"mine": {"kind": "generator", "name": "plugins:dies_while_generating",
+                                                  "samples": 64}}, sample={"workers": 1})
+    exit_code, errors, output = _run(path)
+    assert exit_code == 1 and len(errors) == 1, output
+    assert re.match(r"error: sample: chunk [01] of dataset mine: worker \(pid \d+, node [0-9a-f.:]+\) died for good "
+                    r"\(ActorDiedError\); " + re.escape(RERUN) + "$", errors[0]), errors[0]
+    assert not (tmp_path / "store.zarr" / "datasets" / "mine").exists()  # sampled aside, in staging/
+
+
+def _oom_error():
+    import ray
+
+    return ray.exceptions.OutOfMemoryError(
+        "Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.5, ID: 3f2a) "
+        "where the task (task ID: ab, name=ChunkSampler.run_chunk, pid=1234, memory used=20.1GB) was running "
+        "was 22.9GB / 24.0GB (0.95), which exceeds the memory usage threshold of 0.95. Ray killed this worker "
+        "(ID: cd) because it was the most recently scheduled task; ...")
+
+
+def _actor_killed_for_memory():
+    import ray
+    from ray.core.generated.common_pb2 import ActorDiedErrorContext
+
+    return ray.exceptions.ActorDiedError(ActorDiedErrorContext(
+        class_name="ChunkSampler", actor_id=b"\x01" * 16, pid=4321, node_ip_address="10.0.0.7",
+        error_message="The actor is dead because its worker process has died. Worker exit type: "
+                      "NODE_OUT_OF_MEMORY Worker exit detail: Task was killed due to the node running low on memory."))
+
+
+@pytest.mark.parametrize("make", [_oom_error, _actor_killed_for_memory])
+def test_a_worker_killed_for_memory_is_named_in_one_line(make):
+    """Ray's own exception objects (provoking a real OOM safely on a shared machine is not possible):
+    the one line names the task, the worker and the cause, exit 1."""
+    from ganscale.errors import describe
+    from ganscale.runtime import killed_for_memory, worker_failure
+
+    error = make()
+    assert killed_for_memory(error)
+    line, code = describe(worker_failure(error, "sample: chunk 3 of dataset real"))
+    pid, node = ("1234", "10.0.0.5") if make is _oom_error else ("4321", "10.0.0.7")
+    assert code == 1 and line == (f"sample: chunk 3 of dataset real: worker (pid {pid}, node {node}) was killed for "
+                                  "memory by Ray's memory monitor; give each worker more memory (fewer workers, "
+                                  f"smaller sample.batch_size); {RERUN}")
+
+
+class _Flaky:
+    """A Ray actor whose method dies the first time (os._exit) or raises Ray's OutOfMemoryError."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def call(self, how: str):
+        import os
+        from pathlib import Path
+
+        calls = Path(self.marker)
+        calls.write_text(calls.read_text() + "x" if calls.exists() else "x")
+        if how == "oom":
+            import ray
+
+            raise ray.exceptions.OutOfMemoryError(f"Task was killed due to the node running low on memory. (pid={os.getpid()})")
+        if len(calls.read_text()) == 1:
+            os._exit(1)
+        return "done"
+
+
+@pytest.mark.parametrize("how", ["dies_once", "oom"])
+def test_a_dead_worker_s_task_is_resent_but_one_killed_for_memory_is_not(how, ray_local, tmp_path):
+    import ray
+
+    from ganscale.runtime import Task, run_on_actors
+
+    marker = tmp_path / "calls"
+    actor = ray.remote(max_restarts=2, max_task_retries=0)(_Flaky).options(num_cpus=0.1).remote(str(marker))
+    tasks = [Task("call", (how,), "the task")]
+    if how == "dies_once":
+        assert run_on_actors([actor], tasks, retries=2) == ["done"]
+        assert marker.read_text() == "xx"
+    else:
+        with pytest.raises(EnvironmentFailure) as info:
+            run_on_actors([actor], tasks, retries=2)
+        assert "the task: worker (pid" in str(info.value) and "killed for memory" in str(info.value)
+        assert marker.read_text() == "x"  # not sent again

@@ -154,8 +154,8 @@ def test_a_stopped_driver_resumes_with_only_unfinished_chunks(ray_local, tmp_pat
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
-            try:
-                done = zarr.open_group(study.store, mode="r")["datasets/slow/done"][:]
+            try:  # new datasets are sampled aside, in staging/, until complete
+                done = zarr.open_group(study.store, mode="r")["staging/slow/done"][:]
             except (FileNotFoundError, KeyError):
                 done = np.zeros(0)
             if done.sum() >= 4:
@@ -164,9 +164,12 @@ def test_a_stopped_driver_resumes_with_only_unfinished_chunks(ray_local, tmp_pat
         driver.send_signal(signal.SIGKILL)
     finally:
         driver.wait(timeout=60)
-    done_before = int(zarr.open_group(study.store, mode="r")["datasets/slow/done"][:].sum())
-    real_done = int(zarr.open_group(study.store, mode="r")["datasets/real/done"][:].sum())
+    root = zarr.open_group(study.store, mode="r")
+    done_before = int(root["staging/slow/done"][:].sum())
+    real_done = int(root["staging/real/done" if "real" in root.get("staging", {}) else "datasets/real/done"][:].sum())
     assert 4 <= done_before < 20, "the driver should have been stopped midway"
+    assert "slow" not in root.get("datasets", {})  # nothing half-written in datasets/
+    assert {r["dataset"]: r["state"] for r in sample.status(study)}["slow"] == "partial"
     result = sample.run(study, workers=2)
     assert result.computed_chunks == (20 - done_before) + (2 - real_done)
     arrays = all_arrays(study.store)
@@ -394,3 +397,173 @@ def test_garbage_weights_are_refused_without_torch_s_unsafe_advice(tmp_path):
         weights.load_state_dict(str(garbage), field="datasets.full.weights")
     message = str(err.value)
     assert message.startswith("datasets.full.weights:") and "weights_only" not in message and "\n" not in message
+
+
+# ---- planned size, a driver that plans lazily, new datasets aside, damaged metadata ---------------
+
+
+def test_planned_size_equals_a_hand_computation(tmp_path):
+    study = load_study(toy_study(tmp_path))  # real: 200 samples, full: 150; chunks of 64; toy probe
+    entry = registry.probe_entry("toy_probe")
+    assert {layer: entry.layers[layer] for layer in study.layers} == {"block1": 32, "block2": 64, "block3": 128}
+    assert registry.probe_classes(study.probe) == 4
+    # per sample: seed int64, source (empty string: a 4-byte length), label int32, logits 4 x float32,
+    # per layer activations and pooled C x float32 and position 2 x int16, sharpness float32,
+    # colour_hist 4 x 25 x uint32
+    per_sample = 8 + 4 + 4 + 4 * 4 + sum(4 * c + 2 * 2 + 4 * c for c in (32, 64, 128)) + 4 + 4 * 4 * 25
+    assert per_sample == 2240
+    arrays = 4 + 3 * 3 + 2  # seed, source, label, logits; 3 per layer; sharpness, colour_hist
+    rows = {r["dataset"]: r for r in sample.planned_size(study)}
+    assert rows["real"]["samples"] == 200 and rows["real"]["chunks"] == 4
+    assert rows["real"]["arrays"]["layers/block3/activations"] == 200 * 128 * 4
+    assert rows["real"]["arrays"]["image/colour_hist"] == 200 * 400
+    assert rows["real"]["bytes"] == 200 * per_sample + 4 + 4 * arrays * 4  # + done, checksum [4, 15] uint32
+    assert rows["full"]["bytes"] == 150 * per_sample + 3 + 4 * arrays * 3
+    assert rows["all"] == {"dataset": "all", "samples": 350, "chunks": 7, "arrays": {},
+                           "bytes": rows["real"]["bytes"] + rows["full"]["bytes"]}
+    lines = sample.planned_size_lines(sample.planned_size(study))
+    assert lines[0].split() == ["sample", "real", "planned:", "200", "samples", "in", "4", "chunks,", "437.7", "KiB"]
+    assert lines[-1].endswith("766.0 KiB in all (uncompressed; source estimated)")
+    from typer.testing import CliRunner
+
+    from ganscale.cli import app
+
+    result = CliRunner().invoke(app, ["status", str(tmp_path / "study.yaml")])
+    assert result.exit_code == 0 and "\n".join(lines) in result.output, result.output
+
+
+def test_pending_chunks_are_counted_and_walked_without_a_list():
+    layout = schema.DatasetLayout(samples=1000, chunk_size=64, num_classes=0, layer_channels={})
+    done = np.zeros(layout.n_chunks, bool)
+    done[[0, 3, 15]] = True
+    pending = sample.Pending(layout.n_chunks, done)
+    assert len(pending) == 13 and list(pending) == [i for i in range(16) if i not in (0, 3, 15)]
+    assert pending.samples(layout) == 13 * 64 and 15 not in pending and 14 in pending
+    done[15] = False  # the short last chunk (1000 - 15 * 64 = 40 samples) pending
+    assert sample.Pending(16, done).samples(layout) == 13 * 64 + 40
+    assert sample.Pending(16).samples(layout) == 1000 and list(sample.Pending(3)) == [0, 1, 2]
+    sample.Pending.BLOCK, block = 4, sample.Pending.BLOCK  # blocks of flags walk the same chunks
+    try:
+        assert list(sample.Pending(16, done)) == [i for i in range(16) if i not in (0, 3)]
+    finally:
+        sample.Pending.BLOCK = block
+
+
+def test_planning_a_hundred_million_samples_allocates_nothing_per_sample(tmp_path):
+    """The driver's plan of 10^8 samples (1.6M chunks) and its first tasks: no list per chunk or
+    sample (bench figures: see the report of issue 18)."""
+    import itertools
+    import tracemalloc
+
+    big = {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_full.pt", "samples": 50_000_000}
+    study = load_study(toy_study(tmp_path, datasets={"a": big, "b": big}))
+    tracemalloc.start()
+    try:
+        plans = sample.plan(study, None)
+        assert sum(len(p.pending) for p in plans) == 2 * -(-50_000_000 // 64)
+        assert sum(p.pending.samples(p.layout) for p in plans) == 100_000_000
+        first = list(itertools.islice(sample.chunk_tasks((p.name, c) for p in plans for c in p.pending), 5))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [t.args for t in first] == [("a", i) for i in range(5)]
+    assert peak < 20e6, peak
+
+
+def test_run_on_actors_takes_tasks_only_as_actors_free_up(ray_local):
+    from ganscale.runtime import Task, run_on_actors
+
+    class Echo:
+        def echo(self, x):
+            return x
+
+    taken = []
+
+    def tasks():
+        for i in range(10):
+            taken.append(i)
+            yield Task("echo", (i,), f"task {i}")
+
+    seen = []
+
+    def on_result(task, value):
+        seen.append(len(taken))  # tasks taken when this result came
+
+    assert run_on_actors([Echo(), Echo()], tasks(), on_result, in_flight_per_actor=2, collect=False, kill=False) is None
+    # 4 in flight at first; each result frees one slot, filled by the next task taken
+    assert len(seen) == 10 and all(n <= 4 + k for k, n in enumerate(seen)), seen
+    assert run_on_actors([Echo()], (Task("echo", (i,), "t") for i in range(3)), kill=False) == [0, 1, 2]
+
+
+def store_files(path, skip: str | None = None) -> dict:
+    """sha256 of every file of a local store, by path (but those under `skip`)."""
+    import hashlib
+    from pathlib import Path
+
+    return {str(f.relative_to(path)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(Path(path).rglob("*")) if f.is_file()
+            and not (skip and str(f.relative_to(path)).startswith(skip))}
+
+
+def test_a_new_dataset_is_sampled_aside_and_a_bad_image_later_leaves_datasets_untouched(ray_local, tmp_path):
+    """A new image dataset whose third chunk holds a corrupt image: the run fails in one line naming
+    the file, datasets/ and the root are byte-identical (the dataset was sampled in staging/), and
+    once the image is fixed a rerun resumes aside and moves the complete group in."""
+    from typer.testing import CliRunner
+
+    from ganscale.cli import app
+    from ganscale.toyworld.scenes import save_image_folder
+
+    good = {"real": {"kind": "toyworld", "samples": 64}}
+    path = toy_study(tmp_path, datasets=good, sample={"chunk_size": 16, "batch_size": 16})
+    study = load_study(path)
+    sample.run(study, workers=1)
+    store = study.store
+    before = store_files(store, skip="staging")
+    folder = tmp_path / "scenes"
+    save_image_folder(folder, range(48))
+    files = sorted(folder.rglob("*.png"))
+    bad, kept = files[40], files[40].read_bytes()  # chunk 2 (samples 32..47): the preflight reads chunk 0
+    bad.write_bytes(b"not a png at all")
+    path = toy_study(tmp_path, datasets={**good, "photos": {"kind": "images", "path": str(folder), "samples": 48}},
+                     sample={"chunk_size": 16, "batch_size": 16, "workers": 1})
+    result = CliRunner().invoke(app, ["run", str(path), "--stages", "sample"])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and bad.name in errors[0], result.output
+    root = zarr.open_group(store, mode="r")
+    assert "photos" not in root["datasets"] and "photos" in root["staging"]
+    assert store_files(store, skip="staging") == before  # datasets/, the root and its ledger: untouched
+    rows = {r["dataset"]: r for r in sample.status(load_study(path))}
+    assert rows["photos"]["state"] == "partial" and rows["photos"]["done"] >= 1
+    bad.write_bytes(kept)
+    result = CliRunner().invoke(app, ["run", str(path), "--stages", "sample"])
+    assert result.exit_code == 0, result.output
+    root = zarr.open_group(store, mode="r")
+    assert "photos" not in root.get("staging", {}) and root["datasets/photos/done"][:].all()
+    assert "computed_chunks=%d" % (3 - rows["photos"]["done"]) in result.output  # resumed aside
+    assert root["datasets/photos"].attrs["fingerprint"] == sample.fingerprint(load_study(path), "photos")
+
+
+@pytest.mark.parametrize("where", ["root", "dataset"])
+def test_garbage_metadata_is_named_in_one_line(reference, tmp_path, where):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from ganscale.cli import app
+
+    study, _, _ = reference
+    copy = tmp_path / "store.zarr"
+    shutil.copytree(study.store, copy)
+    target = copy / ("zarr.json" if where == "root" else "datasets/real/zarr.json")
+    target.write_text("{ not json")
+    path = toy_study(tmp_path, store=str(copy))
+    before = store_digest(copy)
+    # a plain run of a complete study reads only the root (the ledger); --verify reads every group
+    for command in (["status", str(path)], ["run", str(path), "--stages", "sample", "--verify"]):
+        result = CliRunner().invoke(app, command)
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert result.exit_code == 1 and len(errors) == 1, result.output
+        assert errors[0].startswith(f"error: store: {target}: damaged metadata (JSONDecodeError"), errors[0]
+        assert "internal error" not in result.output
+    assert store_digest(copy) == before

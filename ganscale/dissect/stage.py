@@ -73,10 +73,10 @@ import numpy as np
 
 from ganscale import ledger, schema, sources, stage
 from ganscale.dissect import artifacts, plan, stats, worker
-from ganscale.errors import GanscaleError
+from ganscale.errors import EnvironmentFailure, GanscaleError
 from ganscale.partials import tree_reduce
 from ganscale.progress import status
-from ganscale.runtime import Task, dask_scheduler, init_ray, run_on_actors, worker_resources
+from ganscale.runtime import Task, dask_scheduler, init_ray, run_on_actors, worker_failure, worker_resources
 from ganscale.study import Study, digest
 
 log = logging.getLogger("ganscale.dissect")
@@ -156,20 +156,24 @@ def reduce_partials(refs: list, fan_in: int = 8) -> dict:
     return dask.compute(tree_reduce(parts, _merge, fan_in), scheduler=dask_scheduler())[0]
 
 
-def _translate(error: Exception, what: str) -> GanscaleError:
+def _translate(error: Exception, what: str) -> Exception:
+    """One line for a failure of the dissect workers: a GanscaleError raised in one (bad input, exit
+    2), an error raised by the generator or segmenter in a task (exit 2, as before), and a worker
+    that died or was killed for memory (runtime.worker_failure: the environment, exit 1)."""
     import ray
 
-    if isinstance(error, ray.exceptions.RayTaskError):
+    if isinstance(error, ray.exceptions.RayTaskError) and not isinstance(error, ray.exceptions.RayActorError):
         cause = getattr(error, "cause", None)
         if isinstance(cause, GanscaleError):
             return GanscaleError(str(cause))
+        if isinstance(cause, (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError)):
+            return worker_failure(cause, f"dissect: {what}")
         return GanscaleError(f"dissect: {what} failed: {str(cause or error).strip().splitlines()[-1]}")
-    if isinstance(error, ray.exceptions.RayActorError):
-        for line in str(error).splitlines():
-            if "GanscaleError: " in line:
-                return GanscaleError(line.split("GanscaleError: ", 1)[1].strip())
-        return GanscaleError(f"dissect: a worker died for good during {what} ({type(error).__name__}); rerun to resume")
-    return error if isinstance(error, GanscaleError) else GanscaleError(f"dissect: {what} failed: {error}")
+    if isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError)):
+        return worker_failure(error, f"dissect: {what}")
+    if isinstance(error, (GanscaleError, EnvironmentFailure)):
+        return error
+    return GanscaleError(f"dissect: {what} failed: {error}")
 
 
 def statistics_pass(study: Study, workers: list, seeds: np.ndarray, method: str, arg, progress=None) -> dict:

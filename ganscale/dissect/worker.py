@@ -48,6 +48,18 @@ def build_segmenter(study: Study):
     return segmenter
 
 
+def _built(method):
+    """A task method that builds the models first (ready): Ray restarts a worker that died and sends
+    its task again, to a fresh actor on which ready() never ran."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        self.ready()
+        return method(self, *args, **kwargs)
+    return wrapper
+
+
 class DissectWorker:
     """Hosts one generator, the segmenter and (when needed) the probe; computes chunk partials and
     intervention tasks. A Ray actor, or a plain object in one process."""
@@ -101,6 +113,7 @@ class DissectWorker:
         return part if total is None else {layer: total[layer].merge(p) for layer, p in part.items()}
 
     @torch.no_grad()
+    @_built
     def ranges(self, seeds: np.ndarray, first_id: int) -> dict:
         total, done = None, 0
         for keep, maps, _ in self._batches(seeds, segment=False):
@@ -110,6 +123,7 @@ class DissectWorker:
         return total
 
     @torch.no_grad()
+    @_built
     def histograms(self, seeds: np.ndarray, bounds: dict) -> dict:
         total = None
         for _, maps, _ in self._batches(seeds, segment=False):
@@ -117,6 +131,7 @@ class DissectWorker:
         return total
 
     @torch.no_grad()
+    @_built
     def contingency(self, seeds: np.ndarray, thresholds: dict) -> dict:
         total = None
         for _, maps, segmentation in self._batches(seeds, segment=True):
@@ -124,6 +139,7 @@ class DissectWorker:
                                       for layer, m in maps.items()})
         return total
 
+    @_built
     def info(self) -> dict:
         """The segmenter's class names and the statistics resolution."""
         images = intervene.render(self.generator, [0] * self.batch)
@@ -136,6 +152,7 @@ class DissectWorker:
                                      self.study.dissect.intervention_samples)
 
     @torch.no_grad()
+    @_built
     def class_effects(self, layer: str, cls: int, units: list[int], high: np.ndarray, map_side: int = MAP_SIDE,
                       map_images: int = MAP_IMAGES) -> dict:
         """Ablation and insertion of `units` for class `cls`: the switch effect on every intervention
@@ -178,6 +195,7 @@ class DissectWorker:
         return score
 
     @torch.no_grad()
+    @_built
     def unit_peaks(self, layer: str, seeds: list[int]) -> np.ndarray:
         """[n, U] float32: each image's peak activation of each unit of `layer`."""
         out = []
@@ -187,6 +205,7 @@ class DissectWorker:
         return np.concatenate(out)
 
     @torch.no_grad()
+    @_built
     def artifact_scores(self, layer: str, units: list[int], seed_sets: list[list[int]], real) -> list[list[float]]:
         """Per unit: [diagonal Fréchet distance of its seeds' images, the same with the unit ablated
         alone]; the seeds are the images where the unit is most active."""
@@ -195,6 +214,7 @@ class DissectWorker:
                 for u, seeds in zip(units, seed_sets)]
 
     @torch.no_grad()
+    @_built
     def artifact_table(self, layer: str, top: list[int], random_units: list[int], high: np.ndarray, real,
                        seeds: list[int], share: float) -> dict:
         """The paper's table on held-out seeds: the diagonal Fréchet distance of the images where the
@@ -225,6 +245,7 @@ class DissectWorker:
         return {**out, "images_active": len(chosen), "images_all": len(seeds), "pictures": np.stack(pictures)}
 
     @torch.no_grad()
+    @_built
     def panels(self, layer: str, units: list[int], ids: list[list[int]], thresholds: list[float],
                seeds: list[int]) -> dict:
         """Thumbnails of each unit's top-activating images and its thresholded mask."""
@@ -245,6 +266,7 @@ class DissectWorker:
         return {"images": np.stack(images_out), "masks": np.stack(masks_out)}
 
     @torch.no_grad()
+    @_built
     def pictures(self, layer: str, unit_sets: list[list[int]], highs: list[np.ndarray]) -> np.ndarray:
         """[K, 3, I, h, w, 3] uint8: for each unit set, the first intervention seeds as they are,
         with the units ablated and with them inserted."""
