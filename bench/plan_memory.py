@@ -63,7 +63,7 @@ def main() -> None:
     study_file.write_text(yaml.safe_dump({
         "name": "plan-memory", "store": str(tmp / "store.zarr"), "probe": {"name": "toy_probe"},
         "layers": ["block1", "block2", "block3"], "datasets": {"a": big, "b": big}, "seed": 7,
-        "sample": {"chunk_size": 64, "batch_size": 32}}))
+        "sample": {"chunk_size": 64, "batch_size": 32, "max_samples": 200_000_000}}))
     study = load_study(study_file)
     root = schema.open_store(study.store)  # an empty store: every chunk pending
     sample.plan(study, root)  # imports and caches warmed up

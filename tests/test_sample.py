@@ -456,7 +456,7 @@ def test_planning_a_hundred_million_samples_allocates_nothing_per_sample(tmp_pat
     import tracemalloc
 
     big = {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_full.pt", "samples": 50_000_000}
-    study = load_study(toy_study(tmp_path, datasets={"a": big, "b": big}))
+    study = load_study(toy_study(tmp_path, datasets={"a": big, "b": big}, sample={"max_samples": 200_000_000}))
     tracemalloc.start()
     try:
         plans = sample.plan(study, None)
