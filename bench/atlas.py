@@ -107,9 +107,10 @@ def run_embed(samples: int, channels: int) -> dict:
                              "layers": ["block2"], "datasets": {"a": {"kind": "toyworld", "samples": samples}},
                              "embed": {"layers": {"block2": {"n_neighbors": 15}}}})
         root = schema.open_store(study.store)
-        group = schema.create_dataset_group(root, "a", schema.DatasetLayout(samples, 1024, 4, {"block2": channels}),
-                                            {"fingerprint": "x", "chunk_size": 1024})
+        layout = schema.DatasetLayout(samples, 1024, 4, {"block2": channels})
+        group = schema.create_dataset_group(root, "a", layout, {"fingerprint": "x", "chunk_size": 1024})
         group["layers/block2/activations"][:] = x
+        schema.seal_chunks(group, layout)
         # warm numba's JIT caches (UMAP and pynndescent, for these settings and this size) with one
         # untimed run, so neither timing below pays compilation
         umap.UMAP(n_neighbors=15, min_dist=0.05, metric="cosine", random_state=0, n_jobs=1).fit_transform(x)

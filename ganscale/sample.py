@@ -494,7 +494,8 @@ class ChunkSampler:
             for layer in self.study.layers:
                 fmap = layer_maps[layer]
                 pos = sources.positions_for(self._draws_of(dataset, layer)[index], fmap.shape[2], fmap.shape[3])
-                pos_t = torch.as_tensor(pos, device=self.device)
+                pos_t = torch.from_numpy(pos)  # a pinned, non-blocking copy: the host runs on, no sync per layer
+                pos_t = pos_t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else pos_t
                 acts[layer].append(fmap[rows, :, pos_t[:, 0], pos_t[:, 1]].float())
                 positions[layer].append(pos.astype(schema.POSITION_DTYPE))
                 pooled[layer].append(fmap[:keep].float().mean((2, 3)))

@@ -8,15 +8,6 @@ from ganscale import embed, schema
 from ganscale.study import parse_study
 
 
-def seal(group, layout) -> None:
-    """Mark every chunk written, with its checksums, as the sample stage does (stages verify them)."""
-    paths = group.attrs["checksum_arrays"]
-    for chunk in range(layout.n_chunks):
-        start, stop = layout.chunk_range(chunk)
-        group["checksum"][chunk] = [schema.chunk_checksum(group[p][start:stop], group[p].dtype) for p in paths]
-    group["done"][:] = 1
-
-
 def blob_store(tmp_path, sizes: dict[str, int], new_datasets="refit", seed=0):
     """A sampled-looking store: per dataset, 16-d activations in two clusters."""
     rng = np.random.default_rng(seed)
@@ -32,7 +23,7 @@ def blob_store(tmp_path, sizes: dict[str, int], new_datasets="refit", seed=0):
         group = schema.create_dataset_group(root, schema.dataset_path(name), layout, {"fingerprint": f"fp-{name}", "chunk_size": 50})
         centres = np.where(rng.random(n) < 0.5, 0.0, 4.0)[:, None] + i
         group["layers/block1/activations"][:] = (centres + rng.normal(size=(n, 16))).astype(np.float32)
-        seal(group, layout)
+        schema.seal_chunks(group, layout)
     return study, root
 
 
@@ -85,7 +76,7 @@ def with_new_dataset(study, tmp_path, name="c", n=60):
     layout = schema.DatasetLayout(n, 50, 4, {"block1": 16})
     group = schema.create_dataset_group(root, schema.dataset_path(name), layout, {"fingerprint": f"fp-{name}", "chunk_size": 50})
     group["layers/block1/activations"][:] = root["datasets/a/layers/block1/activations"][:n]
-    seal(group, layout)
+    schema.seal_chunks(group, layout)
     return bigger, root
 
 
