@@ -743,10 +743,9 @@ def _(b, d, store):
 
 @kind("dissect worker dies")
 def _(b, d, store):
-    path = b.study(d, {"datasets": {**REFERENCE["datasets"], "dying": {
-        "kind": "generator", "name": "plugins:dies_in_dissect", "samples": 64}},
-        "dissect": {**DISSECT, "generators": ["dying"]}})
-    return Case(path, ["--stages", "sample,dissect"], expect=1)
+    path = b.study(d, {"dissect": {**DISSECT, "segmenter": {"name": "plugins:segmenter_dying_in_a_pass"}}})
+    return Case(path, ["--stages", "dissect"], expect=1, after=_name_in_error("worker (pid"))
+
 
 # ---- running them ---------------------------------------------------------------------------------
 
