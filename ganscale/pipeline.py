@@ -64,7 +64,7 @@ def complete(study: Study, root, name: str) -> bool:
                                for item in stage.module(name).items(study)):
         return False
     if name == "sample":  # a done flag lost since: the ledger says complete, the chunk must be redone
-        groups = [root.get(schema.dataset_path(d)) for d in study.datasets]
+        groups = [schema.get_group(root, schema.dataset_path(d)) for d in study.datasets]
         return all(g is not None and schema.done_chunks(g).all() for g in groups)
     return True
 

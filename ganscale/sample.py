@@ -140,18 +140,10 @@ def sampled_group(root, dataset: str, fp: str):
     if root is None:
         return None
     for path in (schema.dataset_path(dataset), schema.staging_path(dataset)):
-        group = schema_group(root, path)
+        group = schema.get_group(root, path)
         if group is not None and group.attrs.get("fingerprint") == fp:
             return group
     return None
-
-
-def schema_group(root, path: str):
-    """root[path], or None when missing; a group whose metadata is damaged fails in one line naming it."""
-    try:
-        return root.get(path)
-    except Exception as e:
-        raise schema.damaged_metadata(root, path, e) from None
 
 
 def check_array_source(study: Study, name: str) -> None:
@@ -207,7 +199,7 @@ def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False)
         fp = fingerprint(study, name)
         group = sampled_group(root, name, fp)
         if group is None:
-            old = root is not None and schema_group(root, schema.dataset_path(name)) is not None
+            old = root is not None and schema.get_group(root, schema.dataset_path(name)) is not None
             plans.append(DatasetPlan(name, layout, Pending(layout.n_chunks), files_of.get(name), fp,
                                      schema.staging_path(name), True, replaces=old))
             continue
@@ -219,7 +211,7 @@ def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False)
         plans.append(DatasetPlan(name, layout, Pending(layout.n_chunks, done), files_of.get(name), fp,
                                  group.path, False, sorted({chunk for _, chunk, _ in damaged}),
                                  replaces=group.path == schema.staging_path(name)
-                                 and schema_group(root, schema.dataset_path(name)) is not None))
+                                 and schema.get_group(root, schema.dataset_path(name)) is not None))
     return plans
 
 
@@ -276,11 +268,11 @@ def finish_staged(study: Study, root, plans: list[DatasetPlan]) -> None:
         if not p.staged:
             continue
         with lease.of(root).exclusive(f"sample/{p.name}/group"):
-            staged = schema_group(root, p.path)  # another run may have moved it already
+            staged = schema.get_group(root, p.path)  # another run may have moved it already
             if staged is None or staged.attrs.get("fingerprint") != p.fingerprint \
                     or not schema.done_chunks(staged).all():
                 continue
-            if schema_group(root, "datasets") is None:  # zarr v3 needs the parent group's own metadata
+            if schema.get_group(root, "datasets") is None:  # zarr v3 needs the parent group's own metadata
                 root.require_group("datasets")
             schema.replace_group(root, p.path, schema.dataset_path(p.name))
             log.info("dataset %s: the group sampled aside moved into datasets/%s", p.name, p.name)
@@ -734,7 +726,7 @@ def record_finished(study: Study, root, plans: list[DatasetPlan], chunks_done: d
     current; the run's seconds are shared out by the chunks each computed."""
     total = max(1, sum(chunks_done.values()))
     for p in plans:
-        group = schema_group(root, schema.dataset_path(p.name))
+        group = schema.get_group(root, schema.dataset_path(p.name))
         recorded = ledger.entry(root, NAME, p.name)
         if (group is None or group.attrs.get("fingerprint") != p.fingerprint or not schema.done_chunks(group).all()
                 or (recorded is not None and recorded["fingerprint"] == p.fingerprint)):
@@ -752,8 +744,8 @@ def status(study: Study, verify: bool = False) -> list[dict]:
     out = []
     for name in study.datasets:
         layout = layout_for(study, name)
-        group = schema_group(root, schema.dataset_path(name)) if root is not None else None
-        staged = schema_group(root, schema.staging_path(name)) if root is not None else None
+        group = schema.get_group(root, schema.dataset_path(name)) if root is not None else None
+        staged = schema.get_group(root, schema.staging_path(name)) if root is not None else None
         fp = fingerprint(study, name)
         if staged is not None and staged.attrs.get("fingerprint") == fp and \
                 (group is None or group.attrs.get("fingerprint") != fp):

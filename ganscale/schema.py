@@ -463,6 +463,14 @@ def damaged_metadata(where, path: str, error: BaseException) -> Exception:
     return EnvironmentFailure(f"store: {file}: damaged metadata ({type(error).__name__}: {text}); {what}")
 
 
+def get_group(root: zarr.Group, path: str) -> zarr.Group | None:
+    """root[path], or None when missing; a group whose metadata is damaged fails in one line naming it."""
+    try:
+        return root.get(path)
+    except Exception as e:
+        raise damaged_metadata(root, path, e) from None
+
+
 def open_root(url: str, storage_options: dict | None = None, mode: str = "a") -> zarr.Group:
     """open_store, with a damaged root zarr.json named in one line (damaged_metadata)."""
     try:
