@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import yaml
 
+from ganscale.pipeline import run_stage
 from ganscale import sample, sources
 from ganscale.models import registry
 from ganscale.study import load_study
@@ -106,10 +107,10 @@ def stage(study) -> tuple[float, float, float]:
     the first chunk written)."""
     t0 = time.perf_counter()
     first = []
-    result = sample.run(study, workers=1, on_chunk=lambda *a: first.append(time.perf_counter()) if not first else None)
+    result = run_stage(study, "sample", workers=1, on_chunk=lambda *a: first.append(time.perf_counter()) if not first else None)
     end = time.perf_counter()
     n = study.datasets["full"].samples
-    assert result.samples_written == n
+    assert result["samples_written"] == n
     return n / (end - t0), (n - study.sample.chunk_size) / (end - first[0]), first[0] - t0
 
 

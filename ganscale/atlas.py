@@ -21,6 +21,7 @@ empty cells have a small non-zero probability and KL stays finite.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -29,11 +30,10 @@ import dask
 import numpy as np
 from scipy import sparse
 
-from ganscale import ledger, schema, stage
+from ganscale import schema
 from ganscale.partials import tree_reduce
-from ganscale.errors import GanscaleError
 from ganscale.runtime import dask_scheduler, init_ray
-from ganscale.study import Study, digest
+from ganscale.study import Study
 
 log = logging.getLogger("ganscale.atlas")
 
@@ -153,22 +153,14 @@ def reads(study: Study, layer: str) -> list[tuple[str, str]]:
     return [("embed", layer)]
 
 
-def settings(study: Study, root, layer: str) -> dict:
+def settings(study: Study, layer: str) -> dict:
     return {"atlas": study.atlas.model_dump(mode="json", exclude={"icons"}), "datasets": list(study.datasets)}
-
-
-def layer_fingerprint(study: Study, root, layer: str) -> str:
-    return stage.fingerprint(study, root, NAME, layer)
 
 
 def compute_layer(study: Study, root, layer: str, scheduler="threads") -> dict:
     names = list(study.datasets)
     settings = study.atlas
-    lazy = {}
-    for name in names:
-        if "umap" not in root[schema.layer_path(name, layer)]:
-            raise GanscaleError(f"atlas: layer {layer} of dataset {name} is not embedded; run the embed stage first")
-        lazy[name] = dataset_stats(study, root, name, layer)
+    lazy = {name: dataset_stats(study, root, name, layer) for name in names}
     (merged,) = dask.compute(lazy, scheduler=scheduler)
     results = {(name, grid): merged[name][grid] for name in names for grid in settings.grids}
     out = {}
@@ -209,21 +201,16 @@ def write_layer(root, layer: str, names: list[str], results: dict) -> None:
             group.create_array(key, shape=value.shape, dtype=value.dtype, overwrite=True)[...] = value
 
 
-def run(study: Study, *, address: str | None = None) -> dict:
-    root = schema.open_store(study.store, study.storage_options)
+@contextlib.contextmanager
+def workers(study: Study, root, todo: list[str], address: str | None = None):
+    """The Dask scheduler the layers reduce on (Dask-on-Ray)."""
     init_ray(address)
-    scheduler = dask_scheduler()
-    computed = []
-    for layer in study.layers:
-        inputs = stage.inputs(study, root, NAME, layer)
-        recorded = ledger.entry(root, NAME, layer)
-        if recorded is not None and recorded["fingerprint"] == digest(inputs):
-            continue
-        t0 = time.time()
-        results = compute_layer(study, root, layer, scheduler)
-        write_layer(root, layer, list(study.datasets), results)
-        ledger.record(root, NAME, layer, inputs, time.time() - t0,
-                      kl={str(g): r["kl"].tolist() for g, r in results.items()})
-        computed.append(layer)
-        log.info("atlas %s: %s grids in %.1f s", layer, study.atlas.grids, time.time() - t0)
-    return {"computed": computed, "skipped": [layer for layer in study.layers if layer not in computed]}
+    yield dask_scheduler()
+
+
+def run_item(study: Study, root, layer: str, scheduler) -> dict:
+    t0 = time.time()
+    results = compute_layer(study, root, layer, scheduler)
+    write_layer(root, layer, list(study.datasets), results)
+    log.info("atlas %s: %s grids in %.1f s", layer, study.atlas.grids, time.time() - t0)
+    return {"kl": {str(g): r["kl"].tolist() for g, r in results.items()}}

@@ -14,17 +14,19 @@ the layer is refitted, with a warning naming it.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import time
 import warnings
 
 import numpy as np
 
-from ganscale import ledger, schema, stage
+from ganscale import ledger, schema
 from ganscale.errors import GanscaleError
 from ganscale.progress import status
 from ganscale.runtime import init_ray
-from ganscale.study import Study, UmapParams, digest
+from ganscale.study import Study, UmapParams
 
 log = logging.getLogger("ganscale.embed")
 
@@ -292,15 +294,11 @@ def items(study: Study) -> list[str]:
     return list(study.layers)
 
 
-def settings(study: Study, root, layer: str) -> dict:
+def settings(study: Study, layer: str) -> dict:
     """What a layer's layout depends on besides the samples (stage.inputs adds every dataset's
     sample fingerprint)."""
     return {"layer": layer, "datasets": list(study.datasets), "params": params_for(study, layer).model_dump(),
             "pca": study.embed.pca, "seed": study.seed}
-
-
-def layer_fingerprint(study: Study, root, layer: str) -> str:
-    return stage.fingerprint(study, root, NAME, layer)
 
 
 def load_layer(root, datasets: list[str], layer: str) -> tuple[np.ndarray, list[int]]:
@@ -384,60 +382,82 @@ def choose_backend(study: Study, cluster_gpus: int) -> str:
     return wanted
 
 
-def run(study: Study, *, address: str | None = None) -> dict:
-    """Embed every layer whose inputs changed; returns per layer what was done."""
+@contextlib.contextmanager
+def workers(study: Study, root, todo: list[str], address: str | None = None):
+    """Every layer to do starts at once, as a Ray task (a GPU each with cuML, a CPU each with
+    umap-learn): a fit, or, when only new datasets came and embed.new_datasets is 'transform', their
+    transform into the layer's existing layout. Yields {layer: (kind, ObjectRef)}."""
     import ray
 
-    from ganscale.progress import Progress
-
-    root = schema.open_store(study.store, study.storage_options)
-    schema.require_sampled(root, study.datasets, "embed")
     init_ray(address)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    backend = choose_backend(study, gpus)
-    inputs = {layer: stage.inputs(study, root, NAME, layer) for layer in study.layers}
+    backend = choose_backend(study, int(ray.cluster_resources().get("GPU", 0)))
     fits, transforms = [], {}
-    for layer in study.layers:
-        previous = ledger.entry(root, NAME, layer)
-        if previous is not None and previous["fingerprint"] == digest(inputs[layer]):
-            continue
-        # datasets fitted before keep their layout when only new ones came (embed.new_datasets: transform)
-        new = [n for n in study.datasets if previous is not None and f"sample/{n}" not in previous["inputs"]]
-        if (study.embed.new_datasets == "transform" and previous is not None and new
-                and previous["inputs"]["params"] == inputs[layer]["params"]
-                and all(inputs[layer].get(k) == v for k, v in previous["inputs"].items() if k.startswith("sample/"))):
-            problem = model_problem(root, layer)
-            if problem is None:
-                transforms[layer] = new
-                continue
-            log.warning("embed %s: refitting instead of transforming: %s", layer, problem)
-            status(f"embed {layer}: refitting, not transforming: {problem}")
-        fits.append(layer)
+    for layer in todo:
+        new = transform_instead(study, root, layer)
+        if new:
+            transforms[layer] = new
+        else:
+            fits.append(layer)
     options = {"num_gpus": 1} if backend == "cuml" else {"num_cpus": 1}
     if backend == "cuml" and fits and not ray.get(ray.remote(num_gpus=1)(cuml_available).remote()):
         if study.embed.backend == "cuml":
             raise GanscaleError("embed.backend: cuML does not import on the cluster's GPU nodes")
         backend, options = "umap-learn", {"num_cpus": 1}  # the CPU fallback
-    fit_refs = [ray.remote(**options)(embed_layer).remote(study, layer, backend) for layer in fits]
-    transform_refs = [ray.remote(num_cpus=1)(transform_layer).remote(study, layer, new,
-                                                                       ledger.entry(root, NAME, layer)["bounds"])
-                      for layer, new in transforms.items()]
-    bar = Progress("embed", len(fits), unit="layers")
-    pending = dict(zip(fit_refs, fits))
-    while pending:  # layers as they finish, so the display moves
-        (ref,), _ = ray.wait(list(pending), num_returns=1)
-        layer, result = pending.pop(ref), ray.get(ref)
-        ledger.record(root, NAME, layer, inputs[layer], result["seconds"], backend=result["backend"],
-                      samples=result["samples"], bounds=result["bounds"], knn=result["knn"])
-        bar.advance(1, f"{layer} in {result['seconds']:.0f} s")
-        log.info("embed %s: %d samples with %s in %.1f s", layer, result["samples"], backend, result["seconds"])
-    bar.close()
-    for (layer, new), result in zip(transforms.items(), ray.get(transform_refs)):
+    started = Started(backend, {layer: ray.remote(**options)(embed_layer).remote(study, layer, backend) for layer in fits},
+                      {layer: ray.remote(num_cpus=1)(transform_layer).remote(
+                          study, layer, new, ledger.entry(root, NAME, layer)["bounds"])
+                       for layer, new in transforms.items()}, transforms)
+    try:
+        yield started
+    finally:
+        for ref in [*started.fits.values(), *started.transforms.values()]:
+            ray.cancel(ref)  # those not waited for: a failure elsewhere stops the run
+
+
+@dataclasses.dataclass
+class Started:
+    """The layers' Ray tasks, started ahead by `workers`: fits and transforms (ObjectRefs by layer)."""
+    backend: str
+    fits: dict
+    transforms: dict
+    new: dict  # layer -> the datasets transformed into it
+
+    def summary(self) -> dict:
+        return {"fitted": list(self.fits), "transformed": self.new, "backend": self.backend}
+
+
+def transform_instead(study: Study, root, layer: str) -> list[str]:
+    """The new datasets to transform into the layer's fitted layout instead of refitting it: only
+    datasets were added, with the same UMAP settings and unchanged samples of those fitted, and a
+    sound stored model (embed.new_datasets: transform). Empty: refit."""
+    previous = ledger.entry(root, NAME, layer)
+    if study.embed.new_datasets != "transform" or previous is None:
+        return []
+    params = ledger.jsonable(settings(study, layer))["params"]
+    new = [n for n in study.datasets if f"sample/{n}" not in previous["inputs"]]
+    # upstream items are complete when a stage runs: their recorded fingerprints are the current ones
+    changed = [k for k, v in previous["inputs"].items()
+               if k.startswith("sample/") and (ledger.entry(root, "sample", k[7:]) or {}).get("fingerprint") != v]
+    if not new or changed or previous["inputs"]["params"] != params:
+        return []
+    problem = model_problem(root, layer)
+    if problem is not None:
+        log.warning("embed %s: refitting instead of transforming: %s", layer, problem)
+        status(f"embed {layer}: refitting, not transforming: {problem}")
+        return []
+    return new
+
+
+def run_item(study: Study, root, layer: str, started: Started) -> dict:
+    import ray
+
+    if layer in started.transforms:
+        result = ray.get(started.transforms[layer])
         previous = ledger.entry(root, NAME, layer)
-        ledger.record(root, NAME, layer, inputs[layer], previous["seconds"] + result["seconds"],
-                      **{k: previous[k] for k in ("backend", "samples", "bounds", "knn") if k in previous},
-                      transformed=sorted(set(previous.get("transformed", [])) | set(new)))
-        log.info("embed %s: transformed %s into the existing layout", layer, ", ".join(new))
-    return {"fitted": fits, "transformed": {k: v for k, v in transforms.items()},
-            "skipped": [layer for layer in study.layers if layer not in fits and layer not in transforms],
-            "backend": backend}
+        log.info("embed %s: transformed %s into the existing layout", layer, ", ".join(result["transformed"]))
+        return {**{k: previous[k] for k in ("backend", "samples", "bounds", "knn") if k in previous},
+                "seconds": previous["seconds"] + result["seconds"],
+                "transformed": sorted(set(previous.get("transformed", [])) | set(result["transformed"]))}
+    result = ray.get(started.fits[layer])
+    log.info("embed %s: %d samples with %s in %.1f s", layer, result["samples"], result["backend"], result["seconds"])
+    return {k: result[k] for k in ("backend", "samples", "bounds", "knn", "seconds")}

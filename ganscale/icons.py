@@ -25,22 +25,21 @@ settings) is the one the ledger recorded for the layer.
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import dataclasses
 import logging
-import time
-from pathlib import Path
-from typing import NamedTuple
 
 import dask
 import numpy as np
 import torch
 
-from ganscale import ledger, schema, stage
+from ganscale import schema
 from ganscale.errors import GanscaleError
 from ganscale.fv.render import LayerTap
 from ganscale.partials import tree_reduce
-from ganscale.runtime import Task, init_ray, run_on_actors, worker_resources
-from ganscale.study import Study, digest
+from ganscale.runtime import Actors, Task, init_ray, run_on_actors, worker_resources
+from ganscale.runtime import device as runtime_device
+from ganscale.study import Study
 
 log = logging.getLogger("ganscale.icons")
 
@@ -50,37 +49,21 @@ ALGORITHM = 2
 WHITEN_RIDGE = 1e-4
 
 
-def grids_of(study: Study) -> list[int]:
-    if study.atlas.icons is None:
-        return []
-    return study.atlas.icons.grids or [min(study.atlas.grids)]
-
-
-def layers_of(study: Study) -> list[str]:
-    if study.atlas.icons is None:
-        return []
-    return study.atlas.icons.layers or list(study.layers)
-
-
 NAME, ITEM, READS = "icons", "layer", ("atlas",)
 
 
 def items(study: Study) -> list[str]:
-    return layers_of(study)
+    return study.icon_layers()
 
 
 def reads(study: Study, layer: str) -> list[tuple[str, str]]:
     return [("atlas", layer)]
 
 
-def settings(study: Study, root, layer: str) -> dict:
+def settings(study: Study, layer: str) -> dict:
     """What a layer's icons depend on besides its atlas: the probe, the icon settings, the algorithm."""
-    return {"icons": study.atlas.icons.model_dump(mode="json"), "grids": grids_of(study),
+    return {"icons": study.atlas.icons.model_dump(mode="json"), "grids": study.icon_grids(),
             "probe": study.probe.model_dump(mode="json"), "algorithm": ALGORITHM, "ridge": WHITEN_RIDGE}
-
-
-def layer_fingerprint(study: Study, root, layer: str) -> str:
-    return stage.fingerprint(study, root, NAME, layer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,10 +95,6 @@ def second_moment(study: Study, root, layer: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Rendering
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class IconRenderer:
     """Renders batches of icons for one study: the probe is built once (weights loaded and
     checked once per worker), a LayerTap per layer. Used as a Ray actor by `run`, and directly."""
@@ -126,7 +105,7 @@ class IconRenderer:
         if threads:
             torch.set_num_threads(threads)
         self.study = study
-        self.device = torch.device(device) if device is not None else _device()
+        self.device = torch.device(device) if device is not None else runtime_device()
         self.probe = registry.build_probe(study.probe, study.storage_options).to(self.device).only([])
         self._taps: dict = {}
 
@@ -181,41 +160,21 @@ class _StoppingTap(LayerTap):
         return captured
 
 
-class _Job(NamedTuple):
-    layer: str
-    grid: int
-    start: int  # index of the batch's first cell in the grid's cell list
+@dataclasses.dataclass
+class _Plan:
+    """What the icons of the layers to do need: per (layer, grid) the cells with enough samples and
+    their mean activations, and the actors that render them (started when first needed)."""
+    cells: dict
+    vectors: dict
+    actors: Actors
 
 
-def _workers(study: Study, jobs: int) -> tuple[int, dict]:
-    n, resources = worker_resources(study.sample.device, study.sample.workers)
-    return max(1, min(n, jobs)), resources
-
-
-def run(study: Study, *, address: str | None = None) -> dict:
-    """Render the icons of every layer whose inputs changed since the last run (see the module
-    docstring); returns {"computed": [layers], "skipped": [layers], "icons": n, "seconds": s}."""
-    import ray
-
-    from ganscale.fv.objectives import whitening
-    from ganscale.progress import Progress
-
+@contextlib.contextmanager
+def workers(study: Study, root, todo: list[str], address: str | None = None):
     settings = study.atlas.icons
-    if settings is None:
-        return {"skipped": "atlas.icons is not set"}
-    t_start = time.time()
-    root = schema.open_store(study.store, study.storage_options)
-    inputs = {layer: stage.inputs(study, root, NAME, layer) for layer in layers_of(study)}
-    fingerprints = {layer: digest(inputs[layer]) for layer in layers_of(study)}
-    todo = [layer for layer in layers_of(study)
-            if (ledger.entry(root, NAME, layer) or {}).get("fingerprint") != fingerprints[layer]]
-    if not todo:
-        return {"computed": [], "skipped": layers_of(study), "icons": 0, "seconds": round(time.time() - t_start, 2)}
-
-    # what to render: per (layer, grid) the cells with enough samples and their mean activations
     cells, vectors = {}, {}
     for layer in todo:
-        for grid in grids_of(study):
+        for grid in study.icon_grids():
             group = root.get(schema.atlas_path(layer, grid))
             if group is None or "counts" not in group or "mean" not in group:
                 raise GanscaleError(f"atlas.icons.grids: no atlas of layer {layer} at grid {grid} in the store (the "
@@ -223,180 +182,65 @@ def run(study: Study, *, address: str | None = None) -> dict:
             counts = group["counts"][...].sum(0)
             cells[layer, grid] = np.argwhere(counts >= settings.min_count)
             vectors[layer, grid] = group["mean"][...][cells[layer, grid][:, 0], cells[layer, grid][:, 1]]
-
     init_ray(address)
-    whiten_refs = {}
-    for layer in todo:
-        w = None
-        if settings.whiten:
-            w = whitening(torch.as_tensor(second_moment(study, root, layer)), eps=WHITEN_RIDGE).float().numpy()
-        whiten_refs[layer] = ray.put(w)
-
-    icons = {key: np.zeros((key[1], key[1], settings.size, settings.size, 3), dtype=np.uint8) for key in cells}
-    values = {key: np.full((key[1], key[1]), np.nan, dtype=np.float32) for key in cells}
-    left = {key: -(-len(c) // settings.batch) for key, c in cells.items()}  # batches to go
-    computed = []
-    last_finish = [time.time()]
-
-    def write_grid(layer: str, grid: int) -> None:
-        group = root[schema.atlas_path(layer, grid)]
-        array = group.create_array("icons", shape=icons[layer, grid].shape, dtype=np.uint8, overwrite=True,
-                                   chunks=(1, grid, settings.size, settings.size, 3),
-                                   dimension_names=("iy", "ix", "y", "x", "rgb"))
-        array[...] = icons[layer, grid]
-        array.attrs.update({**settings.model_dump(mode="json", include={"steps", "tries", "size", "lr", "cosine_power",
-                                                                        "whiten", "min_count"}),
-                            "cells": int(len(cells[layer, grid])), "fingerprint": fingerprints[layer]})
-        group.create_array("icon_objective", shape=(grid, grid), dtype=np.float32, overwrite=True,
-                           fill_value=np.nan, dimension_names=("iy", "ix"))[...] = values[layer, grid]
-
-    def finish_layer(layer: str) -> None:
-        # recorded only once every grid of the layer is in the store: an interrupted layer reruns.
-        # Its seconds: since the previous layer finished (layers render interleaved; the sum is the stage's).
-        n_icons = int(sum(len(cells[k]) for k in cells if k[0] == layer))
-        ledger.record(root, NAME, layer, inputs[layer], time.time() - last_finish[0], icons=n_icons)
-        last_finish[0] = time.time()
-        computed.append(layer)
-
-    def finish_if_done(layer: str) -> None:
-        if all(left[layer, grid] == 0 for grid in grids_of(study)):
-            for grid in grids_of(study):
-                write_grid(layer, grid)
-            finish_layer(layer)
-
-    for layer in todo:  # layers where no cell reaches min_count
-        finish_if_done(layer)
-
-    total = sum(len(c) for c in cells.values())
-    jobs = [_Job(layer, grid, s) for (layer, grid), c in cells.items() for s in range(0, len(c), settings.batch)]
-    if jobs:
-        n_workers, resources = _workers(study, len(jobs))
-        threads = max(1, int(resources["num_cpus"]))
-        actor_cls = ray.remote(max_restarts=1, max_task_retries=2)(IconRenderer)
-        actors = [actor_cls.options(**resources).remote(study, threads) for _ in range(n_workers)]
-        log.info("icons: %d icons of %d layer(s) on %d worker(s)", total, len(todo), n_workers)
-        progress = Progress("icons", total, unit="icons")
-
-        def task(job: _Job) -> Task:
-            batch = vectors[job.layer, job.grid][job.start:job.start + settings.batch]
-            seed = study.seed * 1_000_003 + job.grid * 10_007 + job.start
-            return Task("render", (job.layer, batch, whiten_refs[job.layer], seed),
-                        f"icons: rendering layer {job.layer} grid {job.grid}", key=job)
-
-        def rendered(task: Task, result) -> None:
-            batch_icons, batch_values = result
-            job = task.key
-            key = (job.layer, job.grid)
-            rows = cells[key][job.start:job.start + settings.batch]
-            icons[key][rows[:, 0], rows[:, 1]] = batch_icons
-            values[key][rows[:, 0], rows[:, 1]] = batch_values
-            progress.advance(len(rows))
-            left[key] -= 1
-            finish_if_done(job.layer)
-
-        try:  # two batches in flight per worker: no idle gap between batches
-            run_on_actors(actors, [task(job) for job in jobs], rendered, in_flight_per_actor=2)
-        finally:
-            progress.close()
-    return {"computed": computed, "skipped": [layer for layer in layers_of(study) if layer not in computed],
-            "icons": int(total), "seconds": round(time.time() - t_start, 2)}
+    jobs = sum(-(-len(c) // settings.batch) for c in cells.values())
+    n, resources = worker_resources(study.sample.device, study.sample.workers)
+    threads = max(1, int(resources["num_cpus"]))
+    with Actors(IconRenderer, max(1, min(n, jobs)), resources, study, threads, what="icons: starting the workers",
+                restarts=1, task_retries=2) as actors:
+        yield _Plan(cells, vectors, actors)
 
 
-# ---------------------------------------------------------------------------------------------
-# Figures
+def run_item(study: Study, root, layer: str, plan: _Plan) -> dict:
+    """Render the icons of one layer at every icon grid (two batches in flight per worker), and write
+    them once all are done: an interrupted layer reruns."""
+    import ray
 
-class IconFigure(NamedTuple):
-    layer: str
-    grid: int
-    path: Path
+    from ganscale.fv.objectives import whitening
+    from ganscale.progress import Progress
+
+    settings = study.atlas.icons
+    grids = study.icon_grids()
+    w = None
+    if settings.whiten:
+        w = whitening(torch.as_tensor(second_moment(study, root, layer)), eps=WHITEN_RIDGE).float().numpy()
+    whiten = ray.put(w)
+    icons = {g: np.zeros((g, g, settings.size, settings.size, 3), dtype=np.uint8) for g in grids}
+    values = {g: np.full((g, g), np.nan, dtype=np.float32) for g in grids}
+    tasks = []
+    for grid in grids:
+        for start in range(0, len(plan.cells[layer, grid]), settings.batch):
+            batch = plan.vectors[layer, grid][start:start + settings.batch]
+            seed = study.seed * 1_000_003 + grid * 10_007 + start
+            tasks.append(Task("render", (layer, batch, whiten, seed), f"icons: rendering layer {layer} grid {grid}",
+                              key=(grid, start)))
+    total = sum(len(plan.cells[layer, g]) for g in grids)
+    progress = Progress(f"icons {layer}", total, unit="icons")
+
+    def rendered(task: Task, result) -> None:
+        grid, start = task.key
+        rows = plan.cells[layer, grid][start:start + settings.batch]
+        icons[grid][rows[:, 0], rows[:, 1]], values[grid][rows[:, 0], rows[:, 1]] = result
+        progress.advance(len(rows))
+
+    try:
+        if tasks:
+            run_on_actors(plan.actors.get(), tasks, rendered, in_flight_per_actor=2, kill=False, collect=False)
+    finally:
+        progress.close()
+    for grid in grids:
+        _write_icons(study, root, layer, grid, icons[grid], values[grid], len(plan.cells[layer, grid]))
+    return {"icons": int(total)}
 
 
-def _share(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarray:
-    """Share of dataset a in each cell's density, each dataset normalised to its own total (as
-    `ganscale.render.comparison_atlas`); NaN where both are empty."""
-    pa, pb = counts_a / max(counts_a.sum(), 1), counts_b / max(counts_b.sum(), 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pa + pb > 0, pa / np.where(pa + pb > 0, pa + pb, 1), np.nan)
-
-
-def icon_canvas(icons: np.ndarray, frame: np.ndarray | None = None, width: int = 0, has: np.ndarray | None = None
-                ) -> np.ndarray:
-    """[G, G, S, S, 3] -> one image [G*S, G*S, 3] uint8, cell (iy, ix) at column ix and row iy
-    counted from the bottom (as the atlas plots); cells without an icon (`has` [G, G] False; by
-    default the all-zero icons) white. `frame` [G, G, 3] (uint8 colours) draws a border `width` px
-    wide inside each cell with an icon."""
-    g, _, s, _, _ = icons.shape
-    has = icons.reshape(g, g, -1).max(2) > 0 if has is None else np.asarray(has, dtype=bool)
-    canvas = np.where(has[:, :, None, None, None], icons, np.uint8(255)).copy()
-    if frame is not None and width > 0:
-        border = np.zeros((s, s), dtype=bool)
-        border[:width], border[-width:], border[:, :width], border[:, -width:] = True, True, True, True
-        for iy, ix in zip(*np.nonzero(has)):
-            canvas[iy, ix][border] = frame[iy, ix]
-    return canvas[::-1].transpose(0, 2, 1, 3, 4).reshape(g * s, g * s, 3)
-
-
-def icon_atlas_figures(study: Study, root, out: Path, pairs: list[tuple[str, str]] | None = None) -> list[IconFigure]:
-    """Per layer and grid with icons in the store, written under out/icons/:
-
-    {layer}_g{G}.png            the icon atlas: each cell's icon at its grid position, empty cells blank
-    {layer}_g{G}_{a}_vs_{b}.png the density comparison of datasets a and b beside it: left the icons,
-                                each framed in its cell's colour; right the cells coloured alone. Red:
-                                a over-represented, blue: b, white: equal, grey: empty (the colours of
-                                `ganscale.render.comparison_atlas`)
-
-    `pairs` (dataset names) defaults to every pair of the study's datasets. Returns
-    IconFigure(layer, grid, path) tuples, the icon atlas of a layer and grid first."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import TwoSlopeNorm
-    from PIL import Image
-
-    names = list(study.datasets)
-    pairs = pairs if pairs is not None else list(itertools.combinations(names, 2))
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#dddddd")
-    norm = TwoSlopeNorm(0.5, 0, 1)
-    folder = Path(out) / "icons"
-    written: list[IconFigure] = []
-    for layer in layers_of(study):
-        for grid in grids_of(study):
-            group = root.get(schema.atlas_path(layer, grid))
-            if group is None or "icons" not in group:
-                continue
-            folder.mkdir(parents=True, exist_ok=True)
-            stored = np.asarray(group["icons"][...], dtype=np.uint8)
-            size = stored.shape[2]
-            has = (np.isfinite(group["icon_objective"][...]) if "icon_objective" in group
-                   else stored.reshape(grid, grid, -1).max(2) > 0)
-            plain = icon_canvas(stored, has=has)
-            zoom = max(1, -(-720 // plain.shape[0]))  # small atlases enlarged (nearest) to ~720 px or more
-            path = folder / f"{layer}_g{grid}.png"
-            Image.fromarray(plain.repeat(zoom, 0).repeat(zoom, 1)).save(path)
-            written.append(IconFigure(layer, grid, path))
-            counts = group["counts"][...]
-            for a, b in pairs:
-                ia, ib = names.index(a), names.index(b)
-                share = _share(counts[ia], counts[ib])
-                colours = (cmap(norm(np.nan_to_num(share, nan=0.5)))[..., :3] * 255).round().astype(np.uint8)
-                framed = icon_canvas(stored, colours, width=max(1, size // 10), has=has)
-                fig, axes = plt.subplots(1, 2, figsize=(13, 6.6), gridspec_kw={"width_ratios": [1, 1.08]})
-                axes[0].imshow(framed, extent=(0, grid, 0, grid),
-                               interpolation="nearest" if zoom > 1 else "antialiased")
-                axes[0].set_title(f"{layer}, {grid}x{grid}: icons framed by the cell's density share", fontsize=9)
-                image = axes[1].imshow(share, cmap=cmap, norm=norm, origin="lower", extent=(0, grid, 0, grid))
-                axes[1].set_title(f"{layer}, {grid}x{grid}: density share (cells with icons outlined)", fontsize=9)
-                for iy, ix in np.argwhere(has):
-                    axes[1].add_patch(plt.Rectangle((ix, iy), 1, 1, fill=False, lw=0.6, ec="black"))
-                bar = fig.colorbar(image, ax=axes[1], fraction=0.046, pad=0.03)
-                bar.set_label(f"share of {a} (red) vs {b} (blue)")
-                for ax in axes:
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                fig.tight_layout()
-                path = folder / f"{layer}_g{grid}_{a}_vs_{b}.png"
-                fig.savefig(path, dpi=110)
-                plt.close(fig)
-                written.append(IconFigure(layer, grid, path))
-    return written
+def _write_icons(study: Study, root, layer: str, grid: int, icons: np.ndarray, values: np.ndarray, n_cells: int):
+    settings = study.atlas.icons
+    group = root[schema.atlas_path(layer, grid)]
+    array = group.create_array("icons", shape=icons.shape, dtype=np.uint8, overwrite=True,
+                               chunks=(1, grid, settings.size, settings.size, 3),
+                               dimension_names=("iy", "ix", "y", "x", "rgb"))
+    array[...] = icons
+    array.attrs.update({**settings.model_dump(mode="json", include={"steps", "tries", "size", "lr", "cosine_power",
+                                                                    "whiten", "min_count"}), "cells": int(n_cells)})
+    group.create_array("icon_objective", shape=(grid, grid), dtype=np.float32, overwrite=True,
+                       fill_value=np.nan, dimension_names=("iy", "ix"))[...] = values

@@ -34,6 +34,7 @@ import dataclasses
 import html
 import itertools
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -41,11 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ganscale import __version__, ledger, render, schema, sources, stage
+from ganscale import __version__, ledger, render, schema, sources
 from ganscale.images import ImageCache, fmap_sizes, patch_box, receptive_field_size
 from ganscale.models import registry
 from ganscale.progress import Progress
-from ganscale.study import Study, digest, scrub_url
+from ganscale.study import Study, scrub_url
+
+log = logging.getLogger("ganscale")
 
 SUMMARY_SCHEMA = "ganscale.summary/1"
 
@@ -83,8 +86,8 @@ class Shared:
 def examples_figure(study: Study, root, probe, layer: str, grid: int, pair: tuple[int, int], path: Path,
                     fields, fmap_sizes, images: ImageCache) -> Path | None:
     """Example images and receptive-field patches of the cells that most separate the pair."""
-    names = list(study.datasets)
-    counts = root[schema.atlas_path(layer, grid)]["counts"][...]
+    group = root[schema.atlas_path(layer, grid)]
+    counts, names = group["counts"][...], list(group.attrs["datasets"])
     a, b = pair
     rows = []
     for d, iy, ix, ids in _example_cells(root, layer, grid, pair):
@@ -108,24 +111,22 @@ def _cell_images(study, root, probe, dataset, layer, ids, field, fmap_size, imag
     return [im.permute(1, 2, 0).numpy() for im in images], boxes
 
 
+# The report reads the atlas; its sections of icons, metrics and dissect, when those stages have run,
+# are declared in ganscale.pipeline.STAGES (optional inputs).
 NAME, ITEM, READS = "report", "", ("atlas",)
-OPTIONAL = ("icons", "metrics", "dissect")  # sections shown when their stage has run
 
 
 def items(study: Study) -> list[str]:
     return ["all"]
 
 
-def settings(study: Study, root, item: str) -> dict:
-    """The study and version, and the recorded fingerprints of the optional sections' stages (the
-    atlas, which the report needs, comes in through READS)."""
-    return {"config": study.config_hash(), "version": __version__,
-            **{f"{name}/{i}": (ledger.entry(root, name, i) or {}).get("fingerprint")
-               for name in OPTIONAL for i in stage.module(name).items(study)}}
+def settings(study: Study, item: str) -> dict:
+    return {"config": study.config_hash(), "version": __version__}
 
 
-def report_fingerprint(study: Study, root) -> str:
-    return stage.fingerprint(study, root, NAME, "all")
+def missing(study: Study, root, item: str) -> str:
+    location = report_location(study)
+    return "" if _exists(location, study.storage_options) else f"{location}/summary.json is not there"
 
 
 def _metrics_section(study, root, out, shared: Shared):
@@ -141,7 +142,7 @@ def _dissect_section(study, root, out, shared: Shared):
 
 
 def _icons_section(study, root, out, shared: Shared):
-    from ganscale.icons import icon_atlas_figures
+    from ganscale.icon_figures import icon_atlas_figures
 
     pictures = icon_atlas_figures(study, root, out)
     if not pictures:
@@ -164,7 +165,9 @@ def _viewer_section(study, root, out, shared: Shared):
 
 
 # Report sections of the later stages: name -> f(study, root, out folder, Shared) -> (html, summary entry).
-EXTRA_SECTIONS = {"viewer": _viewer_section, "icons": _icons_section, "metrics": _metrics_section, "dissect": _dissect_section}
+# (summary.json key, section): each shows what its stage left in the store, or nothing when it has not run.
+EXTRA_SECTIONS = [("viewer", _viewer_section), ("icons", _icons_section), ("metrics", _metrics_section),
+                  ("dissect", _dissect_section)]
 
 
 def _exists(location: str, storage_options: dict) -> bool:
@@ -174,16 +177,11 @@ def _exists(location: str, storage_options: dict) -> bool:
     return fs.exists(path)
 
 
-def run(study: Study, *, address: str | None = None) -> dict:
+def run_item(study: Study, root, item: str, _) -> dict:
     t0 = time.time()
-    root = schema.open_store(study.store, study.storage_options)
-    names = list(study.datasets)
     grids = study.atlas.grids
+    names = list(root[schema.atlas_path(study.layers[0], grids[0])].attrs["datasets"])  # the atlas's order
     location = report_location(study)
-    inputs = stage.inputs(study, root, NAME, "all")
-    if ((ledger.entry(root, NAME, "all") or {}).get("fingerprint") == digest(inputs)
-            and _exists(location, study.storage_options)):
-        return {"report": location + "/index.html", "skipped": True}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         for sub in ("atlas", "kl", "examples"):
@@ -230,7 +228,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
                             for i in range(len(names)) for j in range(len(names)) if i != j]
         extra_html, extra_summary = [], {}
         shared = Shared(probe, fields, images)
-        for name, section in EXTRA_SECTIONS.items():
+        for name, section in EXTRA_SECTIONS:
             fragment, entry = section(study, root, out, shared)
             bar.advance(1, name)
             if fragment:
@@ -250,16 +248,14 @@ def run(study: Study, *, address: str | None = None) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         (out / "index.html").write_text(index_html(study, summary, sections, extra_html))
         publish(out, location, study.storage_options)
-    ledger.record(root, NAME, "all", inputs, time.time() - t0)
-    return {"report": location + "/index.html", "skipped": False}
+    log.info("report: %s/index.html", location)
+    return {}
 
 
 def dataset_entries(study: Study, root) -> dict:
     """summary.json's datasets: kind, samples, whether the metrics treat it as a reference, and the
     size of its own pixels (recorded by the sample stage) next to the probe's input side."""
-    from ganscale.metrics.stage import reference_datasets
-
-    refs = reference_datasets(study)
+    refs = study.references()
     out = {}
     for name, spec in study.datasets.items():
         attrs = root[schema.dataset_path(name)].attrs
@@ -296,7 +292,7 @@ def _sizes(entry: dict) -> str:
 
 
 def index_html(study: Study, summary: dict, sections, extra_html: list[str] = ()) -> str:
-    names = list(study.datasets)
+    names = list(summary["datasets"])
     esc = html.escape
     rows = []
     for layer in study.layers:

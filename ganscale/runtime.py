@@ -135,6 +135,54 @@ def worker_failure(error: BaseException, what: str) -> Exception:
     return EnvironmentFailure(f"{what} failed on a worker: {kind}{lines[-1] if lines else type(error).__name__}")
 
 
+def device() -> torch.device:
+    """The torch device of a worker that uses what it has: its GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Actors:
+    """`count` Ray actors of `cls`, started on first use (`get()`), each constructed with `args` and
+    given `resources`; with `ready`, every actor first runs that method (models built and checked
+    before anything is written), a failure raising one line (worker_failure) naming `what`. Killed on
+    close. `restarts`: Ray restarts a dead actor that many times (run_on_actors resends its tasks);
+    `concurrency`: tasks one actor runs at once (threads)."""
+
+    def __init__(self, cls, count: int, resources: dict, *args, what: str, ready: str | None = None,
+                 restarts: int = 1, task_retries: int = 0, concurrency: int = 1):
+        self.cls, self.count, self.resources, self.args = cls, count, resources, args
+        self.what, self.ready = what, ready
+        self.options = {"max_restarts": restarts, "max_task_retries": task_retries, "max_concurrency": concurrency}
+        self.actors: list | None = None
+
+    def get(self) -> list:
+        import ray
+
+        if self.actors is None:
+            remote = ray.remote(**self.options)(self.cls)
+            self.actors = [remote.options(**self.resources).remote(*self.args) for _ in range(self.count)]
+            if self.ready:
+                try:
+                    ray.get([getattr(a, self.ready).remote() for a in self.actors])
+                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError,
+                        ray.exceptions.OutOfMemoryError) as e:
+                    self.close()
+                    raise worker_failure(e, self.what) from None
+        return self.actors
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors or []:
+            ray.kill(actor)
+        self.actors = None
+
+    def __enter__(self) -> "Actors":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 UNAVAILABLE_WAIT = 300.0  # seconds a task waits for its restarting actor before it fails
 
 

@@ -10,6 +10,7 @@ only computes chunks not marked done.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -26,7 +27,7 @@ from ganscale.images import load_images
 from ganscale.metrics import images as image_metrics
 from ganscale.models import registry
 from ganscale.progress import Progress
-from ganscale.runtime import Task, init_ray, pick_device, run_on_actors, worker_failure, worker_resources
+from ganscale.runtime import Actors, Task, init_ray, pick_device, run_on_actors, worker_failure, worker_resources
 from ganscale.study import Study, digest, scrub_urls
 
 log = logging.getLogger("ganscale.sample")
@@ -39,7 +40,7 @@ def items(study: Study) -> list[str]:
     return list(study.datasets)
 
 
-def settings(study: Study, root, dataset: str) -> dict:
+def settings(study: Study, dataset: str) -> dict:
     """Everything that determines a dataset's stored samples. batch_size and workers are left out
     on purpose: they do not change the result."""
     return {
@@ -58,8 +59,9 @@ def settings(study: Study, root, dataset: str) -> dict:
 
 
 def fingerprint(study: Study, dataset: str) -> str:
-    """The dataset's fingerprint (stage.fingerprint of its settings; the sample stage reads nothing upstream)."""
-    return digest(ledger.jsonable(settings(study, None, dataset)))
+    """The fingerprint of the dataset's stored group: the stage's fingerprint of the item (the sample
+    stage reads nothing upstream, so it is that of its settings)."""
+    return digest(ledger.jsonable(settings(study, dataset)))
 
 
 def numerics(study: Study) -> dict:
@@ -161,13 +163,15 @@ def check_array_source(study: Study, name: str) -> None:
                             f"{' in rows' if spec.rows is not None else ''}, fewer than samples ({spec.samples})")
 
 
-def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False) -> list[DatasetPlan]:
+def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False,
+         datasets: list[str] | None = None) -> list[DatasetPlan]:
     """Which chunks are left to compute, without writing anything (`root` None: no store yet):
     inputs are checked; a dataset without a group of its current samples is planned aside, in
     staging/, and moved into datasets/ once complete (so a failure halfway leaves no half-written
     dataset, and a changed dataset's old group stays until then); with `verify` the chunks whose
     checksums no longer match count as pending. Memory: a byte per chunk, nothing per sample (but
-    an image folder's listing)."""
+    an image folder's listing). `datasets`: those to plan (default all)."""
+    datasets = list(study.datasets) if datasets is None else datasets
     files_of: dict[str, list[str]] = {}
     if check_inputs:
         from ganscale import weights
@@ -182,7 +186,8 @@ def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False)
         if study.metrics.fid_inception:
             verify_file(study.metrics.fid_inception.weights, study.metrics.fid_inception.sha256,
                         "metrics.fid_inception.weights")
-        for name, spec in study.datasets.items():
+        for name in datasets:
+            spec = study.datasets[name]
             if spec.kind == "images":
                 found = sources.list_images(spec.path, study.storage_options, f"datasets.{name}.path")
                 files_of[name] = sources.choose_files(found, spec.samples, study.seed, name, f"datasets.{name}")
@@ -194,7 +199,7 @@ def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False)
                 verify_file(spec.path, spec.sha256, f"datasets.{name}.path")
 
     plans = []
-    for name in study.datasets:
+    for name in datasets:
         layout = layout_for(study, name)
         fp = fingerprint(study, name)
         group = sampled_group(root, name, fp)
@@ -575,163 +580,179 @@ class ChunkSampler:
         return info
 
 
-@dataclasses.dataclass
-class SampleResult:
-    computed_chunks: int
-    skipped_chunks: int
-    samples_written: int
-    seconds: float
-    workers: int
-
-
-def run(study: Study, *, address: str | None = None, workers: int | None = None,
-        on_chunk: Callable[[str, int, dict], None] | None = None, verify: bool = False,
-        force: bool = False) -> SampleResult:
-    """Sample every dataset of the study into its store, on the Ray cluster at `address` (or the
-    one this process is attached to, or a new local one). `verify`: first check every stored chunk
-    against its checksum and recompute the damaged ones. `force`: replace another study's store."""
-    import ray
-
-    t0 = time.time()
-    # Every check before the first write: the store is opened read-only (a new store is created only
-    # once the checks have passed), then the owner, the inputs, and a preflight on a worker.
-    try:
-        root = schema.open_root(study.store, study.storage_options, mode="r")
-    except FileNotFoundError:
-        root = None  # no store yet
-    if root is not None:
-        check_store_owner(study, root, force)
-    plans = plan(study, root, verify=verify)
-    total_chunks = sum(p.layout.n_chunks for p in plans)
-    n_pending = sum(len(p.pending) for p in plans)
-    skipped = total_chunks - n_pending
-    sizes = {p.name: p.layout for p in plans}
-    fingerprints = {p.name: p.fingerprint for p in plans}
-    if not n_pending:
-        log.info("sample: all %d chunks already done", total_chunks)
-        if root is not None:
-            if any(p.staged for p in plans) or any(
-                    (ledger.entry(root, NAME, p.name) or {}).get("fingerprint") != p.fingerprint for p in plans):
-                root = schema.open_root(study.store, study.storage_options)  # something to move or record
-            finish_staged(study, root, plans)  # a run stopped between its last chunk and the move
-            record_finished(study, root, plans, {}, 0.0)
-        return SampleResult(0, skipped, 0, time.time() - t0, 0)
-
-    init_ray(address)
-    n_workers, resources = worker_resources(study.sample.device, workers or study.sample.workers)
-    n_workers = min(n_workers, n_pending)
-    threads = max(1, int(resources["num_cpus"]))
-    # An image folder's listing goes to the object store once; each actor gets its reference (in a
-    # dict, so Ray passes it as is) and fetches it on first use, instead of a copy in every
-    # constructor. Other datasets need no per-sample lists: workers derive seeds and sources.
-    files = {p.name: ray.put(p.files) for p in plans if p.files is not None}
-    for p in plans:
-        p.files = None  # the driver keeps no listing
-    owner = lease.new_owner()
-    # Two chunks in flight per actor (two threads, see run_chunk): one writes while the next computes,
-    # and the next is already queued when one finishes, so the actor never waits for the driver.
-    # Ray restarts a dead actor (max_restarts) but does not resend its tasks itself: run_on_actors
-    # resends them (retries), except when the worker was killed for memory, which fails at once.
-    actor_cls = ray.remote(max_restarts=RESTARTS, max_task_retries=0, max_concurrency=CHUNKS_IN_FLIGHT)(ChunkSampler)
-    actors = [actor_cls.options(**resources).remote(study, files, threads, owner)
-              for _ in range(n_workers)]
-    # Every model built, the first batch of every image source read and one image of every source
-    # probed, on a worker, before the first write: bad weights, plugins or images fail here and the
-    # store stays as it was.
-    try:
-        ray.get(actors[0].preflight.remote([p.name for p in plans if p.pending]))
-    except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as e:
-        for actor in actors:
-            ray.kill(actor)
-        raise worker_failure(e, "sample: checking the inputs") from None
-    if root is None:  # the first write: a new store
-        root = schema.open_root(study.store, study.storage_options)
-        check_store_owner(study, root, force)  # another run may have made it meanwhile
-    else:
-        root = schema.open_root(study.store, study.storage_options)
-    prepare_store(study, root, plans)
-
-    def samples_in(task):
-        start, stop = sizes[task[0]].chunk_range(task[1])
-        return stop - start
-
-    progress = Progress("sample", sum(p.pending.samples(p.layout) for p in plans), unit="samples")
-    counts = {"written": 0, "computed": 0}
-    chunks_done: dict[str, int] = {}
-    held_elsewhere: dict[tuple[str, int], str] = {}  # chunk -> the run that holds its lease
-
-    def finished(task: Task, result) -> None:
-        dataset, chunk, n, info = result
-        if "held_by" in info:
-            held_elsewhere[dataset, chunk] = info["held_by"]
-            return
-        if n:
-            counts["written"] += n
-            counts["computed"] += 1
-            chunks_done[dataset] = chunks_done.get(dataset, 0) + 1
-        progress.advance(samples_in((dataset, chunk)))
-        if on_chunk and n:
-            on_chunk(dataset, chunk, info)
-
-    def compute(chunks) -> None:
-        run_on_actors(actors, chunk_tasks(chunks), finished, in_flight_per_actor=CHUNKS_IN_FLIGHT, kill=False,
-                      collect=False, retries=RESTARTS)
-
-    try:
-        compute((p.name, c) for p in plans for c in p.pending)
-        if held_elsewhere:  # another run on this store computes these: wait for them, take over any it drops
-            log.info("sample: %d chunks are being computed by run %s; waiting for them", len(held_elsewhere),
-                     next(iter(held_elsewhere.values())))
-        leases = lease.of(root)
-        while held_elsewhere:
-            time.sleep(lease.POLL)
-            dropped = []
-            for dataset, chunk in list(held_elsewhere):
-                group = sampled_group(root, dataset, fingerprints[dataset])
-                if group is not None and group["done"][chunk]:
-                    del held_elsewhere[dataset, chunk]
-                    progress.advance(samples_in((dataset, chunk)))
-                elif not leases.live(leases.holder(f"sample/{dataset}/{chunk}")):  # its run stopped unfinished
-                    del held_elsewhere[dataset, chunk]
-                    dropped.append((dataset, chunk))
-            if dropped:
-                compute(dropped)
-    finally:
-        progress.close()
-        for actor in actors:
-            ray.kill(actor)
-        try:  # free what the killed workers held, should this run have failed; best effort: the
-            lease.of(root).drop("sample", owner)  # storage itself may be what failed (they expire anyway)
-        except Exception as e:
-            log.warning("sample: could not release this run's chunk leases (%s); they expire in %d s",
-                        type(e).__name__, lease.TTL)
-    finish_staged(study, root, plans)
-    finish_root(study, root)
-    seconds = time.time() - t0
-    record_finished(study, root, plans, chunks_done, seconds)
-    return SampleResult(counts["computed"], skipped, counts["written"], seconds, n_workers)
-
-
+LEASE = "own"  # chunks are leased one by one, so that two runs share a dataset's chunks
+OPTIONS = ("verify", "force", "workers", "on_chunk")
 RESTARTS = 3  # a dead sample actor is restarted (and its chunks sent again) this many times
 
 
-def chunk_tasks(chunks):
-    """The run_chunk tasks of (dataset, chunk) pairs, made one at a time as actors free up."""
-    for dataset, chunk in chunks:
+class Sampler:
+    """What the datasets of one run share (made by `workers`): their plans, the store, the actors,
+    the progress display and the run's counts."""
+
+    def __init__(self, study: Study, root, plans: list[DatasetPlan], actors: Actors | None,
+                 on_chunk: Callable[[str, int, dict], None] | None):
+        self.study, self.root, self.actors, self.on_chunk = study, root, actors, on_chunk
+        self.plans = {p.name: p for p in plans}
+        self.progress = Progress("sample", sum(p.pending.samples(p.layout) for p in plans), unit="samples")
+        self.counts = {"computed_chunks": 0, "skipped_chunks": sum(p.layout.n_chunks - len(p.pending) for p in plans),
+                       "samples_written": 0, "workers": actors.count if actors else 0}
+
+    def summary(self) -> dict:
+        return dict(self.counts)
+
+    def samples_in(self, dataset: str, chunk: int) -> int:
+        start, stop = self.plans[dataset].layout.chunk_range(chunk)
+        return stop - start
+
+    def compute(self, dataset: str, chunks) -> dict[int, str]:
+        """Compute `chunks` of `dataset` on the actors; returns {chunk: run} of those another run holds."""
+        held: dict[int, str] = {}
+
+        def finished(task: Task, result) -> None:
+            _, chunk, n, info = result
+            if "held_by" in info:
+                held[chunk] = info["held_by"]
+                return
+            if n:
+                self.counts["samples_written"] += n
+                self.counts["computed_chunks"] += 1
+            self.progress.advance(self.samples_in(dataset, chunk))
+            if self.on_chunk and n:
+                self.on_chunk(dataset, chunk, info)
+
+        run_on_actors(self.actors.get(), chunk_tasks(dataset, chunks), finished, in_flight_per_actor=CHUNKS_IN_FLIGHT,
+                      kill=False, collect=False, retries=RESTARTS)
+        return held
+
+    def sample(self, dataset: str) -> None:
+        """Every pending chunk of `dataset`; chunks another run holds are waited for, and taken over
+        should that run stop without them."""
+        p = self.plans[dataset]
+        held = self.compute(dataset, p.pending) if p.pending else {}
+        if held:
+            log.info("sample: %d chunks of %s are being computed by run %s; waiting for them", len(held), dataset,
+                     next(iter(held.values())))
+        leases = lease.of(self.root)
+        while held:
+            time.sleep(lease.POLL)
+            dropped = []
+            for chunk in list(held):
+                group = sampled_group(self.root, dataset, p.fingerprint)
+                if group is not None and group["done"][chunk]:
+                    del held[chunk]
+                    self.progress.advance(self.samples_in(dataset, chunk))
+                elif not leases.live(leases.holder(f"sample/{dataset}/{chunk}")):  # its run stopped unfinished
+                    del held[chunk]
+                    dropped.append(chunk)
+            if dropped:
+                held.update(self.compute(dataset, dropped))
+        finish_staged(self.study, self.root, [p])
+
+
+@contextlib.contextmanager
+def workers(study: Study, root, todo: list[str], address: str | None = None, *, verify: bool = False,
+            force: bool = False, workers: int | None = None,
+            on_chunk: Callable[[str, int, dict], None] | None = None):
+    """Plan the datasets to do and start the sample actors, with every check before the first write:
+    the store (opened read-only; a new store is made only once the checks have passed), its owner,
+    the inputs, and a preflight on a worker. `verify`: stored chunks are checked against their
+    checksums and the damaged ones recomputed. `force`: another study's store is replaced."""
+    import ray
+
+    if root is not None:
+        check_store_owner(study, root, force)
+    plans = plan(study, root, verify=verify, datasets=todo)
+    for line in planned_size_lines(planned_size(study)):
+        log.info("%s", line)
+    pending = sum(len(p.pending) for p in plans)
+    actors, owner = None, lease.new_owner()
+    if pending:
+        init_ray(address)
+        n_workers, resources = worker_resources(study.sample.device, workers or study.sample.workers)
+        threads = max(1, int(resources["num_cpus"]))
+        # An image folder's listing goes to the object store once; each actor gets its reference (in a
+        # dict, so Ray passes it as is) and fetches it on first use, instead of a copy in every
+        # constructor. Other datasets need no per-sample lists: workers derive seeds and sources.
+        files = {p.name: ray.put(p.files) for p in plans if p.files is not None}
+        for p in plans:
+            p.files = None  # the driver keeps no listing
+        # Two chunks in flight per actor (two threads, see run_chunk): one writes while the next
+        # computes. Ray restarts a dead actor (max_restarts) but does not resend its tasks itself:
+        # run_on_actors resends them (retries), except when the worker was killed for memory.
+        actors = Actors(ChunkSampler, min(n_workers, pending), resources, study, files, threads, owner,
+                        what="sample: starting the workers", restarts=RESTARTS, concurrency=CHUNKS_IN_FLIGHT)
+    try:
+        if actors is not None:
+            # Every model built, the first batch of every image source read and one image of every
+            # source probed, on a worker, before the first write: bad weights, plugins or images
+            # fail here and the store stays as it was.
+            try:
+                ray.get(actors.get()[0].preflight.remote([p.name for p in plans if p.pending]))
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError) as e:
+                raise worker_failure(e, "sample: checking the inputs") from None
+        root = schema.open_root(study.store, study.storage_options)  # the first write of a new store
+        check_store_owner(study, root, force)  # another run may have made it meanwhile
+        prepare_store(study, root, plans)
+        sampler = Sampler(study, root, plans, actors, on_chunk)
+        try:
+            yield sampler
+        finally:
+            sampler.progress.close()
+    finally:
+        if actors is not None:
+            actors.close()
+        if actors is not None and root is not None:
+            try:  # free what the killed workers held, should this run have failed; best effort: the
+                lease.of(root).drop("sample", owner)  # storage itself may be what failed (they expire anyway)
+            except Exception as e:
+                log.warning("sample: could not release this run's chunk leases (%s); they expire in %d s",
+                            type(e).__name__, lease.TTL)
+    finish_root(study, root)
+
+
+def run_item(study: Study, root, dataset: str, sampler: Sampler) -> dict:
+    sampler.sample(dataset)
+    group = schema.get_group(root, schema.dataset_path(dataset))
+    if group is None or group.attrs.get("fingerprint") != sampler.plans[dataset].fingerprint \
+            or not schema.done_chunks(group).all():
+        raise GanscaleError(f"sample: dataset {dataset} is not complete after its chunks were written; rerun")
+    return {}
+
+
+def missing(study: Study, root, dataset: str) -> str:
+    """A done flag lost since the dataset was recorded: the chunk must be redone."""
+    group = schema.get_group(root, schema.dataset_path(dataset))
+    if group is None:
+        return f"the store has no group {schema.dataset_path(dataset)}"
+    done = schema.done_chunks(group)
+    if not done.all():
+        return (f"{len(done) - int(done.sum())} of {len(done)} chunks not marked done: bookkeeping lost; "
+                "`ganscale run` recomputes them")
+    return ""
+
+
+def chunk_tasks(dataset: str, chunks):
+    """The run_chunk tasks of a dataset's chunks, made one at a time as actors free up."""
+    for chunk in chunks:
         yield Task("run_chunk", (dataset, chunk), f"sample: chunk {chunk} of dataset {dataset}")
 
 
-def record_finished(study: Study, root, plans: list[DatasetPlan], chunks_done: dict[str, int], seconds: float) -> None:
-    """Record in the ledger every dataset whose chunks are all written and whose record is not
-    current; the run's seconds are shared out by the chunks each computed."""
-    total = max(1, sum(chunks_done.values()))
-    for p in plans:
-        group = schema.get_group(root, schema.dataset_path(p.name))
-        recorded = ledger.entry(root, NAME, p.name)
-        if (group is None or group.attrs.get("fingerprint") != p.fingerprint or not schema.done_chunks(group).all()
-                or (recorded is not None and recorded["fingerprint"] == p.fingerprint)):
-            continue
-        ledger.record(root, NAME, p.name, settings(study, root, p.name), seconds * chunks_done.get(p.name, 0) / total)
+def status_rows(study: Study, root, row: dict, verify: bool = False) -> list[dict]:
+    """`ganscale status` rows of a dataset: its stage state with the chunks done, a dataset being
+    resampled aside, and with `verify` one row per damaged chunk."""
+    counted = dataset_status(study, root, row["item"], verify)
+    state = row["state"] + (f": {row['detail']}" if row["detail"] else "")
+    if counted["state"].startswith(("damaged", "resampling")):
+        state = counted["state"] if row["state"] != "stale" else f"{state}; {counted['state']}"
+    elif row["state"] == "missing":
+        state = f"damaged ({row['detail']})"
+    elif row["state"] != "stale":
+        if row["state"] == "not started" and counted["done"]:
+            state = "partial"
+        state += f" ({counted['done']}/{counted['chunks']} chunks)"
+    return [{"stage": "sample", "item": row["item"], "state": state}] + \
+        [{"stage": "", "item": "", "state": f"  {path} chunk {chunk}: {problem}"}
+         for path, chunk, problem in counted.get("damaged", [])]
 
 
 def status(study: Study, verify: bool = False) -> list[dict]:
@@ -741,33 +762,31 @@ def status(study: Study, verify: bool = False) -> list[dict]:
         root = schema.open_root(study.store, study.storage_options, mode="r")
     except FileNotFoundError:
         root = None
-    out = []
-    for name in study.datasets:
-        layout = layout_for(study, name)
-        group = schema.get_group(root, schema.dataset_path(name)) if root is not None else None
-        staged = schema.get_group(root, schema.staging_path(name)) if root is not None else None
-        fp = fingerprint(study, name)
-        if staged is not None and staged.attrs.get("fingerprint") == fp and \
-                (group is None or group.attrs.get("fingerprint") != fp):
-            done = int(schema.done_chunks(staged).sum())
-            if group is None:  # a new dataset, sampled aside until complete
-                out.append({"dataset": name, "done": done, "chunks": layout.n_chunks,
-                            "state": "partial" if done else "not started"})
-            else:
-                out.append({"dataset": name, "done": done, "chunks": layout.n_chunks,
-                            "state": f"resampling aside after a study change ({done}/{layout.n_chunks} chunks)"})
-            continue
-        if group is None:
-            out.append({"dataset": name, "done": 0, "chunks": layout.n_chunks, "state": "not started"})
-            continue
-        stale = group.attrs.get("fingerprint") != fp
-        done = int(schema.done_chunks(group).sum())
-        state = "stale (study changed)" if stale else ("complete" if done == layout.n_chunks else "partial")
-        row = {"dataset": name, "done": 0 if stale else done, "chunks": layout.n_chunks, "state": state}
-        if verify and not stale:
-            row["damaged"] = schema.verify_chunks(group, layout)
-            if row["damaged"]:
-                row["state"] = f"damaged ({len({c for _, c, _ in row['damaged']})} chunks; `ganscale run --verify` " \
-                               "recomputes them)"
-        out.append(row)
-    return out
+    return [dataset_status(study, root, name, verify) for name in study.datasets]
+
+
+def dataset_status(study: Study, root, name: str, verify: bool = False) -> dict:
+    layout = layout_for(study, name)
+    group = schema.get_group(root, schema.dataset_path(name)) if root is not None else None
+    staged = schema.get_group(root, schema.staging_path(name)) if root is not None else None
+    fp = fingerprint(study, name)
+    if staged is not None and staged.attrs.get("fingerprint") == fp and \
+            (group is None or group.attrs.get("fingerprint") != fp):
+        done = int(schema.done_chunks(staged).sum())
+        if group is None:  # a new dataset, sampled aside until complete
+            return {"dataset": name, "done": done, "chunks": layout.n_chunks,
+                    "state": "partial" if done else "not started"}
+        return {"dataset": name, "done": done, "chunks": layout.n_chunks,
+                "state": f"resampling aside after a study change ({done}/{layout.n_chunks} chunks)"}
+    if group is None:
+        return {"dataset": name, "done": 0, "chunks": layout.n_chunks, "state": "not started"}
+    stale = group.attrs.get("fingerprint") != fp
+    done = int(schema.done_chunks(group).sum())
+    state = "stale (study changed)" if stale else ("complete" if done == layout.n_chunks else "partial")
+    row = {"dataset": name, "done": 0 if stale else done, "chunks": layout.n_chunks, "state": state}
+    if verify and not stale:
+        row["damaged"] = schema.verify_chunks(group, layout)
+        if row["damaged"]:
+            row["state"] = f"damaged ({len({c for _, c, _ in row['damaged']})} chunks; `ganscale run --verify` " \
+                           "recomputes them)"
+    return row

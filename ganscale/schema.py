@@ -76,6 +76,22 @@ def atlas_path(layer: str, grid: int) -> str:
     return f"atlas/{layer}/g{grid}"
 
 
+def plain(value):
+    """`value` as the store's attributes hold it (JSON): numpy scalars and arrays as Python numbers
+    and lists, tuples as lists, keys as strings, and non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def open_store(url: str, storage_options: dict | None = None, mode: str = "a") -> zarr.Group:
     """The study's root group, local or on any fsspec filesystem (s3:// via s3fs). Credentials come
     from the environment / AWS configuration: never pass them in storage_options. A store that cannot

@@ -369,6 +369,50 @@ class Study(_Strict):
         out["sample"] = {k: v for k, v in out["sample"].items() if k != "max_samples"}
         return digest(out)
 
+    # --- what the study says about itself: one rule each, asked by every stage -------------------
+
+    def real_datasets(self) -> list[str]:
+        """Datasets of real images (every kind but generator), in study order."""
+        return [n for n, d in self.datasets.items() if d.kind != "generator"]
+
+    def generators(self) -> list[str]:
+        """Datasets drawn from a generator, in study order."""
+        return [n for n, d in self.datasets.items() if d.kind == "generator"]
+
+    def references(self) -> list[str]:
+        """The datasets the others are measured against (metrics, dissect's artifact units):
+        `metrics.reference`, default the real ones."""
+        if self.metrics.reference is not None:
+            return [n for n in self.datasets if n in self.metrics.reference]
+        return self.real_datasets()
+
+    def feature_layers(self) -> list[str]:
+        """Probe layers whose pooled features the metrics compare: `metrics.feature_layers`, default the last."""
+        return self.metrics.feature_layers or [self.layers[-1]]
+
+    def icon_layers(self) -> list[str]:
+        """Layers that get activation-atlas icons (none when atlas.icons is off)."""
+        if self.atlas.icons is None:
+            return []
+        return self.atlas.icons.layers or list(self.layers)
+
+    def icon_grids(self) -> list[int]:
+        """Atlas grids that get icons: `atlas.icons.grids`, default the coarsest atlas grid."""
+        if self.atlas.icons is None:
+            return []
+        return self.atlas.icons.grids or [min(self.atlas.grids)]
+
+    def dissected(self) -> list[str]:
+        """The generators the dissect stage opens: `dissect.generators`, default all (none when off)."""
+        if self.dissect is None:
+            return []
+        return self.dissect.generators or self.generators()
+
+    def artifact_reference(self) -> str | None:
+        """The dataset whose stored features score dissect's artifact units: the first reference."""
+        refs = self.references()
+        return refs[0] if refs else None
+
 
 def check_name(name: str, what: str = "name") -> str:
     """A name that becomes a store key: NAME_PATTERN in full, and not a key zarr or ganscale uses."""

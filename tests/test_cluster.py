@@ -20,6 +20,7 @@ PLACEMENT_SCRIPT = r"""
 import json, sys
 import ray
 from ray.cluster_utils import Cluster
+from ganscale.pipeline import run_stage
 from ganscale import sample
 from ganscale.study import load_study
 
@@ -29,8 +30,8 @@ for _ in range(3):
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, logging_level="WARNING")
 workers = {}
-result = sample.run(load_study(sys.argv[1]), on_chunk=lambda d, c, w: workers.setdefault(w["pid"], w))
-print(json.dumps({"workers": list(workers.values()), "result": result.workers,
+result = run_stage(load_study(sys.argv[1]), "sample", on_chunk=lambda d, c, w: workers.setdefault(w["pid"], w))
+print(json.dumps({"workers": list(workers.values()), "result": result["workers"],
                   "head": ray.get_runtime_context().get_node_id()}))
 ray.shutdown()
 cluster.shutdown()

@@ -15,6 +15,7 @@ import pytest
 import zarr
 
 from conftest import toy_study
+from ganscale.pipeline import run_stage
 from ganscale import lease, sample, schema, sources
 from ganscale.study import load_study
 
@@ -80,7 +81,7 @@ def test_leases_are_exclusive_expire_and_are_taken_over(tmp_path, s3_endpoint):
 
 def test_a_changed_dataset_is_resampled_aside_and_swapped_in_only_when_complete(ray_local, tmp_path):
     path = toy_study(tmp_path, sample={"chunk_size": 50, "batch_size": 25})
-    sample.run(load_study(path), workers=1)
+    run_stage(load_study(path), "sample", workers=1)
     store = load_study(path).store
     old = zarr.open_group(store, mode="r")["datasets/full/layers/block3/activations"][:]
     changed = toy_study(tmp_path, sample={"chunk_size": 50, "batch_size": 25}, datasets={
@@ -95,14 +96,14 @@ def test_a_changed_dataset_is_resampled_aside_and_swapped_in_only_when_complete(
             raise KeyboardInterrupt  # the driver is stopped mid-run
 
     with pytest.raises(KeyboardInterrupt):
-        sample.run(study, workers=1, on_chunk=stop_after_two)
+        run_stage(study, "sample", workers=1, on_chunk=stop_after_two)
     root = zarr.open_group(store, mode="r")
     np.testing.assert_array_equal(root["datasets/full/layers/block3/activations"][:], old)  # old group intact
     assert root["staging/full"].attrs["fingerprint"] == sample.fingerprint(study, "full")
     rows = {r["dataset"]: r for r in sample.status(study)}
     assert rows["full"]["state"].startswith("resampling aside") and rows["full"]["done"] >= 2
-    result = sample.run(study, workers=1)
-    assert result.computed_chunks == 3 - rows["full"]["done"]  # resumed aside, then swapped in
+    result = run_stage(study, "sample", workers=1)
+    assert result["computed_chunks"] == 3 - rows["full"]["done"]  # resumed aside, then swapped in
     root = zarr.open_group(store, mode="r")
     assert "full" not in root.get("staging", {}) and root["datasets/full"].attrs["fingerprint"] == \
         sample.fingerprint(study, "full")

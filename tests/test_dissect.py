@@ -11,6 +11,7 @@ import torch
 import zarr
 
 from conftest import toy_study
+from ganscale.pipeline import run_stage
 from ganscale import ledger, sources
 from ganscale.dissect import artifacts, intervene, plan, stats, worker
 from ganscale.dissect import stage as dissect
@@ -29,7 +30,7 @@ def test_a_unit_that_is_a_class_mask_gets_iou_one(ray_local, tmp_path):
                               "samples": 200, "chunk_size": 50, "intervention_samples": 16, "top_k": 1,
                               "iou_min": 0.5})
     study = load_study(path)
-    assert dissect.run(study)["computed"] == ["synth"]
+    assert run_stage(study, "dissect")["done"] == ["synth"]
     group = zarr.open_group(study.store, mode="r")["dissect/synth/masks"]
     assert group["label"][:].tolist() == [1, 2, 3, 4]  # unit u is class u + 1
     np.testing.assert_allclose(group["iou"][:], 1.0)
@@ -45,7 +46,7 @@ def test_a_unit_that_is_a_class_mask_gets_iou_one(ray_local, tmp_path):
     red_map = results["insertion_maps"]["red"]
     assert np.all(np.asarray(red_map["gain"]) >= 0) and red_map["success_rate"] > 0.5
     # a rerun with nothing changed does nothing
-    assert dissect.run(study)["skipped"] == ["synth"]
+    assert run_stage(study, "dissect")["skipped"] == ["synth"]
 
 
 def test_a_planted_artifact_unit_is_found_and_ablating_it_brings_the_images_closer_to_real(ray_local, tmp_path):
@@ -311,7 +312,7 @@ def test_a_stopped_stage_resumes_at_the_first_unfinished_pass(toy_dissection):
     del layer.attrs["results"]
     ledger.forget(root, "dissect", "full")
     with small_insertion_maps():
-        assert dissect.run(study)["computed"] == ["full"]
+        assert run_stage(study, "dissect")["done"] == ["full"]
     layer = zarr.open_group(study.store, mode="r")["dissect/full/layer2"]
     assert layer["top_values"][0, 0] == -7.0
     np.testing.assert_array_equal(layer["intersection"][...], intersection)
@@ -406,7 +407,7 @@ def test_a_dissect_worker_that_dies_is_one_line_exit_1_naming_the_worker(segment
                      dissect={"layers": ["masks"], "segmenter": {"name": f"plugins:{segmenter}"},
                               "samples": 50, "chunk_size": 50, "intervention_samples": 16, "top_k": 1})
     with pytest.raises(Exception) as info:
-        dissect.run(load_study(path))
+        run_stage(load_study(path), "dissect")
     line, code = describe(info.value)
     assert code == 1 and "\n" not in line, line
     assert re.match(r"dissect: .*: worker \(pid \d+, node [0-9a-f.:]+\) died for good \(ActorDiedError\)", line), line

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import umap
 
-from ganscale import embed, schema
+from ganscale import embed, ledger, schema
+from ganscale.pipeline import STAGES, run_stage
 from ganscale.study import parse_study
 
 
@@ -24,7 +25,13 @@ def blob_store(tmp_path, sizes: dict[str, int], new_datasets="refit", seed=0):
         centres = np.where(rng.random(n) < 0.5, 0.0, 4.0)[:, None] + i
         group["layers/block1/activations"][:] = (centres + rng.normal(size=(n, 16))).astype(np.float32)
         schema.seal_chunks(group, layout)
+        record_sampled(study, root, name)
     return study, root
+
+
+def record_sampled(study, root, name):
+    """The ledger's record of a dataset sampled for `study` (the guard of every later stage reads it)."""
+    ledger.record(root, "sample", name, STAGES.inputs(study, None, "sample", name), 0.0)
 
 
 def test_normalise_clips_to_percentiles_with_a_margin():
@@ -52,8 +59,8 @@ def test_published_defaults_and_overrides():
 
 def test_joint_fit_matches_umap_learn_and_reruns_skip(ray_local, tmp_path):
     study, root = blob_store(tmp_path, {"a": 120, "b": 80})
-    result = embed.run(study)
-    assert result == {"fitted": ["block1"], "transformed": {}, "skipped": [], "backend": "umap-learn"}
+    result = run_stage(study, "embed")
+    assert result == {"done": ["block1"], "fitted": ["block1"], "transformed": {}, "skipped": [], "backend": "umap-learn"}
     a = root["datasets/a/layers/block1/umap"][:]
     b = root["datasets/b/layers/block1/umap"][:]
     assert a.shape == (120, 2) and b.shape == (80, 2) and 0 <= min(a.min(), b.min()) and max(a.max(), b.max()) <= 1
@@ -61,7 +68,7 @@ def test_joint_fit_matches_umap_learn_and_reruns_skip(ray_local, tmp_path):
     x = np.concatenate([root[f"datasets/{d}/layers/block1/activations"][:] for d in "ab"])
     direct = umap.UMAP(n_neighbors=15, min_dist=0.1, metric="euclidean", random_state=3, n_jobs=1).fit_transform(x)
     np.testing.assert_allclose(np.concatenate([a, b]), embed.normalise(direct)[0], atol=1e-5)
-    assert embed.run(study)["skipped"] == ["block1"]
+    assert run_stage(study, "embed")["skipped"] == ["block1"]
 
 
 def with_new_dataset(study, tmp_path, name="c", n=60):
@@ -77,24 +84,25 @@ def with_new_dataset(study, tmp_path, name="c", n=60):
     group = schema.create_dataset_group(root, schema.dataset_path(name), layout, {"fingerprint": f"fp-{name}", "chunk_size": 50})
     group["layers/block1/activations"][:] = root["datasets/a/layers/block1/activations"][:n]
     schema.seal_chunks(group, layout)
+    record_sampled(bigger, root, name)
     return bigger, root
 
 
 def test_a_new_dataset_is_transformed_into_the_existing_layout(ray_local, tmp_path):
     study, root = blob_store(tmp_path, {"a": 120, "b": 80}, new_datasets="transform")
-    embed.run(study)
+    run_stage(study, "embed")
     before = root["datasets/a/layers/block1/umap"][:]
     model = root["models/umap_block1"]
     assert dict(model.attrs)["datasets"] == ["a", "b"] and dict(model.attrs)["samples"] == [120, 80]
     assert sorted(model.array_keys()) == ["embedding"]  # no PCA: the raw layout alone, float32
     bigger, root = with_new_dataset(study, tmp_path / "x")
-    result = embed.run(bigger)
+    result = run_stage(bigger, "embed")
     assert result["transformed"] == {"block1": ["c"]} and result["fitted"] == []
     np.testing.assert_array_equal(root["datasets/a/layers/block1/umap"][:], before)  # layout kept
     c = root["datasets/c/layers/block1/umap"][:]
     # c copies a's first 60 activations, so it lands where they are
     assert np.median(np.linalg.norm(c - before[:60], axis=1)) < 0.1
-    assert embed.run(bigger)["skipped"] == ["block1"]
+    assert run_stage(bigger, "embed")["skipped"] == ["block1"]
 
 
 class Marker:
@@ -136,14 +144,14 @@ def test_a_planted_pickle_is_never_unpickled(ray_local, tmp_path, caplog):
     assert marker.exists()
     marker.unlink()  # ...and is gone before the run
     study, root = blob_store(tmp_path, {"a": 120, "b": 80}, new_datasets="transform")
-    embed.run(study)
+    run_stage(study, "embed")
     bigger, root = with_new_dataset(study, tmp_path / "x")
     plant(root, "models/umap_block1", marker)  # the old format: the model's group replaced by a uint8 array
     plant(root, "models/umap_block2", marker)
     planted = sorted(uint8_arrays(root["models"], "models"))
     assert planted == ["models/umap_block1", "models/umap_block2"]
     with caplog.at_level("WARNING", logger="ganscale.embed"):
-        result = embed.run(bigger)
+        result = run_stage(bigger, "embed")
     assert not marker.exists()
     assert result["fitted"] == ["block1"] and result["transformed"] == {}
     assert "models/umap_block1 is an older ganscale's pickled reducer" in caplog.text
@@ -153,7 +161,7 @@ def test_a_planted_pickle_is_never_unpickled(ray_local, tmp_path, caplog):
     root["models/umap_block1/embedding"][0, 0] += 1.0
     caplog.clear()
     with caplog.at_level("WARNING", logger="ganscale.embed"):
-        assert embed.run(even_bigger)["fitted"] == ["block1"]
+        assert run_stage(even_bigger, "embed")["fitted"] == ["block1"]
     assert "models/umap_block1/embedding fails its checksum" in caplog.text
     assert not marker.exists()
 
@@ -163,14 +171,15 @@ def test_unsampled_data_is_refused(ray_local, tmp_path):
     root["datasets/a/done"][1] = 0
     from ganscale.errors import GanscaleError
 
-    with pytest.raises(GanscaleError, match="not fully sampled"):
-        embed.run(study)
+    with pytest.raises(GanscaleError, match="embed: sample of dataset a is not complete .missing: 1 of 2 chunks "
+                                            "not marked done"):
+        run_stage(study, "embed")
 
 
 def test_pca_before_umap(ray_local, tmp_path):
     study, root = blob_store(tmp_path, {"a": 100, "b": 100})
     study = study.model_copy(update={"embed": study.embed.model_copy(update={"pca": 4})})
-    assert embed.run(study)["fitted"] == ["block1"]
+    assert run_stage(study, "embed")["fitted"] == ["block1"]
     model = root["models/umap_block1"]
     assert model["components"].shape == (4, 16) and model["mean"].shape == (16,)
     layout = root["datasets/a/layers/block1/umap"][:]

@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import free_port, toy_study
+from ganscale.pipeline import run_stage
 from ganscale import sample
 from ganscale.cli import app
 from ganscale.errors import RERUN, EnvironmentFailure
@@ -74,7 +75,7 @@ def test_storage_gone_mid_run_is_an_environment_failure_in_one_line(ray_local, t
             stopped.append(chunk)
 
     with pytest.raises(EnvironmentFailure) as failure:
-        sample.run(load_study(path), on_chunk=stop_the_endpoint)
+        run_stage(load_study(path), "sample", on_chunk=stop_the_endpoint)
     assert stopped and "\n" not in str(failure.value)
     assert "failed on a worker" in str(failure.value) or "store: s3://going-away/x.zarr" in str(failure.value)
 

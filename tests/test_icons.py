@@ -12,6 +12,7 @@ import zarr
 from PIL import Image
 
 from conftest import toy_study
+from ganscale.pipeline import run_stage
 from ganscale import icons
 from ganscale.errors import GanscaleError
 from ganscale.fv.objectives import whitening
@@ -42,7 +43,7 @@ def iconed(ray_local, tmp_path_factory):
 
 def test_every_cell_with_enough_samples_has_an_icon(iconed):
     study, results, _ = iconed
-    assert results["icons"]["computed"] == ["block3"]
+    assert results["icons"]["done"] == ["block3"]
     group = zarr.open_group(study.store, mode="r")["atlas/block3/g6"]
     counts = group["counts"][:].sum(0)
     stored, values = group["icons"][:], group["icon_objective"][:]
@@ -72,7 +73,7 @@ def test_whitening_comes_from_merged_chunk_moments(iconed):
 
 def test_a_rerun_skips_and_the_report_shows_the_icon_atlases(iconed):
     study, _, tmp = iconed
-    assert icons.run(study)["computed"] == []
+    assert run_stage(study, "icons")["done"] == []
     html = (tmp / "report" / "index.html").read_text()
     assert "icons/block3_g6.png" in html and "icons/block3_g6_real_vs_full.png" in html
     assert (tmp / "report" / "icons" / "block3_g6_real_vs_full.png").stat().st_size > 10000
@@ -114,7 +115,7 @@ def test_changed_settings_rerender_and_icons_hit_their_cells_direction(iconed, t
     study, _, tmp = iconed
     shutil.copytree(study.store, tmp_path / "store.zarr")
     changed = _study(tmp_path, store=str(tmp_path / "store.zarr"), whiten=False, steps=48, cosine_power=2)
-    assert icons.run(changed)["computed"] == ["block3"]
+    assert run_stage(changed, "icons")["done"] == ["block3"]
     group = zarr.open_group(changed.store, mode="r")["atlas/block3/g6"]
     assert group["icons"].attrs["whiten"] is False and group["icons"].attrs["steps"] == 48
     has = group["counts"][:].sum(0) >= 15
@@ -134,16 +135,16 @@ def test_icon_grids_must_be_atlas_grids(iconed, tmp_path):
     study, _, _ = iconed
     wrong = _study(tmp_path, store=study.store, grids=[7])
     with pytest.raises(GanscaleError, match="atlas.icons.grids"):
-        icons.run(wrong)
+        run_stage(wrong, "icons")
 
 
 def test_grids_without_any_cell_above_min_count_get_empty_arrays(iconed, tmp_path):
     study, _, _ = iconed
     shutil.copytree(study.store, tmp_path / "store.zarr")
     empty = _study(tmp_path, store=str(tmp_path / "store.zarr"), min_count=100_000)
-    assert icons.run(empty)["computed"] == ["block3"]
+    assert run_stage(empty, "icons")["done"] == ["block3"]
     for grid in (4, 6):
         group = zarr.open_group(empty.store, mode="r")[f"atlas/block3/g{grid}"]
         assert not group["icons"][:].any() and np.isnan(group["icon_objective"][:]).all()
         assert group["icons"].attrs["cells"] == 0
-    assert icons.run(empty)["computed"] == []
+    assert run_stage(empty, "icons")["done"] == []

@@ -14,6 +14,7 @@ import zarr
 from typer.testing import CliRunner
 
 from conftest import toy_study
+from ganscale.pipeline import run_stage
 from ganscale import schema
 from ganscale.cli import app
 from ganscale.errors import StoreDamage
@@ -42,7 +43,7 @@ def sampled(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("integrity")
     path = toy_study(tmp, layers=["block2", "block3"])
     study = load_study(path)
-    sample.run(study, workers=1)
+    run_stage(study, "sample", workers=1)
     return path, all_arrays(study.store)
 
 

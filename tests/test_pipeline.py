@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from ganscale.pipeline import run_study, stage_status
+from ganscale.pipeline import STAGES, run_study, stage_status
 
 pytestmark = pytest.mark.slow  # whole studies end to end
 
@@ -58,8 +58,8 @@ def test_report_and_summary(toy_run):
 def test_a_rerun_redoes_nothing(toy_run):
     study, _, _ = toy_run
     again = run_study(study)
-    assert again == {name: {"skipped": "not in this study" if name in ("icons", "dissect") else "complete"}
-                     for name in again}
+    assert again == {name: {"skipped": "not in this study"} if name in ("icons", "dissect") else
+                     {"done": [], "skipped": STAGES[name].items(study)} for name in again}
 
 
 def test_status_reports_every_stage_complete_and_a_changed_layer_stale(toy_run):

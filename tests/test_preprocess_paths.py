@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import toy_study
+from ganscale.pipeline import run_stage
 from ganscale import sample, schema, sources
 from ganscale.models import registry
 from ganscale.study import load_study
@@ -22,7 +23,7 @@ def test_sweep_and_dissect_see_the_pixels_sample_measured(ray_local, tmp_path):
                                  sample={"chunk_size": 48, "batch_size": 16},
                                  dissect={"layers": ["layer2"], "samples": 20, "chunk_size": 10,
                                           "artifact_samples": 0, "intervention_samples": 4}))
-    sample.run(study, workers=1)
+    run_stage(study, "sample", workers=1)
     group = schema.open_store(study.store, mode="r")["datasets/full"]
     stored = schema.read_rows(group, "layers/block3/pooled")
     seeds = sources.dataset_seeds(study.seed, "full", 48)[:12]

@@ -10,6 +10,7 @@ import yaml
 from torch import nn
 
 from conftest import toy_study
+from ganscale.pipeline import run_stage
 from ganscale import sources
 from ganscale.assets import RegistryUnreachable
 from ganscale.errors import GanscaleError
@@ -400,9 +401,8 @@ def test_arrays_study_fields(tmp_path):
     path = toy_study(tmp_path, datasets={"faces": {"kind": "arrays", "path": "faces.npy", "samples": 3, "rows": [0, 3]}})
     study = load_study(path)
     assert study.datasets["faces"].path == str(tmp_path / "faces.npy") and study.datasets["faces"].rows == (0, 3)
-    from ganscale.metrics.stage import real_datasets
 
-    assert real_datasets(study) == ["faces"]
+    assert study.real_datasets() == ["faces"]
     for bad, message in (({"kind": "arrays", "path": "none.npy", "samples": 3}, "datasets.faces.path: array file not found"),
                          ({"kind": "arrays", "path": "faces.npy", "samples": 3, "keys": "x"}, "datasets.faces.keys: unknown key"),
                          ({"kind": "arrays", "samples": 3}, "datasets.faces.path: required field missing")):
@@ -442,8 +442,8 @@ def test_sample_stage_with_arrays_and_the_tutorial_dcgan(ray_local, tmp_path):
         "faces": {"kind": "generator", "name": "dcgan", "weights": FACES, "sha256": FACES_SHA, "samples": 24}},
         sample={"chunk_size": 16, "batch_size": 8})
     study = load_study(path)
-    result = sample.run(study, workers=1)
-    assert result.samples_written == 64 and result.computed_chunks == 3 + 2
+    result = run_stage(study, "sample", workers=1)
+    assert result["samples_written"] == 64 and result["computed_chunks"] == 3 + 2
     root = zarr.open_group(study.store, mode="r")
     lfw, faces = root["datasets/lfw"], root["datasets/faces"]
     assert lfw.attrs["kind"] == "arrays" and (lfw["done"][:] == 1).all() and (faces["done"][:] == 1).all()

@@ -14,6 +14,7 @@ import torch
 import zarr
 
 from conftest import toy_study
+from ganscale.pipeline import run_stage
 from ganscale import sample, schema, sources
 from ganscale.errors import GanscaleError
 from ganscale.models import registry
@@ -46,13 +47,13 @@ def reference(ray_local, tmp_path_factory):
     """The toy study sampled once with one worker: the arrays every other run must reproduce."""
     tmp = tmp_path_factory.mktemp("reference")
     study = load_study(toy_study(tmp))
-    result = sample.run(study, workers=1)
+    result = run_stage(study, "sample", workers=1)
     return study, result, all_arrays(study.store)
 
 
 def test_toy_study_shapes_dtypes_and_metadata(reference):
     study, result, arrays = reference
-    assert result.computed_chunks == 4 + 3 and result.samples_written == 350
+    assert result["computed_chunks"] == 4 + 3 and result["samples_written"] == 350
     probe = registry.probe_entry("toy_probe")
     sizes = {"block1": 16, "block2": 8, "block3": 4}
     for name, n in (("real", 200), ("full", 150)):
@@ -95,30 +96,30 @@ def test_stored_vectors_are_the_probe_activations_at_the_stored_positions(refere
 def test_one_and_two_workers_give_bit_identical_arrays(reference, tmp_path):
     _, _, expected = reference
     study = load_study(toy_study(tmp_path))
-    result = sample.run(study, workers=2)
-    assert result.workers == 2
+    result = run_stage(study, "sample", workers=2)
+    assert result["workers"] == 2
     assert_same(all_arrays(study.store), expected)
 
 
 def test_batch_size_does_not_change_the_arrays(reference, tmp_path):
     _, _, expected = reference
     study = load_study(toy_study(tmp_path, sample={"chunk_size": 64, "batch_size": 16}))
-    sample.run(study, workers=1)
+    run_stage(study, "sample", workers=1)
     assert_same(all_arrays(study.store), expected)
 
 
 def test_rerun_skips_completed_chunks_and_changed_dataset_is_resampled(reference, tmp_path):
     path = toy_study(tmp_path)
     study = load_study(path)
-    first = sample.run(study, workers=1)
-    again = sample.run(study, workers=1)
-    assert (again.computed_chunks, again.skipped_chunks) == (0, first.computed_chunks)
+    first = run_stage(study, "sample", workers=1)
+    again = run_stage(study, "sample", workers=1)
+    assert (again["computed_chunks"], again["skipped_chunks"]) == (0, first["computed_chunks"])
     changed = load_study(toy_study(tmp_path, datasets={
         "real": {"kind": "toyworld", "samples": 200},
         "full": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_no_tree.pt", "samples": 150}}))
     before = all_arrays(study.store)
-    result = sample.run(changed, workers=1)
-    assert result.computed_chunks == 3 and result.skipped_chunks == 4  # only the changed dataset
+    result = run_stage(changed, "sample", workers=1)
+    assert result["computed_chunks"] == 3 and result["skipped_chunks"] == 4  # only the changed dataset
     after = all_arrays(study.store)
     np.testing.assert_array_equal(after["real/block2/activations"], before["real/block2/activations"])
     assert not np.array_equal(after["full/block2/activations"], before["full/block2/activations"])
@@ -136,8 +137,8 @@ def test_a_killed_actor_is_restarted_and_every_sample_is_written_once(reference,
             killed.append(worker["pid"])
             os.kill(worker["pid"], signal.SIGKILL)
 
-    result = sample.run(study, workers=1, on_chunk=kill_once)
-    assert killed and result.computed_chunks == 7
+    result = run_stage(study, "sample", workers=1, on_chunk=kill_once)
+    assert killed and result["computed_chunks"] == 7
     assert_same(all_arrays(study.store), expected)
 
 
@@ -170,8 +171,8 @@ def test_a_stopped_driver_resumes_with_only_unfinished_chunks(ray_local, tmp_pat
     assert 4 <= done_before < 20, "the driver should have been stopped midway"
     assert "slow" not in root.get("datasets", {})  # nothing half-written in datasets/
     assert {r["dataset"]: r["state"] for r in sample.status(study)}["slow"] == "partial"
-    result = sample.run(study, workers=2)
-    assert result.computed_chunks == (20 - done_before) + (2 - real_done)
+    result = run_stage(study, "sample", workers=2)
+    assert result["computed_chunks"] == (20 - done_before) + (2 - real_done)
     arrays = all_arrays(study.store)
     assert arrays["slow/done"].all()
     np.testing.assert_array_equal(arrays["slow/seed"], sources.dataset_seeds(7, "slow", 640))
@@ -181,7 +182,7 @@ def test_a_stopped_driver_resumes_with_only_unfinished_chunks(ray_local, tmp_pat
         "real": {"kind": "toyworld", "samples": 64},
         "slow": {"kind": "generator", "name": "plugins:slow_dcgan", "options": {"delay": 0.0}, "samples": 640}},
         sample={"chunk_size": 32, "batch_size": 32}))
-    sample.run(fresh, workers=2)
+    run_stage(fresh, "sample", workers=2)
     assert_same(arrays, all_arrays(fresh.store))
 
 
@@ -189,15 +190,15 @@ def test_s3_store_equals_local_store(reference, s3_endpoint, tmp_path):
     _, _, expected = reference
     options = {"client_kwargs": {"endpoint_url": s3_endpoint}}
     study = load_study(toy_study(tmp_path, store="s3://ganscale-test/studies/toy.zarr", storage_options=options))
-    result = sample.run(study, workers=2)
-    assert result.computed_chunks == 7
+    result = run_stage(study, "sample", workers=2)
+    assert result["computed_chunks"] == 7
     assert_same(all_arrays(study.store, options), expected)
     import s3fs
 
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
     metadata = fs.cat("ganscale-test/studies/toy.zarr/zarr.json").decode()
     assert "testing" not in metadata  # credentials never reach the store
-    assert sample.run(study, workers=1).computed_chunks == 0
+    assert run_stage(study, "sample", workers=1)["computed_chunks"] == 0
 
 
 def test_image_folder_dataset(ray_local, tmp_path):
@@ -207,7 +208,7 @@ def test_image_folder_dataset(ray_local, tmp_path):
     save_image_folder(folder, range(40))
     path = toy_study(tmp_path, datasets={"photos": {"kind": "images", "path": str(folder), "samples": 30}})
     study = load_study(path)
-    sample.run(study, workers=1)
+    run_stage(study, "sample", workers=1)
     root = zarr.open_group(study.store, mode="r")
     group = root["datasets/photos"]
     names = group["source"][:]
@@ -226,7 +227,7 @@ def add_bad_dataset(tmp_path, dataset: dict) -> str:
     """Sample a good study, then add a bad dataset: the error is one line naming it, and the good
     dataset's arrays are untouched."""
     study = load_study(toy_study(tmp_path, datasets=GOOD))
-    sample.run(study, workers=1)
+    run_stage(study, "sample", workers=1)
     before = all_arrays(study.store)
     with pytest.raises(GanscaleError) as info:
         sample.run(load_study(toy_study(tmp_path, datasets={**GOOD, "bad": dataset})), workers=1)
@@ -296,7 +297,7 @@ def test_torchscript_generator(ray_local, tmp_path):
     path = toy_study(tmp_path, datasets={"scripted": {"kind": "generator", "name": "torchscript",
                                                       "path": "gen.pt", "z_dim": 16, "samples": 40}})
     study = load_study(path)
-    sample.run(study, workers=1)
+    run_stage(study, "sample", workers=1)
     arrays = all_arrays(study.store)
     assert arrays["scripted/done"].all() and arrays["scripted/block3/activations"].shape == (40, 128)
     generator = registry.build_generator(study.datasets["scripted"], "datasets.scripted")
@@ -368,7 +369,7 @@ def test_errors_found_on_workers_leave_the_store_untouched(reference, tmp_path, 
     }[change]
     path = toy_study(tmp_path, store=str(copy), **overrides)
     with pytest.raises(GanscaleError) as err:
-        sample.run(load_study(path), workers=1)
+        run_stage(load_study(path), "sample", workers=1)
     assert "\n" not in str(err.value)
     assert store_digest(copy) == before, f"{change}: the store changed"
 
@@ -517,7 +518,7 @@ def test_a_new_dataset_is_sampled_aside_and_a_bad_image_later_leaves_datasets_un
     good = {"real": {"kind": "toyworld", "samples": 64}}
     path = toy_study(tmp_path, datasets=good, sample={"chunk_size": 16, "batch_size": 16})
     study = load_study(path)
-    sample.run(study, workers=1)
+    run_stage(study, "sample", workers=1)
     store = study.store
     before = store_files(store, skip="staging")
     folder = tmp_path / "scenes"

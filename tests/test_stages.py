@@ -1,6 +1,9 @@
 """The stage ledger and the generic status/guard on small stores: the dissect stage's inputs, and a
 stage that is asked to run before what it reads."""
 
+import ast
+from pathlib import Path
+
 import pytest
 import zarr
 
@@ -8,7 +11,7 @@ from conftest import toy_study
 from ganscale import ledger, schema, stage
 from ganscale.dissect import stage as dissect
 from ganscale.errors import GanscaleError
-from ganscale.pipeline import run_study
+from ganscale.pipeline import STAGES, run_study
 from ganscale.study import load_study
 
 DISSECT = {"layers": ["layer2"], "samples": 200, "chunk_size": 100, "artifact_samples": 100}
@@ -36,23 +39,25 @@ def test_dissect_before_sample_refuses_and_records_nothing(tmp_path):
 
 def test_dissect_without_artifact_units_reads_nothing_from_the_store(tmp_path):
     study = _study(tmp_path, artifact_samples=0)
-    assert stage.upstream(study, "dissect", "full") == []
-    assert stage.state(study, None, "dissect", "full") == ("not started", "")
+    assert STAGES.upstream(study, "dissect", "full") == []
+    assert STAGES.state(study, None, "dissect", "full") == ("not started", "")
 
 
 def test_a_changed_reference_dataset_makes_dissect_stale(tmp_path):
     study = _study(tmp_path)
     root = schema.open_store(study.store)
-    ledger.record(root, "dissect", "full", stage.inputs(study, root, "dissect", "full"), 1.0)
-    assert stage.state(study, root, "dissect", "full") == ("complete", "")
+    ledger.record(root, "dissect", "full", STAGES.inputs(study, root, "dissect", "full"), 1.0)
+    assert STAGES.state(study, root, "dissect", "full") == ("missing", "the store has no group dissect/full")
+    root.create_group("dissect/full")
+    assert STAGES.state(study, root, "dissect", "full") == ("complete", "")
 
     changed = _study(tmp_path, real={"kind": "toyworld", "samples": 200, "exclude": ["tree"]})
-    assert dissect.fingerprint(changed, "full") != dissect.fingerprint(study, "full")
-    assert stage.state(changed, root, "dissect", "full") == ("stale", "sample/real changed")
+    assert STAGES.fingerprint(changed, None, "dissect", "full") != STAGES.fingerprint(study, None, "dissect", "full")
+    assert STAGES.state(changed, root, "dissect", "full") == ("stale", "sample/real changed")
     # another generator is not the reference: changing it leaves this dissection alone
     other = _study(tmp_path)
     other.datasets["other"] = other.datasets["other"].model_copy(update={"samples": 50})
-    assert dissect.fingerprint(other, "full") == dissect.fingerprint(study, "full")
+    assert STAGES.fingerprint(other, None, "dissect", "full") == STAGES.fingerprint(study, None, "dissect", "full")
 
 
 def test_the_ledger_keeps_one_record_per_item_and_sums_seconds(tmp_path):
@@ -74,13 +79,17 @@ def test_the_ledger_keeps_one_record_per_item_and_sums_seconds(tmp_path):
     assert not [f for f in (tmp_path / "s.zarr.leases").rglob("*") if f.is_file()]  # the ledger lease is let go
 
 
-STAGE_MODULES = {"ganscale.sample", "ganscale.embed", "ganscale.atlas", "ganscale.icons", "ganscale.metrics.stage",
-                 "ganscale.dissect.stage", "ganscale.report", "ganscale.pipeline"}
+PACKAGE = Path(stage.__file__).parent
+STAGE_MODULES = {m.__name__ for m in STAGES.modules.values()}
+STAGE_NAMES = set(STAGES)
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _imports(path):
-    import ast
-
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names)
@@ -90,23 +99,45 @@ def _imports(path):
 
 
 def _importing(path, modules):
-    return [m for m in _imports(path) if any(m == s or m.startswith(s + ".") for s in modules)]
+    return sorted({s for m in _imports(path) for s in modules if m == s or m.startswith(s + ".")})
 
 
-def test_libraries_import_no_stage():
-    """Stages sit above libraries: nothing below imports a stage, and the viewer does not import the
-    report that shows it. In metrics/ and dissect/ the stage is stage.py, the rest are libraries."""
-    from pathlib import Path
+def test_no_stage_imports_another_and_only_the_pipeline_lists_them():
+    """Stages sit side by side: no stage module imports another (nor does the stage shape, which
+    finds them through the one list), and no module below them imports any. The stages are listed
+    in one place, ganscale.pipeline.STAGES: no other module imports two of them or holds three or
+    more stage names in one list, tuple, set or dict."""
+    assert STAGE_MODULES == {"ganscale.sample", "ganscale.embed", "ganscale.atlas", "ganscale.icons",
+                             "ganscale.metrics.stage", "ganscale.dissect.stage", "ganscale.report"}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        imported = _importing(path, STAGE_MODULES - {name})
+        if name in ("ganscale.pipeline", "ganscale.cli"):  # the list itself, and the command line (lazily)
+            continue
+        assert not imported, f"{name} imports the stage(s) {imported}"
+        assert "importlib" not in set(_imports(path)) or name == "ganscale.models.registry", \
+            f"{name} imports modules by name"  # (the registry imports plugins named in a study, on purpose)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.List, ast.Tuple, ast.Set, ast.Dict)):
+                values = node.keys if isinstance(node, ast.Dict) else node.elts
+                named = {v.value for v in values if isinstance(v, ast.Constant) and v.value in STAGE_NAMES}
+                assert len(named) < 3, f"{name}:{node.lineno} lists stages {sorted(named)}: list them in ganscale.pipeline"
 
-    package = Path(stage.__file__).parent
-    libraries = [p for d in ("metrics", "dissect", "fv", "models") for p in (package / d).glob("*.py")
-                 if p.name != "stage.py"]
-    libraries += [package / f for f in ("images.py", "runtime.py", "ledger.py", "schema.py", "sources.py",
-                                        "viewer/__init__.py", "render.py", "partials.py")]
-    assert package / "dissect/__init__.py" in libraries and package / "dissect/plan.py" in libraries
-    for path in libraries:
-        bad = _importing(path, STAGE_MODULES)
-        assert not bad, f"{path.relative_to(package)} imports {bad}"
+
+def test_the_guard_catches_a_stage_that_imports_another(tmp_path):
+    """The check above is not vacuous: a stage module importing another is found."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from ganscale import embed\nfrom ganscale.metrics import stage as metrics\n")
+    assert _importing(bad, STAGE_MODULES) == ["ganscale.embed", "ganscale.metrics.stage"]
+
+
+def test_every_stage_has_the_shape():
+    for name in STAGES:
+        m = STAGES[name]
+        assert m.NAME == name and isinstance(m.ITEM, str) and isinstance(m.READS, tuple)
+        assert all(callable(getattr(m, f)) for f in ("items", "settings", "run_item")), name
+        assert not hasattr(m, "run"), f"{name} has its own driver"
+        assert getattr(m, "LEASE", "item") in ("item", "own")
 
 
 def test_dissect_is_a_stage_module_above_pure_ones():
@@ -118,9 +149,9 @@ def test_dissect_is_a_stage_module_above_pure_ones():
     import sys
     from pathlib import Path
 
-    module = stage.module("dissect")
+    module = STAGES["dissect"]
     assert module.__name__ == "ganscale.dissect.stage" and module.NAME == "dissect" and module.ITEM == "generator"
-    assert all(callable(getattr(module, f)) for f in ("items", "settings", "reads", "run"))
+    assert all(callable(getattr(module, f)) for f in ("items", "settings", "reads", "run_item"))
     package = Path(stage.__file__).parent
     pure = sorted(f"ganscale.dissect.{p.stem}" for p in (package / "dissect").glob("*.py")
                   if p.stem not in ("__init__", "stage"))

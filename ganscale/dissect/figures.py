@@ -18,7 +18,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ganscale import render  # noqa: E402
-from ganscale.dissect.plan import generators_of  # noqa: E402
 from ganscale.study import Study  # noqa: E402
 
 
@@ -161,7 +160,7 @@ def dissect_section(study: Study, root, out: Path) -> tuple[str, dict]:
                 else "their mean activation where the class is") + " (insertion); ACE = class share after insertion minus after ablation; 'removed' = share of "
              "the class's pixels gone after ablation.</p>"]
     summary: dict = {}
-    for name in generators_of(study):
+    for name in study.dissected():
         if root.get(f"dissect/{name}") is None:
             continue
         summary[name] = {}

@@ -7,22 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ganscale.study import Study
-
 PANEL_UNITS = 12  # units shown in the report per layer
 # Candidate thresholds for the IQR search: each unit's quantiles at these levels, the top 0.1% to
 # the top 90% of its pixels, log-spaced (gandissect: 100 levels, logspace(-3, 0)).
 CANDIDATE_LEVELS = tuple(sorted(set(np.round(1 - np.logspace(-3, np.log10(0.9), 48), 6))))
-
-
-def generators_of(study: Study) -> list[str]:
-    return study.dissect.generators or [n for n, d in study.datasets.items() if d.kind == "generator"]
-
-
-def artifact_reference(study: Study) -> str | None:
-    """The real dataset whose stored features score the artifact units: the study's first one."""
-    reals = [n for n, d in study.datasets.items() if d.kind != "generator"]
-    return reals[0] if reals else None
 
 
 def candidate_levels(quantile: float) -> list[float]:

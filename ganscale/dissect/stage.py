@@ -65,19 +65,19 @@ quantile (the `dissect.quantile` quantile). IoU pools pixels over all images.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import time
 
 import dask
 import numpy as np
 
-from ganscale import ledger, schema, sources, stage
+from ganscale import schema, sources, stage
 from ganscale.dissect import artifacts, plan, stats, worker
 from ganscale.errors import EnvironmentFailure, GanscaleError
 from ganscale.partials import tree_reduce
 from ganscale.progress import status
-from ganscale.runtime import Task, dask_scheduler, init_ray, run_on_actors, worker_failure, worker_resources
-from ganscale.study import Study, digest
+from ganscale.runtime import Actors, Task, dask_scheduler, init_ray, run_on_actors, worker_failure, worker_resources
+from ganscale.study import Study
 
 log = logging.getLogger("ganscale.dissect")
 
@@ -87,24 +87,23 @@ NAME, ITEM, READS = "dissect", "generator", ("sample",)
 
 
 def items(study: Study) -> list[str]:
-    return plan.generators_of(study) if study.dissect is not None else []
+    return study.dissected()
 
 
 def reads(study: Study, generator: str) -> list[tuple[str, str]]:
     """The artifact units read the reference dataset's stored features; nothing else comes from the store."""
-    real = plan.artifact_reference(study)
+    real = study.artifact_reference()
     return [("sample", real)] if real is not None and study.dissect.artifact_samples >= 4 else []
 
 
-def settings(study: Study, root, generator: str) -> dict:
+def settings(study: Study, generator: str) -> dict:
     return {"version": DISSECT_VERSION, "dataset": study.datasets[generator].model_dump(mode="json"),
             "dissect": study.dissect.model_dump(mode="json"), "seed": study.seed,
-            "probe": study.probe.model_dump(mode="json"), "layers": study.layers, "real": plan.artifact_reference(study)}
+            "probe": study.probe.model_dump(mode="json"), "layers": study.layers, "real": study.artifact_reference()}
 
 
-def fingerprint(study: Study, generator: str) -> str:
-    """settings + the reference dataset's sample fingerprint (its spec, seed, probe...) when read."""
-    return stage.fingerprint(study, None, NAME, generator)
+def missing(study: Study, root, generator: str) -> str:
+    return "" if root.get(f"dissect/{generator}") is not None else f"the store has no group dissect/{generator}"
 
 
 # --- distributing work --------------------------------------------------------------------------
@@ -208,77 +207,36 @@ def _write(group, name: str, value, dims: tuple[str, ...]) -> None:
                        dimension_names=dims[:value.ndim])[...] = value
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
+def start_workers(study: Study, generator: str) -> Actors:
+    """The generator's DissectWorkers (its models built and checked on each before anything is
+    written), started when first needed; a CPU left free for the Dask merges."""
+    import ray
+
+    n_workers, resources = worker_resources(study.sample.device, study.sample.workers)
+    n_workers = min(n_workers, max(1, -(-study.dissect.samples // study.dissect.chunk_size)))
+    threads = max(1, int(resources["num_cpus"]))
+    if "num_gpus" not in resources:
+        total = ray.cluster_resources().get("CPU", 1)
+        resources = {"num_cpus": min(resources["num_cpus"], max(0.25, (total - 1) / n_workers))}
+    return Actors(worker.DissectWorker, n_workers, resources, study, generator, threads,
+                  what="dissect: starting the workers", ready="ready", restarts=2, task_retries=2)
 
 
-class _Workers:
-    """Actors started on first use and killed at the end."""
-
-    def __init__(self, study: Study, name: str):
-        self.study, self.name, self.actors = study, name, None
-
-    def get(self) -> list:
-        import ray
-
-        if self.actors is None:
-            n_workers, resources = worker_resources(self.study.sample.device, self.study.sample.workers)
-            n_workers = min(n_workers, max(1, -(-self.study.dissect.samples // self.study.dissect.chunk_size)))
-            threads = max(1, int(resources["num_cpus"]))
-            if "num_gpus" not in resources:  # leave a CPU free for the Dask merge tasks
-                total = ray.cluster_resources().get("CPU", 1)
-                resources = {"num_cpus": min(resources["num_cpus"], max(0.25, (total - 1) / n_workers))}
-            actor = ray.remote(max_restarts=2, max_task_retries=2)(worker.DissectWorker)
-            self.actors = [actor.options(**resources).remote(self.study, self.name, threads) for _ in range(n_workers)]
-            try:
-                ray.get([a.ready.remote() for a in self.actors])
-            except ray.exceptions.RayError as e:
-                raise _translate(e, "starting the workers") from None
-        return self.actors
-
-    def close(self) -> None:
-        import ray
-
-        for actor in self.actors or []:
-            ray.kill(actor)
+@contextlib.contextmanager
+def workers(study: Study, root, todo: list[str], address: str | None = None):
+    init_ray(address)
+    yield None
 
 
-def run(study: Study, *, address: str | None = None) -> dict:
-    """The dissect stage: every generator of `dissect.generators` (default: all), resuming what is
-    stored. Returns {"computed": [...], "skipped": [...]}."""
-    if study.dissect is None:
-        return {"skipped": "the study has no dissect section"}
-    root = schema.open_store(study.store, study.storage_options)
-    computed = []
-    for name in plan.generators_of(study):
-        inputs = stage.inputs(study, root, NAME, name)
-        fp = digest(inputs)
-        if (ledger.entry(root, NAME, name) or {}).get("fingerprint") == fp and root.get(f"dissect/{name}") is not None:
-            continue
-        init_ray(address)
-        t0 = time.time()
-        workers = _Workers(study, name)
-        try:
-            workers.get()  # every worker's models built and checked before anything is written
-            dissect_generator(study, root, name, fp, workers)
-        finally:
-            workers.close()
-        ledger.record(root, NAME, name, inputs, time.time() - t0)
-        computed.append(name)
-    return {"computed": computed, "skipped": [n for n in plan.generators_of(study) if n not in computed]}
+def run_item(study: Study, root, name: str, _) -> dict:
+    """Dissect one generator, resuming the passes stored for the same inputs."""
+    with start_workers(study, name) as actors:
+        actors.get()
+        dissect_generator(study, root, name, stage.resume_key(root, settings(study, name), reads(study, name)), actors)
+    return {}
 
 
-def dissect_generator(study: Study, root, name: str, fp: str, workers: _Workers) -> None:
+def dissect_generator(study: Study, root, name: str, fp: str, workers: Actors) -> None:
     import ray
 
     from ganscale.progress import Progress
@@ -346,7 +304,7 @@ def dissect_generator(study: Study, root, name: str, fp: str, workers: _Workers)
             _write(g, "iqr_all", label["iqr_all"].astype(np.float32), ("unit", "class"))
             _write(g, "threshold_all", label["threshold_all"].astype(np.float32), ("unit", "class"))
             _write(g, "class_mean", c.class_mean().astype(np.float32), ("unit", "class"))
-            g.attrs.update(_jsonable({"fingerprint": fp, "classes": class_names, "method": settings.threshold,
+            g.attrs.update(schema.plain({"fingerprint": fp, "classes": class_names, "method": settings.threshold,
                                       "quantile": settings.quantile, "candidate_levels": levels,
                                       "stats_size": list(size), "pixels": c.pixels,
                                       "labels": stats.layer_summary(label, class_names, settings.iou_min)}))
@@ -360,10 +318,10 @@ def dissect_generator(study: Study, root, name: str, fp: str, workers: _Workers)
         results, arrays = layer_interventions(study, name, g, layer, workers)
         for key, (value, dims) in arrays.items():
             _write(g, key, value, dims)
-        g.attrs["results"] = _jsonable(results)
+        g.attrs["results"] = schema.plain(results)
 
 
-def layer_interventions(study: Study, name: str, g, layer: str, workers: _Workers) -> tuple[dict, dict]:
+def layer_interventions(study: Study, name: str, g, layer: str, workers: Actors) -> tuple[dict, dict]:
     """The layer's intervention tasks on the workers: per class with an interpretable unit, the
     switch effect, insertion map and downstream trace of its top-k units; artifact units; pictures."""
     import ray
@@ -400,7 +358,7 @@ def layer_interventions(study: Study, name: str, g, layer: str, workers: _Worker
     return results, arrays
 
 
-def artifact_units(study: Study, name: str, layer: str, workers: _Workers, real, high: np.ndarray) -> tuple[dict, dict]:
+def artifact_units(study: Study, name: str, layer: str, workers: Actors, real, high: np.ndarray) -> tuple[dict, dict]:
     """Artifact units (`ganscale.dissect.artifacts`): peaks on the ranking half (chunks on the
     workers), each unit scored ablated alone (blocks of units on the workers), the table of the best
     units on the held-out half (one worker)."""
@@ -428,7 +386,7 @@ def artifact_units(study: Study, name: str, layer: str, workers: _Workers, real,
                               real_ref, held.tolist(), settings.artifact_share))
     except ray.exceptions.RayError as e:
         raise _translate(e, f"the artifact units of {layer}") from None
-    score = (f"diagonal-covariance Fréchet distance to {plan.artifact_reference(study)} on {study.probe.name} "
+    score = (f"diagonal-covariance Fréchet distance to {study.artifact_reference()} on {study.probe.name} "
              f"{study.layers[-1]} spatially pooled features")
     return artifacts.results(score, scores, improvement, top, random_units, len(rank), per_unit, table)
 
@@ -438,7 +396,7 @@ def _real_moments(study: Study):
     when the study has no real dataset."""
     from ganscale.metrics import features as fm
 
-    real = plan.artifact_reference(study)
+    real = study.artifact_reference()
     if real is None:
         return None
     root = schema.open_store(study.store, study.storage_options, mode="r")

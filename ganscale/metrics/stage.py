@@ -32,43 +32,30 @@ Written to the store under metrics/ (recreated whenever its inputs change):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
-import time
 
 import dask
 import numpy as np
 
-from ganscale import ledger, schema, sources, stage
+from ganscale import schema, sources
 from ganscale.errors import GanscaleError
 from ganscale.images import measured
 from ganscale.metrics import features as fm
 from ganscale.metrics import images as im
 from ganscale.metrics.images import CHANNELS
 from ganscale.partials import tree_reduce
-from ganscale.study import Study, digest
+from ganscale import runtime
+from ganscale.runtime import dask_scheduler, init_ray
+from ganscale.study import Study
 
 log = logging.getLogger("ganscale.metrics")
 
 NEIGHBOURS_K = 5
 IS_LEFT_OUT = "probe has no class head"  # the Inception Score's reason when the probe gives no logits
 SPIKES_SHOWN = 3
-
-
-def real_datasets(study: Study) -> list[str]:
-    return [n for n, d in study.datasets.items() if d.kind != "generator"]
-
-
-def generated_datasets(study: Study) -> list[str]:
-    return [n for n, d in study.datasets.items() if d.kind == "generator"]
-
-
-def reference_datasets(study: Study) -> list[str]:
-    """The datasets the others are measured against: `metrics.reference`, default the real ones."""
-    if study.metrics.reference is not None:
-        return [n for n in study.datasets if n in study.metrics.reference]
-    return real_datasets(study)
 
 
 @dataclasses.dataclass
@@ -86,7 +73,7 @@ class Comparisons:
 
 
 def comparisons(study: Study) -> Comparisons:
-    refs = reference_datasets(study)
+    refs = study.references()
     others = [n for n in study.datasets if n not in refs]
     against = [(r, o) for r in refs for o in others]
     pairs = against + list(itertools.combinations(others, 2)) + list(itertools.combinations(refs, 2))
@@ -106,8 +93,7 @@ def comparisons(study: Study) -> Comparisons:
 
 def feature_sets(study: Study) -> dict[str, str]:
     """name -> array path inside a dataset group."""
-    layers = study.metrics.feature_layers or [study.layers[-1]]
-    out = {f"pooled:{layer}": f"layers/{layer}/pooled" for layer in layers}
+    out = {f"pooled:{layer}": f"layers/{layer}/pooled" for layer in study.feature_layers()}
     if study.metrics.fid_inception:
         out["fid_pool3"] = "features/fid_pool3"
     return out
@@ -129,12 +115,19 @@ def items(study: Study) -> list[str]:
     return ["all"] if study.metrics.enabled else []
 
 
-def settings(study: Study, root, item: str) -> dict:
+def settings(study: Study, item: str) -> dict:
     return {"metrics": study.metrics.model_dump(mode="json"), "seed": study.seed, "datasets": list(study.datasets)}
 
 
-def fingerprint(study: Study, root) -> str:
-    return stage.fingerprint(study, root, NAME, "all")
+def missing(study: Study, root, item: str) -> str:
+    return "" if "metrics" in root else "the store has no metrics group"
+
+
+@contextlib.contextmanager
+def workers(study: Study, root, todo: list[str], address: str | None = None):
+    """The Dask scheduler the partial statistics reduce on (the image tasks run as Ray tasks)."""
+    init_ray(address)
+    yield dask_scheduler()
 
 
 # --- mergeable partial statistics -------------------------------------------------------------
@@ -216,19 +209,7 @@ def feature_subset(study: Study, root, dataset: str, path: str) -> tuple[np.ndar
     return ids, schema.read_ids(group, path, ids).astype(np.float64)
 
 
-def run(study: Study, *, address: str | None = None) -> dict:
-    from ganscale.runtime import dask_scheduler, init_ray
-
-    if not study.metrics.enabled:
-        return {"skipped": "metrics.enabled is false"}
-    t0 = time.time()
-    root = schema.open_store(study.store, study.storage_options)
-    schema.require_sampled(root, study.datasets, "metrics")
-    inputs = stage.inputs(study, root, NAME, "all")
-    fp = digest(inputs)
-    if (ledger.entry(root, NAME, "all") or {}).get("fingerprint") == fp and "metrics" in root:
-        return {"skipped": True}
-    init_ray(address)
+def run_item(study: Study, root, item: str, scheduler) -> dict:
     compare = comparisons(study)
     refs, others = compare.references, compare.others
     if not refs:
@@ -237,7 +218,7 @@ def run(study: Study, *, address: str | None = None) -> dict:
 
     log.info("metrics: reducing feature moments and image statistics")
     partials = dict(zip(study.datasets, dask.compute(*[dataset_partial(study, root, n) for n in study.datasets],
-                                                      scheduler=dask_scheduler())))
+                                                      scheduler=scheduler)))
     compared = compare.pairs
     first = next(iter(study.datasets))
     results: dict = {"feature_sets": {name: {"dims": int(p.moments[name].sum.shape[0])}
@@ -283,9 +264,8 @@ def run(study: Study, *, address: str | None = None) -> dict:
         arrays.update(tasks["c2st"]["arrays"])
     if "sweep" in tasks:
         results["sweep"] = tasks["sweep"]
-    write_results(root, results, arrays, fp)
-    ledger.record(root, NAME, "all", inputs, time.time() - t0)
-    return {"computed": True, "seconds": round(time.time() - t0, 2)}
+    write_results(root, results, arrays)
+    return {}
 
 
 def measured_sizes(study: Study, root, fid: bool) -> dict:
@@ -315,7 +295,7 @@ def image_statistics(study: Study, root, partials: dict, refs: list[str], others
                                          for i, ch in enumerate(CHANNELS)}
         spikes = im.colour_spikes(partials[refs[0]].colour_hist, partials[name].colour_hist)
         out[name]["spikes"] = [{**s, "channel": CHANNELS[int(s["channel"])] if not isinstance(s["channel"], str)
-                                else s["channel"]} for s in _jsonable(spikes)]
+                                else s["channel"]} for s in schema.plain(spikes)]
         out[name]["spikes_against"] = refs[0]
     return out
 
@@ -347,24 +327,12 @@ def picture_inputs(study: Study, root, subsets: dict, image_stats: dict, sets: d
     return arrays
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
-
-
-def write_results(root, results: dict, arrays: dict[str, np.ndarray], fp: str) -> None:
+def write_results(root, results: dict, arrays: dict[str, np.ndarray]) -> None:
     group = root.create_group("metrics", overwrite=True)
     for path, value in arrays.items():
         value = np.asarray(value)
         group.create_array(path, shape=value.shape, dtype=value.dtype)[...] = value
-    group.attrs.update({"results": _jsonable(results), "fingerprint": fp})
+    group.attrs.update({"results": schema.plain(results)})
 
 
 # --- image tasks (Ray) ---------------------------------------------------------------------------
@@ -385,12 +353,6 @@ def _threads() -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def ms_ssim_task(study: Study, dataset: str) -> dict:
     """MS-SSIM over `metrics.msssim_pairs` random distinct pairs of the dataset (higher: less diverse)."""
     from ganscale.images import images_by_id
@@ -403,7 +365,7 @@ def ms_ssim_task(study: Study, dataset: str) -> dict:
     a = rng.integers(0, n, pairs)
     b = (a + rng.integers(1, n, pairs)) % n  # never equal to a
     ids, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
-    images = images_by_id(study, root, dataset, ids, device=_device())
+    images = images_by_id(study, root, dataset, ids, device=runtime.device())
     scores = im.ms_ssim(images[inverse[:pairs]], images[inverse[pairs:]])
     scores = np.asarray(scores.cpu() if hasattr(scores, "cpu") else scores, dtype=np.float64)
     return {"mean": float(scores.mean()), "std": float(scores.std()), "pairs": int(pairs)}
@@ -442,7 +404,7 @@ def c2st_task(study: Study, real: str, gens: list[str]) -> dict:
 
     _threads()
     settings = study.metrics.c2st
-    device = _device()
+    device = runtime.device()
     root = schema.open_store(study.store, study.storage_options, mode="r")
     # The classifier sees the sources at their own size (the largest of them), as a power of two (the
     # DCGAN classifier wants one), at most the probe's input size: 25 px faces train at 32, not 256.
@@ -519,7 +481,7 @@ def sweep_task(study: Study) -> dict:
 
     _threads()
     sweep, m = study.metrics.sweep, study.metrics
-    device = _device()
+    device = runtime.device()
     root = schema.open_store(study.store, study.storage_options, mode="r")
     fs, path = next((k, v) for k, v in feature_sets(study).items() if k.startswith("pooled:"))
     layer = fs.split(":", 1)[1]
