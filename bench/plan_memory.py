@@ -83,7 +83,7 @@ def main() -> None:
     if new:  # sample.run's driver lines, this tree
         pending = sum(len(p.pending) for p in plans)
         total = sum(p.pending.samples(p.layout) for p in plans)
-        tasks = sample.chunk_tasks((p.name, c) for p in plans for c in p.pending)
+        tasks = (t for p in plans for t in sample.chunk_tasks(p.name, p.pending))
         kwargs = {"collect": False}
     else:  # sample.run's driver lines before
         sizes = {p.name: p.layout for p in plans}

@@ -421,9 +421,22 @@ class Started:
     fits: dict
     transforms: dict
     new: dict  # layer -> the datasets transformed into it
+    finished: dict = dataclasses.field(default_factory=dict)  # ObjectRef -> result
 
     def summary(self) -> dict:
         return {"fitted": list(self.fits), "transformed": self.new, "backend": self.backend}
+
+    def result(self, layer: str) -> dict:
+        """The layer's task result, waiting on every task meanwhile: a failure in any layer stops the
+        run as soon as it happens (the others are cancelled before they write)."""
+        import ray
+
+        ref = self.fits.get(layer) or self.transforms[layer]
+        while ref not in self.finished:
+            pending = [r for r in (*self.fits.values(), *self.transforms.values()) if r not in self.finished]
+            (ready,), _ = ray.wait(pending, num_returns=1)
+            self.finished[ready] = ray.get(ready)
+        return self.finished[ref]
 
 
 def transform_instead(study: Study, root, layer: str) -> list[str]:
@@ -449,15 +462,13 @@ def transform_instead(study: Study, root, layer: str) -> list[str]:
 
 
 def run_item(study: Study, root, layer: str, started: Started) -> dict:
-    import ray
-
     if layer in started.transforms:
-        result = ray.get(started.transforms[layer])
+        result = started.result(layer)
         previous = ledger.entry(root, NAME, layer)
         log.info("embed %s: transformed %s into the existing layout", layer, ", ".join(result["transformed"]))
         return {**{k: previous[k] for k in ("backend", "samples", "bounds", "knn") if k in previous},
                 "seconds": previous["seconds"] + result["seconds"],
                 "transformed": sorted(set(previous.get("transformed", [])) | set(result["transformed"]))}
-    result = ray.get(started.fits[layer])
+    result = started.result(layer)
     log.info("embed %s: %d samples with %s in %.1f s", layer, result["samples"], result["backend"], result["seconds"])
     return {k: result[k] for k in ("backend", "samples", "bounds", "knn", "seconds")}

@@ -167,6 +167,10 @@ class _Plan:
     cells: dict
     vectors: dict
     actors: Actors
+    icons: int = 0  # rendered so far
+
+    def summary(self) -> dict:
+        return {"icons": self.icons}
 
 
 @contextlib.contextmanager
@@ -230,6 +234,7 @@ def run_item(study: Study, root, layer: str, plan: _Plan) -> dict:
         progress.close()
     for grid in grids:
         _write_icons(study, root, layer, grid, icons[grid], values[grid], len(plan.cells[layer, grid]))
+    plan.icons += int(total)
     return {"icons": int(total)}
 
 

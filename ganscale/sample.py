@@ -220,6 +220,10 @@ def plan(study: Study, root, *, check_inputs: bool = True, verify: bool = False,
     return plans
 
 
+def guard(study: Study, root, *, force: bool = False, **options) -> None:
+    check_store_owner(study, root, force)
+
+
 def check_store_owner(study: Study, root, force: bool = False) -> None:
     """A store belongs to one study: another study's store is refused unless `force`."""
     held = (root.attrs.get("study") or {}).get("name")

@@ -22,6 +22,8 @@ and may declare
                                            them; its value may have summary() -> dict for the result
     missing(study, root, item) -> str      why an item the ledger calls complete is not in the store
                                            any more ("" when it is): it is then done again
+    guard(study, root, **options)          raises when the stage must not touch this store at all
+                                           (sample: it holds another study), checked first
     LEASE = "own"                          the stage leases finer parts itself (sample's chunks, so that
                                            two runs share a dataset); by default the driver holds a
                                            lease on each item while it runs
@@ -141,6 +143,8 @@ class Stages:
         if not items:
             return {"skipped": "not in this study"}
         root = open_root(study)
+        if root is not None and hasattr(m, "guard"):
+            m.guard(study, root, **options)
         todo = [i for i in items if redo or not self.complete(study, root, name, i)]
         if todo:
             self.require_inputs(study, root, name, todo)

@@ -30,7 +30,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 
 def _computed(output: str) -> int:
-    found = re.search(r"computed_chunks=(\d+)", output)
+    found = re.search(r"'computed_chunks': (\d+)", output)
     return int(found.group(1)) if found else 0  # "{'skipped': 'complete'}": it found every chunk done
 
 

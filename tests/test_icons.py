@@ -12,8 +12,8 @@ import zarr
 from PIL import Image
 
 from conftest import toy_study
-from ganscale.pipeline import run_stage
-from ganscale import icons
+from ganscale.pipeline import STAGES, run_stage
+from ganscale import icon_figures, ledger, icons
 from ganscale.errors import GanscaleError
 from ganscale.fv.objectives import whitening
 from ganscale.fv.render import LayerTap
@@ -57,7 +57,8 @@ def test_every_cell_with_enough_samples_has_an_icon(iconed):
     attrs = dict(group["icons"].attrs)
     assert {k: attrs[k] for k in ("steps", "tries", "size", "whiten", "cells")} == \
         {"steps": 24, "tries": 1, "size": 32, "whiten": True, "cells": int(has.sum())}
-    assert attrs["fingerprint"] == icons.layer_fingerprint(study, zarr.open_group(study.store, mode="r"), "block3")
+    root = zarr.open_group(study.store, mode="r")
+    assert ledger.entry(root, "icons", "block3")["fingerprint"] == STAGES.fingerprint(study, root, "icons", "block3")
 
 
 def test_whitening_comes_from_merged_chunk_moments(iconed):
@@ -82,7 +83,7 @@ def test_a_rerun_skips_and_the_report_shows_the_icon_atlases(iconed):
 def test_icon_atlas_figures(iconed, tmp_path):
     study, _, _ = iconed
     root = zarr.open_group(study.store, mode="r")
-    figures = icons.icon_atlas_figures(study, root, tmp_path)
+    figures = icon_figures.icon_atlas_figures(study, root, tmp_path)
     assert [(f.layer, f.grid, f.path.name) for f in figures] == [
         ("block3", 4, "block3_g4.png"), ("block3", 4, "block3_g4_real_vs_full.png"),
         ("block3", 6, "block3_g6.png"), ("block3", 6, "block3_g6_real_vs_full.png")]
@@ -98,14 +99,14 @@ def test_icon_atlas_figures(iconed, tmp_path):
             expected = stored[iy, ix] if stored[iy, ix].any() else np.full_like(cell, 255)
             np.testing.assert_array_equal(cell, expected)
     # the framed icons: a cell with icon where only `real` has samples gets a red frame, only `full` blue
-    canvas = icons.icon_canvas(stored, np.array([[[200, 0, 0]] * 6] * 6, dtype=np.uint8), width=3)
+    canvas = icon_figures.icon_canvas(stored, np.array([[[200, 0, 0]] * 6] * 6, dtype=np.uint8), width=3)
     has = stored.reshape(36, -1).max(1).reshape(6, 6) > 0
     iy, ix = np.argwhere(has)[0]
     top = canvas[(5 - iy) * 32, ix * 32:(ix + 1) * 32]
     assert (top == [200, 0, 0]).all()
-    share = icons._share(counts[0], counts[1])
+    share = icon_figures._share(counts[0], counts[1])
     assert np.isnan(share[counts.sum(0) == 0]).all() and ((share >= 0) & (share <= 1))[counts.sum(0) > 0].all()
-    assert [f.path.name for f in icons.icon_atlas_figures(study, root, tmp_path / "other", pairs=[])] == \
+    assert [f.path.name for f in icon_figures.icon_atlas_figures(study, root, tmp_path / "other", pairs=[])] == \
         ["block3_g4.png", "block3_g6.png"]
 
 

@@ -111,6 +111,6 @@ def test_verify_survives_damage_to_its_own_bookkeeping(sampled, tmp_path, damage
     assert named in status.output, status.output
     result = CliRunner().invoke(app, ["run", str(study_path), "--verify", "--stages", "sample"])
     assert result.exit_code == 0, result.output
-    assert "computed_chunks=1" in result.output, result.output
+    assert "'computed_chunks': 1" in result.output, result.output
     assert_same(all_arrays(str(copy)), expected)
     assert CliRunner().invoke(app, ["status", str(study_path), "--verify"]).exit_code == 0
