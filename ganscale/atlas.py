@@ -31,7 +31,7 @@ import numpy as np
 from scipy import sparse
 
 from ganscale import schema
-from ganscale.partials import tree_reduce
+from ganscale.partials import ArrayFields, tree_reduce
 from ganscale.runtime import dask_scheduler, init_ray
 from ganscale.study import Study
 
@@ -39,7 +39,7 @@ log = logging.getLogger("ganscale.atlas")
 
 
 @dataclasses.dataclass
-class CellStats:
+class CellStats(ArrayFields):
     """Mergeable statistics of samples binned into a G x G grid."""
     counts: np.ndarray  # [G*G] int64
     sums: np.ndarray  # [G*G, C] float64
@@ -112,11 +112,9 @@ def chunk_stats(store: str, storage_options: dict, dataset: str, layer: str, sta
 def dataset_stats(study: Study, root, dataset: str, layer: str):
     """A delayed {grid: CellStats} for one dataset and layer: one partial per zarr chunk of
     samples, merged in a tree."""
-    n = root[f"{schema.layer_path(dataset, layer)}/activations"].shape[0]
-    step = root[f"{schema.layer_path(dataset, layer)}/activations"].chunks[0]
-    parts = [dask.delayed(chunk_stats)(study.store, study.storage_options, dataset, layer, start,
-                                       min(start + step, n), study.atlas.grids, study.atlas.examples)
-             for start in range(0, n, step)]
+    blocks = schema.row_blocks(root[schema.dataset_path(dataset)], f"layers/{layer}/activations")
+    parts = [dask.delayed(chunk_stats)(study.store, study.storage_options, dataset, layer, start, stop,
+                                       study.atlas.grids, study.atlas.examples) for start, stop in blocks]
     return tree_reduce(parts, _merge_all)
 
 

@@ -29,14 +29,13 @@ import contextlib
 import dataclasses
 import logging
 
-import dask
 import numpy as np
 import torch
 
 from ganscale import schema
 from ganscale.errors import GanscaleError
 from ganscale.fv.render import LayerTap
-from ganscale.partials import tree_reduce
+from ganscale.partials import reduce_stored
 from ganscale.runtime import Actors, Task, init_ray, run_on_actors, worker_resources
 from ganscale.runtime import device as runtime_device
 from ganscale.study import Study
@@ -69,26 +68,14 @@ def settings(study: Study, layer: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Whitening: A^T A / N of the layer's stored activations, from mergeable per-chunk moments
 
-def _chunk_moments(store: str, storage_options: dict, dataset: str, path: str, start: int, stop: int):
-    from ganscale.metrics.features import FeatureMoments
-
-    group = schema.open_store(store, storage_options, mode="r")[schema.dataset_path(dataset)]
-    return FeatureMoments.of(schema.read_rows(group, path, start, stop))
-
-
 def second_moment(study: Study, root, layer: str) -> np.ndarray:
     """A^T A / N [C, C] (float64) over the stored activations of every dataset (Dask tree of
     per-chunk sums, on the atlas stage's scheduler)."""
+    from ganscale.metrics.features import FeatureMoments
     from ganscale.runtime import dask_scheduler
 
-    parts = []
-    for name in study.datasets:
-        path = f"layers/{layer}/activations"
-        array = root[schema.dataset_path(name)][path]
-        n, step = array.shape[0], array.chunks[0]
-        parts += [dask.delayed(_chunk_moments)(study.store, study.storage_options, name, path, s, min(s + step, n))
-                  for s in range(0, n, step)]
-    total = dask.compute(tree_reduce(parts), scheduler=dask_scheduler())[0]
+    total = reduce_stored(study, root, list(study.datasets), f"layers/{layer}/activations", FeatureMoments.of,
+                          dask_scheduler())
     return total.outer / total.n
 
 

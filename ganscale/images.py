@@ -86,15 +86,17 @@ def images_by_id(study: Study, root, dataset: str, ids, generators: dict | None 
     seeds, or read from the file recorded in the store. `generators` caches built generators."""
     ids = np.asarray(ids, dtype=np.int64)
     spec = study.datasets[dataset]
-    files = generator = size = None
+    group = root[schema.dataset_path(dataset)]
     if spec.kind in ("images", "arrays"):
-        group = root[schema.dataset_path(dataset)]
-        files = [str(p) for p in schema.read_rows(group, "source")]
-        if spec.kind == "images":
-            size = (group.attrs.get("image_size") or [None])[0]  # the folder's side, as sampled
-    elif spec.kind == "generator":
-        generator = built_generator(study, dataset, {} if generators is None else generators, device)
-    images, _, _ = load_images(study, dataset, ids, generator=generator, files=files, device=device, size=size)
+        sources_ = schema.read_ids(group, "source", ids)  # the files (or array rows) as sampled
+        size = (group.attrs.get("image_size") or [None])[0] if spec.kind == "images" else None
+        images, _, _ = load_images(study, dataset, np.arange(len(ids)), files=[str(p) for p in sources_],
+                                   device=device, size=size)
+        return images
+    generator = built_generator(study, dataset, {} if generators is None else generators, device) \
+        if spec.kind == "generator" else None
+    seeds = schema.read_ids(group, "seed", ids)  # the seeds as sampled
+    images, _, _ = load_images(study, dataset, np.arange(len(ids)), generator=generator, device=device, seeds=seeds)
     return images
 
 
@@ -161,3 +163,12 @@ def patch_box(position: np.ndarray, fmap_size: tuple[int, int], field: tuple[int
 def fmap_sizes(probe) -> dict[str, tuple[int, int]]:
     maps, _ = probe(torch.zeros(1, 3, probe.input_size, probe.input_size))
     return {layer: tuple(m.shape[2:]) for layer, m in maps.items()}
+
+
+def featuremap_sizes(study: Study, root, probe, layers: list[str]) -> dict[str, tuple[int, int]]:
+    """Each layer's featuremap [H, W] as the sample stage recorded it (datasets/*/attrs featuremaps);
+    measured with the probe only for a store written before it recorded them."""
+    recorded = root[schema.dataset_path(next(iter(study.datasets)))].attrs.get("featuremaps") or {}
+    if all(layer in recorded for layer in layers):
+        return {layer: tuple(recorded[layer]) for layer in layers}
+    return fmap_sizes(probe.only(layers))

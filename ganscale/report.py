@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ganscale import __version__, ledger, render, schema, sources
-from ganscale.images import ImageCache, fmap_sizes, patch_box, receptive_field_size
+from ganscale.images import ImageCache, featuremap_sizes, patch_box, receptive_field_size
 from ganscale.models import registry
 from ganscale.progress import Progress
 from ganscale.study import Study, scrub_url
@@ -188,7 +188,7 @@ def run_item(study: Study, root, item: str, _) -> dict:
             (out / sub).mkdir()
         probe = registry.build_probe(study.probe, study.storage_options)
         fields = {layer: receptive_field_size(probe, layer) for layer in study.layers}
-        map_sizes = fmap_sizes(probe.only(study.layers))
+        map_sizes = featuremap_sizes(study, root, probe, study.layers)
         kl_rows, sections = [], []
         pairs = list(itertools.combinations(range(len(names)), 2))
         images = ImageCache(study, root)  # shared by the examples figures, metrics pictures and viewer

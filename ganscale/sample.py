@@ -380,6 +380,14 @@ class ChunkSampler:
         self._draws: dict[tuple[str, str], np.ndarray] = {}
         self._folder_sides: dict[str, int] = {}
         self.image_sizes: dict[str, list[int]] = {}  # dataset -> [H, W] of its own pixels, as computed
+        self.featuremaps: dict[str, list[int]] = {}  # layer -> [H, W] of its featuremap, as computed
+        self._layouts: dict[str, schema.DatasetLayout] = {}
+
+    def layout(self, dataset: str) -> schema.DatasetLayout:
+        """The dataset's layout, made once per worker (it resolves the probe's weights)."""
+        if dataset not in self._layouts:
+            self._layouts[dataset] = layout_for(self.study, dataset)
+        return self._layouts[dataset]
 
     def _build(self) -> None:
         """The device, the probe (and FID network) and the store, once."""
@@ -468,8 +476,7 @@ class ChunkSampler:
         on its own pixels, the FID network on its own pixels (resized once, to 299, inside
         `features`), the probe on its own pixels resized once to the probe's input size."""
         self._build()
-        layout = layout_for(self.study, dataset)
-        start, stop = layout.chunk_range(chunk)
+        start, stop = self.layout(dataset).chunk_range(chunk)
         batch_size = self.study.sample.batch_size
         # Results stay on the device until the chunk is done: one transfer per array, no per-batch sync.
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("logits", "sharpness", "colour_hist", "fid_pool3")}
@@ -494,6 +501,7 @@ class ChunkSampler:
             rows = torch.arange(keep, device=self.device)
             for layer in self.study.layers:
                 fmap = layer_maps[layer]
+                self.featuremaps[layer] = [int(fmap.shape[2]), int(fmap.shape[3])]
                 pos = sources.positions_for(self._draws_of(dataset, layer)[index], fmap.shape[2], fmap.shape[3])
                 pos_t = torch.from_numpy(pos)  # a pinned, non-blocking copy: the host runs on, no sync per layer
                 pos_t = pos_t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else pos_t
@@ -564,9 +572,9 @@ class ChunkSampler:
                 arrays = self.compute(dataset, chunk)
                 image_size = self.image_sizes[dataset]
             with self._writing:
-                if chunk == 0:  # one writer per dataset: the report states what size each source was measured at
-                    group.attrs["image_size"] = image_size
-                schema.write_chunk(group, layout_for(self.study, dataset), chunk, **arrays)
+                if chunk == 0:  # one writer per dataset: the sizes each source and layer were measured at
+                    group.attrs.update({"image_size": image_size, "featuremaps": dict(self.featuremaps)})
+                schema.write_chunk(group, self.layout(dataset), chunk, **arrays)
         finally:
             self.leases.release(name)
         return dataset, chunk, len(arrays["seed"]), self.placement()

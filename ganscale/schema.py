@@ -401,6 +401,14 @@ def expected_checksums(group: zarr.Group, path: str, first: int, last: int) -> n
     return None if recorded is None else np.asarray(recorded, dtype=np.int64)[first:last]
 
 
+def row_blocks(group: zarr.Group, path: str) -> list[tuple[int, int]]:
+    """[start, stop) of each stored chunk of the per-sample array `path`: the unit every stage reads
+    and reduces in (the array's own chunking, which the sample stage made chunk_size rows)."""
+    array = group[path]
+    n, step = array.shape[0], array.chunks[0]
+    return [(start, min(start + step, n)) for start in range(0, n, step)]
+
+
 def read_rows(group: zarr.Group, path: str, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Rows [start, stop) of the per-sample array `path` of a dataset group, each chunk they touch
     checked against its recorded CRC-32 (StoreDamage naming the array and chunk otherwise)."""

@@ -74,7 +74,7 @@ import numpy as np
 from ganscale import schema, sources, stage
 from ganscale.dissect import artifacts, plan, stats, worker
 from ganscale.errors import EnvironmentFailure, GanscaleError
-from ganscale.partials import tree_reduce
+from ganscale.partials import reduce_stored, tree_reduce
 from ganscale.progress import status
 from ganscale.runtime import Actors, Task, dask_scheduler, init_ray, run_on_actors, worker_failure, worker_resources
 from ganscale.study import Study
@@ -270,10 +270,8 @@ def dissect_generator(study: Study, root, name: str, fp: str, workers: Actors) -
         for layer, r in ranges.items():
             g = layer_group(layer)
             _write(g, "seeds", seeds, ("sample",))
-            for key in ("low", "high"):
-                _write(g, key, getattr(r, key), ("unit",))
-            _write(g, "top_ids", r.top_ids, ("unit", "rank"))
-            _write(g, "top_values", r.top_values, ("unit", "rank"))
+            for key, value in r.to_arrays().items():  # low, high, top_values, top_ids
+                _write(g, key, value, ("unit", "rank"))
         finish("ranges")
     bounds = {layer: (group[f"{layer}/low"][...], group[f"{layer}/high"][...]) for layer in layers}
 
@@ -400,13 +398,5 @@ def _real_moments(study: Study):
     if real is None:
         return None
     root = schema.open_store(study.store, study.storage_options, mode="r")
-    group = root.get(schema.dataset_path(real))
-    path = f"layers/{study.layers[-1]}/pooled"
-    if group is None or group.get(path) is None or not schema.done_chunks(group).all():
-        raise GanscaleError(f"dissect: the artifact units need dataset {real} sampled; run sample first")
-    step = group[path].chunks[0]
-    total = None
-    for start in range(0, group[path].shape[0], step):
-        part = fm.FeatureMoments.of(schema.read_rows(group, path, start, start + step))
-        total = part if total is None else total.merge(part)
-    return total
+    return reduce_stored(study, root, [real], f"layers/{study.layers[-1]}/pooled", fm.FeatureMoments.of, "sync",
+                         fan_in=None)

@@ -22,6 +22,8 @@ import dataclasses
 
 import numpy as np
 import torch
+
+from ganscale.partials import ArrayFields
 import torch.nn.functional as F
 
 HISTOGRAM_BINS = 1024
@@ -60,7 +62,7 @@ def _unit_blocks(units: int, per_unit: int):
 
 
 @dataclasses.dataclass
-class UnitRange:
+class UnitRange(ArrayFields):
     low: np.ndarray  # [U] float64
     high: np.ndarray  # [U]
     top_values: np.ndarray  # [U, k] peak activation of the top images, descending
@@ -94,7 +96,7 @@ def _top(values: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 
 @dataclasses.dataclass
-class UnitHistogram:
+class UnitHistogram(ArrayFields):
     low: np.ndarray  # [U] range the bins cover (from the merged UnitRange)
     high: np.ndarray
     counts: np.ndarray  # [U, bins] int64
@@ -136,7 +138,7 @@ class UnitHistogram:
 
 
 @dataclasses.dataclass
-class Contingency:
+class Contingency(ArrayFields):
     thresholds: np.ndarray  # [U, J] candidate thresholds, non-decreasing along J
     unit_area: np.ndarray  # [U, J] int64: pixels with the unit above threshold j
     class_area: np.ndarray  # [C] int64: pixels of each class

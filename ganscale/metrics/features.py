@@ -30,6 +30,8 @@ import dataclasses
 import numpy as np
 import torch
 
+from ganscale.partials import ArrayFields
+
 # Pairwise-distance blocks hold about this many float64 entries (128 MiB) at a time.
 BLOCK_ELEMENTS = 1 << 24
 
@@ -60,7 +62,7 @@ def _same_dims(a: np.ndarray, b: np.ndarray, what: str) -> None:
 # --- Fréchet distance ------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class FeatureMoments:
+class FeatureMoments(ArrayFields):
     """Count `n`, `sum` [D] and uncentred second moment `outer` = X^T X [D, D] of a set of feature
     rows, in float64. Adding the moments of chunks gives the moments of their union, in any order
     (`a.merge(b)`, `a + b`, or `sum(parts)`), so they reduce across workers."""

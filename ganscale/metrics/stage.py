@@ -46,7 +46,7 @@ from ganscale.images import measured
 from ganscale.metrics import features as fm
 from ganscale.metrics import images as im
 from ganscale.metrics.images import CHANNELS
-from ganscale.partials import tree_reduce
+from ganscale.partials import reduce_stored, tree_reduce
 from ganscale import runtime
 from ganscale.runtime import dask_scheduler, init_ray
 from ganscale.study import Study
@@ -148,6 +148,19 @@ class DatasetPartial:
                               self.sharpness_sum + other.sharpness_sum, self.sharpness_sq + other.sharpness_sq,
                               self.colour_hist + other.colour_hist)
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {f"moments/{name}/{k}": v for name, m in self.moments.items() for k, v in m.to_arrays().items()}
+        return {**out, **{f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)
+                          if f.name != "moments"}}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "DatasetPartial":
+        names = sorted({k.split("/")[1] for k in arrays if k.startswith("moments/")})
+        moments = {n: fm.FeatureMoments.from_arrays({k.rsplit("/", 1)[1]: v for k, v in arrays.items()
+                                                     if k.startswith(f"moments/{n}/")}) for n in names}
+        plain = {f.name: np.asarray(arrays[f.name]) for f in dataclasses.fields(cls) if f.name != "moments"}
+        return cls(moments, **{k: v.item() if v.ndim == 0 else v for k, v in plain.items()})
+
 
 def split_of(index: np.ndarray, n: int, splits: int) -> np.ndarray:
     """The Inception Score split of each sample: np.array_split's contiguous blocks of the N samples."""
@@ -179,10 +192,9 @@ def chunk_partial(store: str, storage_options: dict, dataset: str, start: int, s
 
 def dataset_partial(study: Study, root, dataset: str):
     group = root[schema.dataset_path(dataset)]
-    n, step = group["logits"].shape[0], group["logits"].chunks[0]
-    parts = [dask.delayed(chunk_partial)(study.store, study.storage_options, dataset, s, min(s + step, n),
+    parts = [dask.delayed(chunk_partial)(study.store, study.storage_options, dataset, start, stop,
                                          feature_sets(study), study.metrics.is_splits)
-             for s in range(0, n, step)]
+             for start, stop in schema.row_blocks(group, "logits")]
     return tree_reduce(parts)
 
 
@@ -454,13 +466,7 @@ def probe_features(study: Study, probe, images, layer: str, batch: int = 256):
 
 
 def stored_moments(study: Study, root, dataset: str, path: str) -> fm.FeatureMoments:
-    group = root[schema.dataset_path(dataset)]
-    step = group[path].chunks[0]
-    total = None
-    for start in range(0, group[path].shape[0], step):
-        part = fm.FeatureMoments.of(schema.read_rows(group, path, start, start + step))
-        total = part if total is None else total.merge(part)
-    return total
+    return reduce_stored(study, root, [dataset], path, fm.FeatureMoments.of, "sync", fan_in=None)
 
 
 def generated_features(study: Study, generator, seeds: np.ndarray, probe, layer: str, field: str):

@@ -133,21 +133,22 @@ def write_viewer(study: Study, root, folder: Path, probe=None, images=None, fiel
     it calls: `probe` (class names, featuremap sizes), `images` (its ImageCache), `fields` (the
     receptive field of each layer)."""
     from ganscale.models import registry
-    from ganscale.images import ImageCache, fmap_sizes, patch_box, receptive_field_size
+    from ganscale.images import ImageCache, featuremap_sizes, patch_box, receptive_field_size
 
     out = Path(folder) / "viewer"
     if out.exists():
         shutil.rmtree(out)
     for sub in ("data", "sprites", "icons"):
         (out / sub).mkdir(parents=True)
-    names, grids = list(study.datasets), sorted(study.atlas.grids)
+    grids = sorted(study.atlas.grids)
     layers = [layer for layer in study.layers
               if all(root.get(schema.atlas_path(layer, g)) is not None for g in grids)]
     if not layers:
         raise GanscaleError("viewer: the store has no atlas; run the atlas stage first")
+    names = list(root[schema.atlas_path(layers[0], grids[0])].attrs["datasets"])  # the atlas's order
     probe = probe or registry.build_probe(study.probe, study.storage_options)
     class_names = _class_names(probe)
-    fmap_sizes = fmap_sizes(probe.only(layers))
+    fmap_sizes = featuremap_sizes(study, root, probe, layers)
     size = probe.input_size
     thumb = min(size, THUMB_MAX)
 
