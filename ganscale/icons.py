@@ -18,9 +18,8 @@ Stored beside the atlas statistics, under atlas/{layer}/g{G}/:
     icons           uint8   [G, G, S, S, 3]   the icon of each cell (zeros: no icon), S = icons.size
     icon_objective  float32 [G, G]            its objective value (NaN: no icon)
 
-with attrs on `icons`: steps, tries, size, lr, cosine_power, whiten, min_count, cells, fingerprint.
-A layer is skipped when the fingerprint of its inputs (the layer's atlas, the probe, the icon
-settings) is the one the ledger recorded for the layer.
+with attrs on `icons`: steps, tries, size, lr, cosine_power, whiten, min_count, cells. The stage
+driver skips a layer whose inputs (the layer's atlas, the probe, the icon settings) did not change.
 """
 
 from __future__ import annotations

@@ -179,55 +179,17 @@ def _exists(location: str, storage_options: dict) -> bool:
 
 def run_item(study: Study, root, item: str, _) -> dict:
     t0 = time.time()
-    grids = study.atlas.grids
-    names = list(root[schema.atlas_path(study.layers[0], grids[0])].attrs["datasets"])  # the atlas's order
+    names = list(root[schema.atlas_path(study.layers[0], study.atlas.grids[0])].attrs["datasets"])  # the atlas's order
     location = report_location(study)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        for sub in ("atlas", "kl", "examples"):
-            (out / sub).mkdir()
         probe = registry.build_probe(study.probe, study.storage_options)
-        fields = {layer: receptive_field_size(probe, layer) for layer in study.layers}
-        map_sizes = featuremap_sizes(study, root, probe, study.layers)
-        kl_rows, sections = [], []
+        shared = Shared(probe, {layer: receptive_field_size(probe, layer) for layer in study.layers},
+                        ImageCache(study, root))  # images shared by the examples, metrics pictures and viewer
         pairs = list(itertools.combinations(range(len(names)), 2))
-        images = ImageCache(study, root)  # shared by the examples figures, metrics pictures and viewer
-        wanted: dict[int, list] = {}
-        for pair in pairs:
-            for layer in study.layers:
-                for d, _, _, ids in _example_cells(root, layer, grids[0], pair):
-                    wanted.setdefault(d, []).extend(ids.tolist())
-        for d, ids in wanted.items():  # one generator call per dataset for all the examples figures
-            images(names[d], ids)
         bar = Progress("report", len(pairs) * len(study.layers) + len(EXTRA_SECTIONS), unit="sections")
-        for a, b in pairs:
-            table = np.array([[root[f"{schema.atlas_path(layer, g)}/kl"][a, b] for g in grids] for layer in study.layers])
-            heatmap = render.kl_heatmap(table, study.layers, grids, f"KL({names[a]} || {names[b]})",
-                                        out / "kl" / f"{names[a]}_vs_{names[b]}.png")
-            pictures = []
-            for layer in study.layers:
-                for g in grids:
-                    counts = root[f"{schema.atlas_path(layer, g)}/counts"][...]
-                    kl = root[f"{schema.atlas_path(layer, g)}/kl"][...]
-                    path = out / "atlas" / f"{layer}_{names[a]}_vs_{names[b]}_g{g}.png"
-                    render.comparison_atlas(counts[a], counts[b], names[a], names[b],
-                                            f"{layer}, {g}x{g}: KL({names[a]}||{names[b]}) = {kl[a, b]:.3f}, "
-                                            f"KL({names[b]}||{names[a]}) = {kl[b, a]:.3f}", path)
-                    pictures.append((layer, g, path.relative_to(out)))
-                example = examples_figure(study, root, probe, layer, grids[0], (a, b),
-                                          out / "examples" / f"{layer}_{names[a]}_vs_{names[b]}.png",
-                                          fields, map_sizes, images)
-                if example:
-                    pictures.append((layer, "examples", example.relative_to(out)))
-                bar.advance(1, f"{names[a]} vs {names[b]} {layer}")
-            sections.append((names[a], names[b], heatmap.relative_to(out), pictures))
-        for layer in study.layers:
-            for g in grids:
-                kl = root[f"{schema.atlas_path(layer, g)}/kl"][...]
-                kl_rows += [{"layer": layer, "grid": g, "p": names[i], "q": names[j], "kl": float(kl[i, j])}
-                            for i in range(len(names)) for j in range(len(names)) if i != j]
+        sections = pair_sections(study, root, out, names, pairs, shared, bar)
         extra_html, extra_summary = [], {}
-        shared = Shared(probe, fields, images)
         for name, section in EXTRA_SECTIONS:
             fragment, entry = section(study, root, out, shared)
             bar.advance(1, name)
@@ -240,7 +202,7 @@ def run_item(study: Study, root, item: str, _) -> dict:
             "ganscale_version": __version__, "store": scrub_url(study.store), "resize": sources.RESIZE_NOTE,
             "preprocess": sources.preprocess_note(study.preprocess.grayscale, study.preprocess.size),
             "datasets": dataset_entries(study, root),
-            "kl": kl_rows, "kl_smoothing": study.atlas.smoothing,
+            "kl": kl_rows(study, root, names), "kl_smoothing": study.atlas.smoothing,
             "stages": {**{name: {"seconds": ledger.stage_seconds(root, name)} for name in ledger.stages(root)},
                        "report": {"seconds": round(time.time() - t0, 2)}},
             **extra_summary,
@@ -250,6 +212,56 @@ def run_item(study: Study, root, item: str, _) -> dict:
         publish(out, location, study.storage_options)
     log.info("report: %s/index.html", location)
     return {}
+
+
+def pair_sections(study: Study, root, out: Path, names: list[str], pairs, shared: Shared, bar) -> list:
+    """Per pair of datasets: the KL heatmap, the comparison atlas of each layer and grid, and the
+    examples of the cells that most separate them. Returns (a, b, heatmap, [(layer, grid, path)])."""
+    grids = study.atlas.grids
+    for sub in ("atlas", "kl", "examples"):
+        (out / sub).mkdir()
+    map_sizes = featuremap_sizes(study, root, shared.probe, study.layers)
+    wanted: dict[int, list] = {}
+    for pair in pairs:
+        for layer in study.layers:
+            for d, _, _, ids in _example_cells(root, layer, grids[0], pair):
+                wanted.setdefault(d, []).extend(ids.tolist())
+    for d, ids in wanted.items():  # one generator call per dataset for all the examples figures
+        shared.images(names[d], ids)
+    sections = []
+    for a, b in pairs:
+        table = np.array([[root[f"{schema.atlas_path(layer, g)}/kl"][a, b] for g in grids] for layer in study.layers])
+        heatmap = render.kl_heatmap(table, study.layers, grids, f"KL({names[a]} || {names[b]})",
+                                    out / "kl" / f"{names[a]}_vs_{names[b]}.png")
+        pictures = []
+        for layer in study.layers:
+            for g in grids:
+                counts = root[f"{schema.atlas_path(layer, g)}/counts"][...]
+                kl = root[f"{schema.atlas_path(layer, g)}/kl"][...]
+                path = out / "atlas" / f"{layer}_{names[a]}_vs_{names[b]}_g{g}.png"
+                render.comparison_atlas(counts[a], counts[b], names[a], names[b],
+                                        f"{layer}, {g}x{g}: KL({names[a]}||{names[b]}) = {kl[a, b]:.3f}, "
+                                        f"KL({names[b]}||{names[a]}) = {kl[b, a]:.3f}", path)
+                pictures.append((layer, g, path.relative_to(out)))
+            example = examples_figure(study, root, shared.probe, layer, grids[0], (a, b),
+                                      out / "examples" / f"{layer}_{names[a]}_vs_{names[b]}.png",
+                                      shared.fields, map_sizes, shared.images)
+            if example:
+                pictures.append((layer, "examples", example.relative_to(out)))
+            bar.advance(1, f"{names[a]} vs {names[b]} {layer}")
+        sections.append((names[a], names[b], heatmap.relative_to(out), pictures))
+    return sections
+
+
+def kl_rows(study: Study, root, names: list[str]) -> list[dict]:
+    """summary.json's KL rows: per layer, grid and ordered pair."""
+    rows = []
+    for layer in study.layers:
+        for g in study.atlas.grids:
+            kl = root[f"{schema.atlas_path(layer, g)}/kl"][...]
+            rows += [{"layer": layer, "grid": g, "p": names[i], "q": names[j], "kl": float(kl[i, j])}
+                     for i in range(len(names)) for j in range(len(names)) if i != j]
+    return rows
 
 
 def dataset_entries(study: Study, root) -> dict:

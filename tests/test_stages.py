@@ -164,3 +164,33 @@ def test_dissect_is_a_stage_module_above_pure_ones():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=package.parent).stdout
     assert json.loads(loaded.strip().splitlines()[-1]) == []
+
+
+def test_a_new_stage_is_one_module_and_one_line(ray_local, tmp_path):
+    """The README's example stage, as written there: one module, and one line in the list of stages
+    (here a copy of pipeline.STAGES with it added) make a stage the driver runs, skips when complete,
+    shows in the status and makes stale when its input changes."""
+    import re
+    import types
+
+    from ganscale.pipeline import run_stage
+    from ganscale.stage import Stages
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    code = re.search(r"```python\n(# ganscale/histograms\.py.*?)```", readme, re.S).group(1)
+    module = types.ModuleType("ganscale.histograms")
+    exec(compile(code, "README.md", "exec"), module.__dict__)
+    stages = Stages(*STAGES.modules.values(), module, optional=STAGES.optional)  # the one line
+
+    study = load_study(toy_study(tmp_path, layers=["block3"], datasets={"real": {"kind": "toyworld", "samples": 100}}))
+    with pytest.raises(GanscaleError, match="histograms: sample of dataset real is not complete"):
+        stages.run(study, "histograms")
+    run_stage(study, "sample", workers=1)
+    assert stages.run(study, "histograms") == {"done": ["block3"], "skipped": []}
+    root = zarr.open_group(study.store, mode="r")
+    counts = root["datasets/real/layers/block3/histogram"][:]
+    assert counts.sum() == 100 * 128  # every activation of every sample, once
+    assert stages.run(study, "histograms") == {"done": [], "skipped": ["block3"]}
+    assert [r["state"] for r in stages.status(study, root) if r["stage"] == "histograms"] == ["complete"]
+    fewer = load_study(toy_study(tmp_path, layers=["block3"], datasets={"real": {"kind": "toyworld", "samples": 50}}))
+    assert stages.state(fewer, root, "histograms", "block3") == ("stale", "sample/real changed")

@@ -290,22 +290,7 @@ def dissect_generator(study: Study, root, name: str, fp: str, workers: Actors) -
         info = ray.get(_call(workers.get()[0], "info"))
         class_names, size = info["classes"], info["stats_size"]
         for layer, c in contingency.items():
-            g = layer_group(layer)
-            _write(g, "intersection", c.intersection, ("unit", "class", "candidate"))
-            _write(g, "unit_area", c.unit_area, ("unit", "candidate"))
-            _write(g, "class_area", c.class_area, ("class",))
-            label = stats.label_units(c, settings.threshold, levels.index(round(settings.quantile, 6)))
-            _write(g, "label", label["class"].astype(np.int32), ("unit",))
-            for key in ("iou", "iqr", "threshold"):
-                _write(g, key, label[key].astype(np.float32), ("unit",))
-            _write(g, "iou_all", label["iou_all"].astype(np.float32), ("unit", "class"))
-            _write(g, "iqr_all", label["iqr_all"].astype(np.float32), ("unit", "class"))
-            _write(g, "threshold_all", label["threshold_all"].astype(np.float32), ("unit", "class"))
-            _write(g, "class_mean", c.class_mean().astype(np.float32), ("unit", "class"))
-            g.attrs.update(schema.plain({"fingerprint": fp, "classes": class_names, "method": settings.threshold,
-                                      "quantile": settings.quantile, "candidate_levels": levels,
-                                      "stats_size": list(size), "pixels": c.pixels,
-                                      "labels": stats.layer_summary(label, class_names, settings.iou_min)}))
+            write_contingency(layer_group(layer), c, settings, levels, class_names, size, fp)
         finish("contingency")
 
     for layer in layers:
@@ -317,6 +302,25 @@ def dissect_generator(study: Study, root, name: str, fp: str, workers: Actors) -
         for key, (value, dims) in arrays.items():
             _write(g, key, value, dims)
         g.attrs["results"] = schema.plain(results)
+
+
+def write_contingency(g, c, settings, levels: list[float], class_names: list[str], size, fp: str) -> None:
+    """A layer's merged contingency counts, and the labels, IoU and IQR of each unit they give."""
+    _write(g, "intersection", c.intersection, ("unit", "class", "candidate"))
+    _write(g, "unit_area", c.unit_area, ("unit", "candidate"))
+    _write(g, "class_area", c.class_area, ("class",))
+    label = stats.label_units(c, settings.threshold, levels.index(round(settings.quantile, 6)))
+    _write(g, "label", label["class"].astype(np.int32), ("unit",))
+    for key in ("iou", "iqr", "threshold"):
+        _write(g, key, label[key].astype(np.float32), ("unit",))
+    _write(g, "iou_all", label["iou_all"].astype(np.float32), ("unit", "class"))
+    _write(g, "iqr_all", label["iqr_all"].astype(np.float32), ("unit", "class"))
+    _write(g, "threshold_all", label["threshold_all"].astype(np.float32), ("unit", "class"))
+    _write(g, "class_mean", c.class_mean().astype(np.float32), ("unit", "class"))
+    g.attrs.update(schema.plain({"fingerprint": fp, "classes": class_names, "method": settings.threshold,
+                                 "quantile": settings.quantile, "candidate_levels": levels,
+                                 "stats_size": list(size), "pixels": c.pixels,
+                                 "labels": stats.layer_summary(label, class_names, settings.iou_min)}))
 
 
 def layer_interventions(study: Study, name: str, g, layer: str, workers: Actors) -> tuple[dict, dict]:

@@ -22,7 +22,7 @@ study probe's logits; it is left out, with IS_LEFT_OUT as the reason, for a prob
 
 Written to the store under metrics/ (recreated whenever its inputs change):
 
-    attrs: results (the tables, also summary.json["metrics"]), fingerprint
+    attrs: results (the tables, also summary.json["metrics"])
     {dataset}/neighbours   int64   [R, 1 + k]  R random samples, then their k nearest neighbours
     {dataset}/sharpest     int64   [R]         the sharpest images
     {dataset}/spikes       int64   [S, R]      per colour spike of the dataset, the images with most mass in it
@@ -253,19 +253,7 @@ def run_item(study: Study, root, item: str, scheduler) -> dict:
             results["inception_score"][name] = {"mean": mean, "std": std, "splits": study.metrics.is_splits}
 
     subsets = {(n, fs): feature_subset(study, root, n, path) for n in study.datasets for fs, path in sets.items()}
-    results["kid"], results["prdc"] = [], []
-    m = study.metrics
-    for fs in sets:
-        for a, b in compared:
-            mean, std = fm.kid(subsets[a, fs][1], subsets[b, fs][1], subsets=m.kid_subsets,
-                               subset_size=m.kid_subset_size, seed=study.seed)
-            results["kid"].append({"features": fs, "a": a, "b": b, "mean": mean, "std": std})
-        for r, g in compare.against_reference:
-            pr = fm.prdc(subsets[r, fs][1], subsets[g, fs][1], k=m.precision_k)
-            dc = fm.prdc(subsets[r, fs][1], subsets[g, fs][1], k=m.density_k)
-            results["prdc"].append({"features": fs, "real": r, "fake": g, "precision": pr["precision"],
-                                    "recall": pr["recall"], "density": dc["density"], "coverage": dc["coverage"],
-                                    "k_precision_recall": m.precision_k, "k_density_coverage": m.density_k})
+    results["kid"], results["prdc"] = subset_tables(study, compare, sets, subsets)
 
     results["images"] = image_statistics(study, root, partials, refs, others)
     arrays = picture_inputs(study, root, subsets, results["images"], sets)
@@ -278,6 +266,25 @@ def run_item(study: Study, root, item: str, scheduler) -> dict:
         results["sweep"] = tasks["sweep"]
     write_results(root, results, arrays)
     return {}
+
+
+def subset_tables(study: Study, compare: Comparisons, sets: dict, subsets: dict) -> tuple[list, list]:
+    """The KID of every compared pair and the precision/recall, density/coverage of every
+    (reference, other) pair, per feature set, on the seeded feature subsets."""
+    kid, prdc = [], []
+    m = study.metrics
+    for fs in sets:
+        for a, b in compare.pairs:
+            mean, std = fm.kid(subsets[a, fs][1], subsets[b, fs][1], subsets=m.kid_subsets,
+                               subset_size=m.kid_subset_size, seed=study.seed)
+            kid.append({"features": fs, "a": a, "b": b, "mean": mean, "std": std})
+        for r, g in compare.against_reference:
+            pr = fm.prdc(subsets[r, fs][1], subsets[g, fs][1], k=m.precision_k)
+            dc = fm.prdc(subsets[r, fs][1], subsets[g, fs][1], k=m.density_k)
+            prdc.append({"features": fs, "real": r, "fake": g, "precision": pr["precision"],
+                         "recall": pr["recall"], "density": dc["density"], "coverage": dc["coverage"],
+                         "k_precision_recall": m.precision_k, "k_density_coverage": m.density_k})
+    return kid, prdc
 
 
 def measured_sizes(study: Study, root, fid: bool) -> dict:
