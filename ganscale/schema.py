@@ -357,14 +357,6 @@ def done_chunks(group: zarr.Group) -> np.ndarray:
     return read_done(group)[0]
 
 
-def require_sampled(root: zarr.Group, datasets, stage: str) -> None:
-    """Raise a one-line error naming the first dataset whose samples are not all written."""
-    for name in datasets:
-        group = root.get(dataset_path(name))
-        if group is None or not done_chunks(group).all():
-            raise GanscaleError(f"{stage}: dataset {name} is not fully sampled yet; run the sample stage first")
-
-
 # --- reading what was verified ------------------------------------------------------------------
 # Every stage reads sample arrays through read_rows / read_ids: each chunk read is checked against
 # the CRC-32 written with it (the dataset's `checksum` table for sample arrays, the array's
