@@ -412,7 +412,15 @@ def _ade20k_upernet(weights: str | None = None, sha256: str | None = None):
     return ade20k_upernet(weights)
 
 
-SEGMENTERS: dict[str, Callable[..., Any]] = {"toy_segmenter": _toy_segmenter, "ade20k_upernet": _ade20k_upernet}
+def _face_parts(weights: str | None = None, sha256: str | None = None):
+    """Face parts (skin, eyebrows, eyes, nose, mouth, hair) from MediaPipe's TFLite networks (ganscale.models.face_parts)."""
+    from ganscale.models.face_parts import face_parts
+
+    return face_parts(weights, sha256)
+
+
+SEGMENTERS: dict[str, Callable[..., Any]] = {"toy_segmenter": _toy_segmenter, "ade20k_upernet": _ade20k_upernet,
+                                             "face_parts": _face_parts}
 
 
 def build_segmenter(name: str, weights: str | None = None, sha256: str | None = None):
