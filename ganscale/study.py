@@ -225,10 +225,17 @@ class SegmenterSpec(_Strict):
     sha256: str | None = None
 
 
+class DissectOverride(_Strict):
+    """What one generator dissects differently from the rest (another architecture, another cost)."""
+    layers: list[str] | None = Field(default=None, min_length=1)
+    samples: PositiveInt | None = None
+
+
 class DissectSettings(_Strict):
     """GAN dissection (Bau et al. 2019) of generator layers against a segmenter."""
     generators: list[str] | None = None  # datasets of kind generator; default: all of them
-    layers: list[str] = Field(min_length=1)  # the generator's named layers
+    layers: list[str] = Field(min_length=1)  # the generator's named layers (hooked modules, or exported nodes)
+    per_generator: dict[str, DissectOverride] = {}  # {generator: its own layers / samples}
     segmenter: SegmenterSpec = SegmenterSpec()
     samples: PositiveInt = 2000
     chunk_size: PositiveInt = 250
@@ -245,6 +252,9 @@ class DissectSettings(_Strict):
     artifact_units: PositiveInt = 10
     artifact_samples: int = Field(default=2000, ge=0)  # 0: no artifact units
     artifact_share: float = Field(default=0.1, gt=0, le=1)
+    stats_side: PositiveInt = 64  # segmentations subsampled to at most this side (gandissect: 64 for 256 px)
+    map_side: PositiveInt = 8  # insertion maps probe at most map_side x map_side featuremap pixels
+    map_images: PositiveInt = 32  # images per insertion map and per downstream trace
 
 
 class Preprocess(_Strict):
@@ -349,11 +359,16 @@ class Study(_Strict):
             for name in self.dissect.generators or []:
                 if name not in generators:
                     raise ValueError(f"dissect.generators: '{name}' is not a generator dataset of the study")
-            for layer in self.dissect.layers:  # store keys: dissect/{generator}/{layer}
-                try:
-                    check_name(layer, "layer name")
-                except ValueError as e:
-                    raise ValueError(f"dissect.layers: {e}") from None
+            for name in self.dissect.per_generator:
+                if name not in generators:
+                    raise ValueError(f"dissect.per_generator.{name}: not a generator dataset of the study")
+            for name in self.dissected():  # store keys: dissect/{generator}/{layer}
+                field = f"dissect.per_generator.{name}.layers" if name in self.dissect.per_generator else "dissect.layers"
+                for layer in self.dissect_for(name).layers:
+                    try:
+                        check_name(layer, "layer name")
+                    except ValueError as e:
+                        raise ValueError(f"{field}: {e}") from None
         return self
 
     def stored(self) -> dict:
@@ -407,6 +422,13 @@ class Study(_Strict):
         if self.dissect is None:
             return []
         return self.dissect.generators or self.generators()
+
+    def dissect_for(self, generator: str) -> DissectSettings:
+        """The dissect settings of one generator: `dissect` with its `per_generator` entry applied."""
+        override = self.dissect.per_generator.get(generator)
+        if override is None:
+            return self.dissect
+        return self.dissect.model_copy(update=override.model_dump(exclude_none=True))
 
     def artifact_reference(self) -> str | None:
         """The dataset whose stored features score dissect's artifact units: the first reference."""

@@ -3,7 +3,6 @@
 object units are found, switching them off and on works, a stopped stage resumes, and the report
 section draws it all."""
 
-import contextlib
 
 import numpy as np
 import pytest
@@ -65,12 +64,12 @@ def test_a_planted_artifact_unit_is_found_and_ablating_it_brings_the_images_clos
                      sample={"batch_size": 50},
                      dissect={"layers": ["units"], "segmenter": {"name": "plugins:palette_segmenter"},
                               "samples": 100, "chunk_size": 50, "intervention_samples": 8, "top_k": 1,
-                              "artifact_units": 1, "artifact_samples": 400, "artifact_share": 0.2})
+                              "artifact_units": 1, "artifact_samples": 400, "artifact_share": 0.2,
+                              "map_side": 4, "map_images": 16})
     study = load_study(path)
     from ganscale.pipeline import run_study
 
-    with small_insertion_maps():
-        run_study(study, stages=["sample", "dissect"])
+    run_study(study, stages=["sample", "dissect"])
     group = zarr.open_group(study.store, mode="r")["dissect/synth/units"]
     artifacts = group.attrs["results"]["artifacts"]
     assert artifacts["units"] == [4] and artifacts["random_units"] != [4]  # the magenta unit, found
@@ -254,15 +253,6 @@ def test_pixel_interventions_change_only_their_neighbourhood():
     assert diff[:8, :8].max() > 0.05 and diff[16:, 16:].max() == 0  # layer3 and output spread it by a few pixels
 
 
-@contextlib.contextmanager
-def small_insertion_maps():
-    """Insertion maps of 4x4 featuremap pixels on 16 images (the stage passes these to its workers)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(worker, "MAP_SIDE", 4)
-        patch.setattr(worker, "MAP_IMAGES", 16)
-        yield
-
-
 @pytest.fixture(scope="module")
 def toy_dissection(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dissect")
@@ -271,12 +261,11 @@ def toy_dissection(ray_local, tmp_path_factory):
                                "full": {"kind": "generator", "name": "dcgan", "weights": "builtin:dcgan_full.pt",
                                         "samples": 200}},
                      dissect={"layers": ["layer2"], "samples": 600, "chunk_size": 200, "intervention_samples": 120,
-                              "artifact_units": 5, "artifact_samples": 200})
+                              "artifact_units": 5, "artifact_samples": 200, "map_side": 4, "map_images": 16})
     study = load_study(path)
     from ganscale.pipeline import run_study
 
-    with small_insertion_maps():
-        run_study(study, stages=["sample", "dissect"])
+    run_study(study, stages=["sample", "dissect"])
     return study, zarr.open_group(study.store, mode="r")["dissect/full/layer2"].attrs["results"]
 
 
@@ -311,8 +300,7 @@ def test_a_stopped_stage_resumes_at_the_first_unfinished_pass(toy_dissection):
     group.attrs["passes"] = ["ranges", "histograms"]  # as if stopped during the contingency pass
     del layer.attrs["results"]
     ledger.forget(root, "dissect", "full")
-    with small_insertion_maps():
-        assert run_stage(study, "dissect")["done"] == ["full"]
+    assert run_stage(study, "dissect")["done"] == ["full"]
     layer = zarr.open_group(study.store, mode="r")["dissect/full/layer2"]
     assert layer["top_values"][0, 0] == -7.0
     np.testing.assert_array_equal(layer["intersection"][...], intersection)

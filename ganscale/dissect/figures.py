@@ -142,6 +142,51 @@ def downstream_figure(downstream: dict[str, dict], maps: dict[str, dict], title:
     return path
 
 
+def architecture_table(study: Study, root) -> list[dict]:
+    """Per dissected generator and layer: units, interpretable units (IoU > iou_min) and their share,
+    the classes they cover, and the mean over all units of each unit's best IoU (background left out)."""
+    rows = []
+    for name in study.dissected():
+        spec = study.datasets[name]
+        for layer in study.dissect_for(name).layers:
+            group = root.get(f"dissect/{name}/{layer}")
+            if group is None or "labels" not in group.attrs:
+                continue
+            labels = dict(group.attrs["labels"])
+            classes = [c for c in labels["concepts"] if c != "background"]
+            iou_all = group["iou_all"][...]
+            names = list(group.attrs["classes"])
+            parts = [k for k, c in enumerate(names) if c != "background"] or list(range(len(names)))
+            rows.append({"generator": name, "architecture": spec.name, "layer": layer,
+                         "featuremap": "x".join(str(d) for d in group.attrs.get("featuremap", [])[1:]) or "?",
+                         "units": labels["units"], "interpretable": labels["interpretable"],
+                         "share": labels["interpretable"] / labels["units"],
+                         "classes": classes, "units_per_class": labels["concepts"],
+                         "mean_iou": float(iou_all[:, parts].max(1).mean())})
+    return rows
+
+
+ARCHITECTURE_CAVEAT = (
+    "What this comparison can claim: on the same segmenter and the same kind of seeds, the share of each "
+    "network's units that line up with a face part, layer by layer at matching featuremap sides (4 to 32 px). "
+    "What it cannot: the networks differ in training set (synthetic DigiFace faces vs FFHQ photographs), output "
+    "resolution (64 vs 1024 px, segmented at 64 and 128 px), depth (4 blocks vs 9) and units per layer (512 to "
+    "64 vs 512), and a unit of a modulated StyleGAN convolution is not the same kind of thing as a DCGAN channel; "
+    "a larger share is a description of these two networks, not a law about architectures.")
+
+
+def architecture_html(rows: list[dict]) -> str:
+    if len({r["generator"] for r in rows}) < 2:
+        return ""
+    table = render.html_table(
+        ["generator", "architecture", "layer", "featuremap", "units", "interpretable", "share", "classes covered",
+         "mean best IoU"],
+        [[r["generator"], r["architecture"], r["layer"], r["featuremap"], r["units"], r["interpretable"],
+          f"{100 * r['share']:.1f}%", ", ".join(f"{c} ({n})" for c, n in r["units_per_class"].items()
+                                                 if c != "background") or "-", r["mean_iou"]] for r in rows])
+    return f"<h3>Architectures compared</h3>{table}<p>{html.escape(ARCHITECTURE_CAVEAT)}</p>"
+
+
 def dissect_section(study: Study, root, out: Path) -> tuple[str, dict]:
     """The report's dissection section: (html fragment, summary entry {generator: {layer: results}})."""
     if study.dissect is None or root.get("dissect") is None:
@@ -151,26 +196,36 @@ def dissect_section(study: Study, root, out: Path) -> tuple[str, dict]:
     settings = study.dissect
     method = ("the threshold maximising the information quality ratio I/H (Bau et al. 2019)"
               if settings.threshold == "iqr" else f"the {settings.quantile} quantile")
+    samples = ", ".join(f"{n}: {study.dissect_for(n).samples}" for n in study.dissected())
     parts = [f"<h2>Dissection</h2><p>Generator layers against the {html.escape(settings.segmenter.name)} "
-             f"segmenter over {settings.samples} samples, featuremaps upsampled to the segmentation; threshold per "
+             f"segmenter over {samples} samples, featuremaps upsampled to the segmentation; threshold per "
              f"unit and class: {method}; IoU pools pixels over all images; a unit is interpretable with IoU &gt; "
              f"{settings.iou_min}. Interventions on {settings.intervention_samples} other samples: the top "
              f"{settings.top_k} units of each class (by IoU) set to 0 (ablation) or to "
              + (f"their {settings.quantile} quantile" if settings.insertion == "quantile"
                 else "their mean activation where the class is") + " (insertion); ACE = class share after insertion minus after ablation; 'removed' = share of "
              "the class's pixels gone after ablation.</p>"]
-    summary: dict = {}
+    summary: dict = {"generators": {}}
     for name in study.dissected():
         if root.get(f"dissect/{name}") is None:
             continue
-        summary[name] = {}
-        for layer in settings.layers:
+        summary["generators"][name] = {}
+        for layer in study.dissect_for(name).layers:
             group = root.get(f"dissect/{name}/{layer}")
             if group is None or "results" not in group.attrs:
                 continue
             results = dict(group.attrs["results"])
-            summary[name][layer] = results
+            summary["generators"][name][layer] = results
             parts.append(layer_html(name, layer, group, results, folder, out))
+    sheet_html, found = segmenter_html(study, root, folder, out)
+    if found:
+        summary["faces_found"] = found
+    parts.insert(1, sheet_html)
+    rows = architecture_table(study, root)
+    summary["architectures"] = rows
+    if len({r["generator"] for r in rows}) > 1:
+        summary["architecture_caveat"] = ARCHITECTURE_CAVEAT
+        parts.insert(1, architecture_html(rows))
     return "\n".join(parts), summary
 
 
@@ -199,13 +254,19 @@ def layer_html(name: str, layer: str, group, results: dict, folder: Path, out: P
                            folder / f"units_{tag}.png")
         parts.append(f'<img src="{panel.relative_to(out)}">')
     effects = results["interventions"]
+    if "interventions_left_out" in results:
+        parts.append(f"<p>Interventions left out: {html.escape(results['interventions_left_out'])}.</p>")
     if effects:
         parts.append("<h4>Interventions</h4>" + render.html_table(
-            ["class", "units", "share before", "after ablation", "removed", "after insertion", "ACE",
-             "images with class", "cleared by ablation"],
-            [[c, len(v["units"]), v["base_fraction"], v["ablated_fraction"],
-              v["removed_share"] if v["removed_share"] is not None else "-", v["inserted_fraction"], v["ace"],
-              v["images_with_class"], v["images_cleared"]] for c, v in effects.items()]))
+            ["class", "units", "share before", "after ablation", "removed [95% CI]", "random units: removed",
+             "after insertion", "ACE", "images with class", "cleared by ablation"],
+            [[c, len(v["units"]), v["base_fraction"], v["ablated_fraction"], _share(v),
+              _share(v["random"]) if "random" in v else "-", v["inserted_fraction"], v["ace"],
+              v["images_with_class"], v["images_cleared"]] for c, v in effects.items()])
+            + "<p>Removed: the share of the class's pixels gone when its top units are set to 0, with a 95% "
+            "percentile-bootstrap interval over the images; random units: as many other units of the layer, "
+            "drawn at random, set to 0 instead. A part the top units draw loses far more than with random "
+            "units.</p>")
         pictures = group["intervention_images"][...]
         rows = []
         for k, cls in enumerate(effects):
@@ -253,6 +314,40 @@ def layer_html(name: str, layer: str, group, results: dict, folder: Path, out: P
                 f"{name} {layer}: where the artifact units are most active", folder / f"artifacts_{tag}.png")
             parts.append(f'<img src="{figure.relative_to(out)}">')
     return "\n".join(parts)
+
+
+def _share(effect: dict) -> str:
+    value, ci = effect.get("removed_share"), effect.get("removed_ci95")
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def segmenter_html(study: Study, root, folder: Path, out: Path) -> tuple[str, dict]:
+    """The segmenter on each dissected generator's first samples: a contact sheet, and how many
+    images it found a face in (face_parts labels an image with no face all background)."""
+    from ganscale.models.face_parts import contact_sheet
+
+    rows, found = [], {}
+    for name in study.dissected():
+        group = root.get(f"dissect/{name}")
+        if group is None or "segmenter_images" not in group:
+            continue
+        images, maps = group["segmenter_images"][:8], group["segmenter_maps"][:8]
+        count = group.attrs.get("faces_found")
+        hits = np.ones(len(images), bool)
+        if count is not None:
+            found[name] = dict(count)
+        rows.append((f"{name}" + (f": face found in {count['found']} of {count['images']}" if count else ""),
+                     images.astype(np.float32) / 255, maps.astype(np.int64), hits))
+    if not rows or study.dissect.segmenter.name != "face_parts":
+        return "", found
+    sheet = folder / "segmenter_sheet.png"
+    contact_sheet(rows, sheet)
+    text = "; ".join(f"{n}: {c['found']} of {c['images']}" for n, c in found.items())
+    return (f"<h3>The segmenter on the dissected images</h3><p>Faces found ({text}); an image with no face "
+            f"is labelled all background.</p><a href='{sheet.relative_to(out)}'><img src='{sheet.relative_to(out)}' "
+            "width='700'></a>", found)
 
 
 def significance_sentence(sig: dict, what: str) -> str:

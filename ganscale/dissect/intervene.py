@@ -72,6 +72,30 @@ def network(generator) -> nn.Module:
                         "(give it a .module or .model attribute)")
 
 
+def hookable(generator) -> bool:
+    """Whether the generator's layers can be hooked (a torch module), so that units can be switched;
+    an exported model (OpenVINO) instead reports featuremaps of named nodes: statistics only."""
+    try:
+        network(generator)
+        return True
+    except GanscaleError:
+        return False
+
+
+def check_layers(generator, layers: Sequence[str], field: str = "dissect.layers") -> None:
+    if hookable(generator):
+        for layer in layers:
+            layer_module(generator, layer, field)
+        return
+    known = getattr(generator, "featuremap_layers", None)
+    if known is None:
+        network(generator)  # raises the error that says what is missing
+    for layer in layers:
+        if layer not in known():
+            raise GanscaleError(f"{field}: the exported generator has no node '{layer}' "
+                                f"(nodes with [B, units, h, w] outputs: {', '.join(known()[:12])}, ...)")
+
+
 def layer_module(generator, layer: str, field: str = "dissect.layers") -> nn.Module:
     modules = dict(network(generator).named_modules())
     if not layer or layer not in modules:
@@ -156,6 +180,8 @@ def batches(seeds: Sequence[int], batch: int) -> Iterator[tuple[list[int], int]]
 @torch.no_grad()
 def featuremaps(generator, seeds: Sequence[int], layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Images [B, 3, H, W] and the outputs {layer: [B, U, h, w]} of the named layers (one pass)."""
+    if not hookable(generator) and hasattr(generator, "featuremaps"):
+        return generator.featuremaps(seeds, layers)
     captured: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     handles = [layer_module(generator, layer).register_forward_hook(
         lambda _m, _i, out, layer=layer: captured[layer].append(out.detach())) for layer in layers]
@@ -241,11 +267,30 @@ def _counts(segmentation: torch.Tensor, classes: int) -> np.ndarray:
     return torch.bincount((flat + rows).flatten(), minlength=len(flat) * classes).view(len(flat), classes).cpu().numpy()
 
 
+RESAMPLES = 1000  # bootstrap resamples of the images for the removed share's interval
+
+
+def removed_share(base: np.ndarray, ablated: np.ndarray, seed: int = 0) -> dict:
+    """The share of a class's pixels gone after an ablation, 1 - sum(ablated) / sum(base) over the
+    images, with a 95% percentile bootstrap interval over images (pairs resampled together)."""
+    base, ablated = np.asarray(base, np.float64), np.asarray(ablated, np.float64)
+    if base.sum() <= 0:
+        return {"value": None, "ci95": None}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base), size=(RESAMPLES, len(base)))
+    b, a = base[idx].sum(1), ablated[idx].sum(1)
+    shares = 1 - a[b > 0] / b[b > 0]
+    return {"value": float(1 - ablated.sum() / base.sum()),
+            "ci95": [float(np.quantile(shares, 0.025)), float(np.quantile(shares, 0.975))],
+            "resamples": RESAMPLES, "method": "percentile bootstrap over images"}
+
+
 @torch.no_grad()
 def switch_effect(generator, segmenter, layer: str, units: Sequence[int], high: torch.Tensor, cls: int,
-                  seeds: Sequence[int], classes: int, batch: int) -> dict:
+                  seeds: Sequence[int], classes: int, batch: int, random_units: Sequence[int] = ()) -> dict:
     """Share of class `cls` in the images as they are, with `units` ablated (0) and inserted (their
-    high values) over the whole featuremap: the removed share and the ACE."""
+    high values) over the whole featuremap: the removed share (with its interval over images) and
+    the ACE; with `random_units`, the share removed by ablating as many random units instead."""
     base = class_counts(generator, segmenter, seeds, classes, batch)
     pixels = float(base.sum(1)[0])
     with intervention(generator, layer, units, 0.0):
@@ -254,11 +299,19 @@ def switch_effect(generator, segmenter, layer: str, units: Sequence[int], high: 
         inserted = class_counts(generator, segmenter, seeds, classes, batch)
     b, a, i = (x[:, cls].sum() / (len(x) * pixels) for x in (base, ablated, inserted))
     present = base[:, cls] > 0
-    return {"units": [int(u) for u in units], "base_fraction": float(b), "ablated_fraction": float(a),
-            "inserted_fraction": float(i), "removed_share": float(1 - a / b) if b > 0 else None,
-            "ace": float(i - a), "images": len(seeds), "images_with_class": int(present.sum()),
-            "images_cleared": int((present & (ablated[:, cls] == 0)).sum()),
-            "images_gaining_class": int((inserted[:, cls] > base[:, cls]).sum())}
+    removed = removed_share(base[:, cls], ablated[:, cls], seed=cls)
+    out = {"units": [int(u) for u in units], "base_fraction": float(b), "ablated_fraction": float(a),
+           "inserted_fraction": float(i), "removed_share": removed["value"], "removed_ci95": removed["ci95"],
+           "ace": float(i - a), "images": len(seeds), "images_with_class": int(present.sum()),
+           "images_cleared": int((present & (ablated[:, cls] == 0)).sum()),
+           "images_gaining_class": int((inserted[:, cls] > base[:, cls]).sum())}
+    if len(random_units):
+        with intervention(generator, layer, random_units, 0.0):
+            random_ablated = class_counts(generator, segmenter, seeds, classes, batch)
+        random = removed_share(base[:, cls], random_ablated[:, cls], seed=cls)
+        out["random"] = {"units": [int(u) for u in random_units], "removed_share": random["value"],
+                         "removed_ci95": random["ci95"]}
+    return out
 
 
 class _Capture:

@@ -32,6 +32,15 @@ def panel_units(label: np.ndarray, iou: np.ndarray, n: int) -> list[int]:
     return (first + [u for u in order if u not in first])[:n]
 
 
+def random_units(n_units: int, exclude, seed: int) -> np.ndarray:
+    """As many units as `exclude` holds, drawn at random (seeded) from the others: the baseline that
+    says whether ablating a class's top units does more than ablating any units."""
+    exclude = np.asarray(exclude, dtype=np.int64)
+    others = np.setdiff1d(np.arange(n_units), exclude)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(others, size=min(len(exclude), len(others)), replace=False))
+
+
 def intervention_units(settings, iou_all: np.ndarray, high: np.ndarray,
                        class_mean: np.ndarray) -> tuple[list[int], dict[int, np.ndarray], dict[int, np.ndarray]]:
     """(classes with an interpretable unit, {class: its top-k units}, {class: the values those units

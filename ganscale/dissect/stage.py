@@ -21,15 +21,20 @@ recomputed (a pass is minutes where a chunk is seconds, and the partials of a la
 vocabulary are tens of MB each). Everything is recomputed when `fingerprint` (the generator,
 the dissect settings, the study seed, the probe and layers used for artifact units) changes.
 
-Stored under dissect/{generator}/ (attrs: fingerprint, classes, passes: finished passes) and
-dissect/{generator}/{layer}/ (U units, C classes, J candidate thresholds, N samples):
+Stored under dissect/{generator}/ (attrs: fingerprint, classes, passes: finished passes, hookable,
+faces_found {found, images} when the segmenter reports faces; arrays segmenter_images uint8
+[n, h, w, 3] and segmenter_maps uint8 [n, h, w]: the first SEGMENTER_CHECK samples and their
+segmentation) and dissect/{generator}/{layer}/ (U units, C classes, J candidate thresholds, N samples;
+attrs featuremap [U, h, w]):
 
     attrs: fingerprint, classes, method, quantile, candidate_levels [J], stats_size [2], pixels,
            labels (summary: interpretable units and concepts by IoU, and by IoU and IQR > 0.01,
            best unit per class, top units),
            results (JSON, once the layer's interventions are done): labels, interventions {class:
-           units, their IoUs, class share before / ablated / inserted, removed share, ACE, images
-           with the class and cleared}, insertion_maps {class: featuremap pixels probed, gain and
+           units, their IoUs, class share before / ablated / inserted, removed share and its
+           removed_ci95 over images, random {units, removed_share, removed_ci95}: as many random
+           units ablated instead, ACE, images with the class and cleared}, interventions_left_out
+           (an exported generator: why there are none), insertion_maps {class: featuremap pixels probed, gain and
            success per pixel, success rate, local share, by_context {class there: gain, success},
            downstream per pixel and by visibility}, downstream {class: {ablation, insertion:
            {later layer: mean normalised change}}}, artifacts {score, k, units, improvement,
@@ -81,9 +86,10 @@ from ganscale.study import Study
 
 log = logging.getLogger("ganscale.dissect")
 
-DISSECT_VERSION = 4  # bump when stored results change meaning
+DISSECT_VERSION = 5  # bump when stored results change meaning
 
 NAME, ITEM, READS = "dissect", "generator", ("sample",)
+SEGMENTER_CHECK = 64  # dissected samples the report shows segmented (and counts faces found in)
 
 
 def items(study: Study) -> list[str]:
@@ -98,7 +104,8 @@ def reads(study: Study, generator: str) -> list[tuple[str, str]]:
 
 def settings(study: Study, generator: str) -> dict:
     return {"version": DISSECT_VERSION, "dataset": study.datasets[generator].model_dump(mode="json"),
-            "dissect": study.dissect.model_dump(mode="json"), "seed": study.seed,
+            "dissect": study.dissect_for(generator).model_dump(mode="json", exclude={"per_generator"}),
+            "seed": study.seed,
             "probe": study.probe.model_dump(mode="json"), "layers": study.layers, "real": study.artifact_reference()}
 
 
@@ -213,7 +220,7 @@ def start_workers(study: Study, generator: str) -> Actors:
     import ray
 
     n_workers, resources = worker_resources(study.sample.device, study.sample.workers)
-    n_workers = min(n_workers, max(1, -(-study.dissect.samples // study.dissect.chunk_size)))
+    n_workers = min(n_workers, max(1, -(-study.dissect_for(generator).samples // study.dissect.chunk_size)))
     threads = max(1, int(resources["num_cpus"]))
     if "num_gpus" not in resources:
         total = ray.cluster_resources().get("CPU", 1)
@@ -241,7 +248,7 @@ def dissect_generator(study: Study, root, name: str, fp: str, workers: Actors) -
 
     from ganscale.progress import Progress
 
-    settings = study.dissect
+    settings = study.dissect_for(name)
     group = root.get(f"dissect/{name}")
     if group is None or group.attrs.get("fingerprint") != fp:
         group = root.create_group(f"dissect/{name}", overwrite=True, attributes={"fingerprint": fp, "passes": []})
@@ -291,14 +298,24 @@ def dissect_generator(study: Study, root, name: str, fp: str, workers: Actors) -
         class_names, size = info["classes"], info["stats_size"]
         for layer, c in contingency.items():
             write_contingency(layer_group(layer), c, settings, levels, class_names, size, fp)
+            layer_group(layer).attrs["featuremap"] = info["featuremaps"][layer]  # [units, h, w]
+        group.attrs["hookable"] = info["hookable"]
         finish("contingency")
+
+    if "segmenter_check" not in passes:
+        check = ray.get(_call(workers.get()[0], "segmenter_check", SEGMENTER_CHECK))
+        _write(group, "segmenter_images", check["images"], ("sample", "y", "x", "rgb"))
+        _write(group, "segmenter_maps", check["maps"], ("sample", "y", "x"))
+        if check["found"] is not None:
+            group.attrs["faces_found"] = {"found": int(check["found"].sum()), "images": int(len(check["found"]))}
+        finish("segmenter_check")
 
     for layer in layers:
         g = group[layer]
         if "results" in g.attrs:
             continue
         log.info("dissect %s %s: interventions", name, layer)
-        results, arrays = layer_interventions(study, name, g, layer, workers)
+        results, arrays = layer_interventions(study, name, g, layer, workers, group.attrs.get("hookable", True))
         for key, (value, dims) in arrays.items():
             _write(g, key, value, dims)
         g.attrs["results"] = schema.plain(results)
@@ -323,37 +340,49 @@ def write_contingency(g, c, settings, levels: list[float], class_names: list[str
                                  "labels": stats.layer_summary(label, class_names, settings.iou_min)}))
 
 
-def layer_interventions(study: Study, name: str, g, layer: str, workers: Actors) -> tuple[dict, dict]:
+INTERVENTIONS_LEFT_OUT = ("the generator is an exported model (no torch module to hook): its units are "
+                          "dissected from featuremaps of named nodes, but cannot be switched off or on")
+
+
+def layer_interventions(study: Study, name: str, g, layer: str, workers: Actors,
+                        hookable: bool = True) -> tuple[dict, dict]:
     """The layer's intervention tasks on the workers: per class with an interpretable unit, the
-    switch effect, insertion map and downstream trace of its top-k units; artifact units; pictures."""
+    switch effect (against as many random units), insertion map and downstream trace of its top-k
+    units; artifact units; pictures. An exported generator gets the unit panels only."""
     import ray
 
-    settings = study.dissect
+    settings = study.dissect_for(name)
     class_names = list(g.attrs["classes"])
     iou_all, high = g["iou_all"][...], g["quantile_value"][...]
     label, iou, threshold_all = g["label"][...], g["iou"][...], g["threshold_all"][...]
     classes, unit_sets, inserted = plan.intervention_units(settings, iou_all, high, g["class_mean"][...])
-    # the insertion-map sizes go from the driver to the actors (tests shrink them here)
-    tasks = [("class_effects", (layer, c, unit_sets[c].tolist(), inserted[c], worker.MAP_SIDE, worker.MAP_IMAGES))
+    if not hookable:
+        classes = []
+    tasks = [("class_effects", (layer, c, unit_sets[c].tolist(), inserted[c],
+                                plan.random_units(len(high), unit_sets[c], study.seed + c).tolist()))
              for c in classes]
     shown = plan.panel_units(label, iou, plan.PANEL_UNITS)
     top_ids = g["top_ids"][...]
     seeds = g["seeds"][...].tolist()
     tasks.append(("panels", (layer, shown, [top_ids[u].tolist() for u in shown],
                              [float(threshold_all[u, label[u]]) for u in shown], seeds)))
-    tasks.append(("pictures", (layer, [unit_sets[c].tolist() for c in classes], [inserted[c] for c in classes])))
+    if hookable:
+        tasks.append(("pictures", (layer, [unit_sets[c].tolist() for c in classes], [inserted[c] for c in classes])))
     try:
         out = run_tasks_shown(f"dissect {name} {layer}: interventions", workers.get(), tasks)
     except ray.exceptions.RayError as e:
         raise _translate(e, f"the interventions on {layer}") from None
-    effects, panels, pictures = out[:len(classes)], out[len(classes)], out[len(classes) + 1]
+    effects, panels = out[:len(classes)], out[len(classes)]
+    pictures = out[len(classes) + 1] if hookable else np.zeros((0, 3, 0, 1, 1, 3), np.uint8)
     results = plan.intervention_results(dict(g.attrs["labels"]), class_names, classes, unit_sets, inserted, iou_all,
                                         effects)
+    if not hookable:
+        results["interventions_left_out"] = INTERVENTIONS_LEFT_OUT
     arrays = {"panel_units": (np.asarray(shown, np.int32), ("panel",)),
               "panel_images": (panels["images"], ("panel", "image", "y", "x", "rgb")),
               "panel_masks": (panels["masks"], ("panel", "image", "y", "x")),
               "intervention_images": (pictures, ("class", "switch", "image", "y", "x", "rgb"))}
-    real = _real_moments(study) if settings.artifact_samples >= 4 else None
+    real = _real_moments(study) if settings.artifact_samples >= 4 and hookable else None
     if real is not None:
         results["artifacts"], artifact_arrays = artifact_units(study, name, layer, workers, real, high)
         arrays.update(artifact_arrays)
@@ -366,7 +395,7 @@ def artifact_units(study: Study, name: str, layer: str, workers: Actors, real, h
     units on the held-out half (one worker)."""
     import ray
 
-    settings = study.dissect
+    settings = study.dissect_for(name)
     rank, held = artifacts.split(sources.dataset_seeds(study.seed, f"dissect/{name}/artifacts",
                                                        settings.artifact_samples))
     step = settings.chunk_size

@@ -16,9 +16,6 @@ from ganscale.runtime import pick_device
 from ganscale.study import Study
 
 TOP_IMAGES = 8  # top-activating samples kept per unit
-STATS_SIDE = 64  # statistics resolution: segmentations subsampled to at most this side (gandissect: 64 for 256)
-MAP_SIDE = 8  # insertion maps probe at most an 8x8 grid of featuremap pixels
-MAP_IMAGES = 32  # images per insertion map and per downstream trace
 PANEL_IMAGES = 4
 PICTURE_SEEDS = 4
 THUMBNAIL = 128  # report thumbnails at most this side
@@ -68,6 +65,7 @@ class DissectWorker:
         # Models are built by ready(), not here: Ray prints a failed actor constructor's whole
         # traceback (and retries it), while a failed method returns one error.
         self.study, self.name, self.threads = study, generator, threads
+        self.settings = study.dissect_for(generator)
         self.generator = None
 
     def ready(self) -> bool:
@@ -87,8 +85,9 @@ class DissectWorker:
         self.class_names = list(self.segmenter.class_names)
         self.classes = len(self.class_names)
         self.batch = batch_size(study)
-        for layer in study.dissect.layers:
-            intervene.layer_module(built, layer)
+        field = f"dissect.per_generator.{generator}.layers" if generator in study.dissect.per_generator \
+            else "dissect.layers"
+        intervene.check_layers(built, self.settings.layers, field)
         seeds = sources.dataset_seeds(study.seed, f"dissect/{generator}", 2).tolist()
         intervene.check_deterministic(built, seeds, f"datasets.{generator}")
         self._probe = None
@@ -99,10 +98,10 @@ class DissectWorker:
 
     def _batches(self, seeds: np.ndarray, segment: bool):
         """Per batch: (real rows, {layer: maps at the statistics size}, segmentation at that size)."""
-        layers = self.study.dissect.layers
+        layers = self.settings.layers
         for padded, keep in intervene.batches(seeds.tolist(), self.batch):
             images, maps = intervene.featuremaps(self.generator, padded, layers)
-            size = stats.stats_size(tuple(images.shape[-2:]), STATS_SIDE)
+            size = stats.stats_size(tuple(images.shape[-2:]), self.settings.stats_side)
             segmentation = None
             if segment:
                 segmentation = stats.subsample_segmentation(self.segmenter(images[:keep]), size)
@@ -141,30 +140,53 @@ class DissectWorker:
 
     @_built
     def info(self) -> dict:
-        """The segmenter's class names and the statistics resolution."""
-        images = intervene.render(self.generator, [0] * self.batch)
-        return {"classes": self.class_names, "stats_size": list(stats.stats_size(tuple(images.shape[-2:]), STATS_SIDE))}
+        """The segmenter's class names, the statistics resolution, and whether units can be switched."""
+        images, maps = intervene.featuremaps(self.generator, [0] * self.batch, self.settings.layers)
+        return {"classes": self.class_names, "hookable": intervene.hookable(self.generator),
+                "featuremaps": {layer: list(m.shape[1:]) for layer, m in maps.items()},
+                "stats_size": list(stats.stats_size(tuple(images.shape[-2:]), self.settings.stats_side))}
+
+    @torch.no_grad()
+    @_built
+    def segmenter_check(self, n: int) -> dict:
+        """The segmenter on the first n dissected samples: thumbnails, class maps at the thumbnail
+        size, and (when the segmenter reports it, as face_parts does) which images it found a face in."""
+        seeds = sources.dataset_seeds(self.study.seed, f"dissect/{self.name}", self.settings.samples)[:n].tolist()
+        thumbs, maps, found = [], [], []
+        for padded, keep in intervene.batches(seeds, self.batch):
+            images, _ = intervene.featuremaps(self.generator, padded, self.settings.layers)  # cached when exported
+            segmentation = self.segmenter(images[:keep])
+            if getattr(self.segmenter, "last_found", None) is not None:
+                found.append(np.asarray(self.segmenter.last_found, bool))
+            small = _thumbnails(images[:keep])
+            side = small.shape[1]
+            maps.append(torch.nn.functional.interpolate(segmentation[:, None].float(), size=(side, side),
+                                                        mode="nearest")[:, 0].to(torch.uint8).cpu().numpy())
+            thumbs.append(small)
+        return {"images": np.concatenate(thumbs), "maps": np.concatenate(maps),
+                "found": np.concatenate(found) if found else None}
 
     # -- interventions
 
     def _seeds(self) -> np.ndarray:
         return sources.dataset_seeds(self.study.seed, f"dissect/{self.name}/interventions",
-                                     self.study.dissect.intervention_samples)
+                                     self.settings.intervention_samples)
 
     @torch.no_grad()
     @_built
-    def class_effects(self, layer: str, cls: int, units: list[int], high: np.ndarray, map_side: int = MAP_SIDE,
-                      map_images: int = MAP_IMAGES) -> dict:
+    def class_effects(self, layer: str, cls: int, units: list[int], high: np.ndarray,
+                      random_units: list[int] = ()) -> dict:
         """Ablation and insertion of `units` for class `cls`: the switch effect on every intervention
-        seed; the insertion map (at most map_side x map_side pixels) and the downstream trace on the
-        first `map_images` of them."""
+        seed (and the ablation of `random_units` instead); the insertion map (at most map_side x
+        map_side pixels) and the downstream trace on the first `map_images` of them."""
+        map_side, map_images = self.settings.map_side, self.settings.map_images
         value = torch.as_tensor(np.array(high, dtype=np.float32))
         seeds = self._seeds().tolist()
         few = seeds[:map_images]
         batch = min(self.batch, len(few))  # these compare renders of the same batches: any fixed shape will do
         later = intervene.later_layers(self.generator, layer, intervene.layer_order(self.generator, layer))
         effect = intervene.switch_effect(self.generator, self.segmenter, layer, units, value, cls, seeds,
-                                         self.classes, self.batch)
+                                         self.classes, self.batch, random_units)
         scales = intervene.channel_scales(self.generator, few, later, batch) if later else None
         downstream = {"ablation": intervene.downstream_change(self.generator, few, layer, units, 0.0, later,
                                                               batch, scales),
@@ -255,7 +277,7 @@ class DissectWorker:
             pics, masks = [], []
             for padded, keep in intervene.batches(chosen, self.batch):
                 images, maps = intervene.featuremaps(self.generator, padded, [layer])
-                size = stats.stats_size(tuple(images.shape[-2:]), STATS_SIDE)
+                size = stats.stats_size(tuple(images.shape[-2:]), self.settings.stats_side)
                 up = stats.upsample(maps[layer][:keep, unit:unit + 1], size)[:, 0]
                 pics.append(_thumbnails(images[:keep]))
                 masks.append((up > threshold).to(torch.uint8).cpu().numpy())

@@ -33,6 +33,7 @@ from ganscale.models.base import latents_from_seeds
 OPTIONS = {"mapping", "batch_size", "output_size", "w_avg_samples", "output_range"}
 W_AVG_SEED = 0x5EED
 W_AVG_BATCH = 256
+FEATUREMAP_CACHE = 96
 
 
 def _dims(shape, what: str, field: str) -> list[int | None]:
@@ -60,6 +61,7 @@ class OpenVinoNet:
         xml_path = weights_io.resolve(xml, sha256, field=field, storage_options=storage_options)
         bin_path = weights_io.resolve(xml[:-4] + ".bin", field=field, storage_options=storage_options)
         self._args = (xml, field, storage_options)
+        self._paths = (str(xml_path), str(bin_path))
         core = ov.Core()
         try:
             model = core.read_model(str(xml_path), str(bin_path))
@@ -73,10 +75,42 @@ class OpenVinoNet:
         if any(d is None for d in self.input_shape):
             raise GanscaleError(f"{field}: the model input {dims} has dynamic sizes besides the batch")
         model.reshape({model.input(0): self.input_shape})
-        config = {"INFERENCE_NUM_THREADS": max(1, torch.get_num_threads()), "INFERENCE_PRECISION_HINT": "f32"}
-        self.compiled = core.compile_model(model, "CPU", config)
+        self.compiled = core.compile_model(model, "CPU", self._config())
         self.request = self.compiled.create_infer_request()
         self.output_shape = [int(d) for d in self.compiled.output(0).get_shape()]
+
+    @staticmethod
+    def _config() -> dict:
+        return {"INFERENCE_NUM_THREADS": max(1, torch.get_num_threads()), "INFERENCE_PRECISION_HINT": "f32"}
+
+    def _model(self):
+        import openvino as ov
+
+        model = ov.Core().read_model(*self._paths)
+        model.reshape({model.input(0): self.input_shape})
+        return model
+
+    def node_names(self) -> list[str]:
+        """The nodes whose first output is a featuremap [B, units, h, w], in network order."""
+        return [op.get_friendly_name() for op in self._model().get_ordered_ops()
+                if op.get_output_size() and op.get_type_name() not in ("Constant", "Parameter", "Result")
+                and len(op.output(0).get_partial_shape()) == 4]
+
+    def with_outputs(self, nodes: Sequence[str]):
+        """x -> [the model's output, then the first output of each named node]: OpenVINO adds the
+        nodes as outputs of the compiled model, nothing else changes."""
+        import openvino as ov
+
+        model = self._model()
+        ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+        model.add_outputs([ops[n].output(0) for n in nodes])
+        compiled = ov.Core().compile_model(model, "CPU", self._config())
+        request = compiled.create_infer_request()
+
+        def run(x: np.ndarray) -> list[np.ndarray]:
+            result = request.infer({0: x})
+            return [np.array(result[compiled.output(i)], copy=True) for i in range(len(nodes) + 1)]
+        return run
 
     def with_batch(self, batch: int) -> "OpenVinoNet":
         """The same model compiled for another batch size (the files are in the cache by now)."""
@@ -174,6 +208,7 @@ class ExportedGenerator:
         self.low, self.high = output_range
         self.w_avg_samples = w_avg_samples
         self._w_avg: np.ndarray | None = None
+        self._probed, self._cache = None, {}
         self.device = torch.device("cpu")
 
     def to(self, device) -> "ExportedGenerator":
@@ -196,15 +231,52 @@ class ExportedGenerator:
             self._w_avg = w.astype(np.float64).mean(0).astype(np.float32)
         return self._w_avg
 
-    def from_latents(self, z: torch.Tensor) -> torch.Tensor:
-        """Images [B, 3, R, R] in [0, 1] on the generator's device, of latents z [B, z_dim]."""
+    def _synthesis_input(self, z: torch.Tensor) -> np.ndarray:
         x = z.detach().cpu().numpy().astype(np.float32)
         if self.mapping is not None:
             x = self._run(self.mapping, x)
             if self.truncation is not None and self.truncation != 1:
                 w_avg = self.w_avg()
                 x = w_avg + np.float32(self.truncation) * (x - w_avg)
-        images = torch.from_numpy(self._run(self.synthesis, x)).to(self.device)
+        return x
+
+    def from_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, R, R] in [0, 1] on the generator's device, of latents z [B, z_dim]."""
+        return self._images(self._run(self.synthesis, self._synthesis_input(z)))
+
+    def featuremap_layers(self) -> list[str]:
+        """Nodes of the synthesis network that `featuremaps` can report (OpenVINO models only)."""
+        if not hasattr(self.synthesis, "node_names"):
+            raise GanscaleError("dissect: featuremaps of an exported model need OpenVINO (generator 'openvino')")
+        return self.synthesis.node_names()
+
+    @torch.no_grad()
+    def featuremaps(self, seeds: Sequence[int], layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Images [B, 3, R, R] and {node: [B, units, h, w]} of the seeds, in the same run. Results are
+        kept per seed (up to FEATUREMAP_CACHE images): dissection reads each image in several passes,
+        and a 1024 px synthesis network costs seconds per image on a CPU."""
+        layers = tuple(layers)
+        if self._probed is None or self._probed[0] != layers:
+            self._probed = (layers, self.synthesis.with_outputs(layers))
+            self._cache = {}
+        todo = [s for s in dict.fromkeys(int(s) for s in seeds) if s not in self._cache]
+        if todo:
+            x = self._synthesis_input(latents_from_seeds(todo, self.z_dim))
+            b = self.synthesis.input_shape[0]
+            for i in range(0, len(todo), b):
+                outs = self._probed[1](_padded(x[i:i + b], b))
+                images = self._images(outs[0])  # at the output size: the 1024 px originals are not kept
+                for row, seed in enumerate(todo[i:i + b]):
+                    if len(self._cache) >= FEATUREMAP_CACHE:
+                        self._cache.pop(next(iter(self._cache)))
+                    self._cache[seed] = [images[row]] + [torch.from_numpy(o[row]) for o in outs[1:]]
+        rows = [self._cache[int(s)] for s in seeds]
+        images = torch.stack([r[0] for r in rows])
+        maps = {layer: torch.stack([r[k + 1] for r in rows]).to(self.device) for k, layer in enumerate(layers)}
+        return images, maps
+
+    def _images(self, raw: np.ndarray) -> torch.Tensor:
+        images = torch.from_numpy(raw).to(self.device)
         images = ((images - self.low) / (self.high - self.low)).clamp(0, 1)
         if self.resolution != self.native_resolution:
             images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear",
