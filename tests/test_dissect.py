@@ -320,7 +320,11 @@ def test_report_section_shows_the_dissection(toy_dissection, tmp_path):
                     "dissect/downstream_full_layer2.png"):
         assert picture in fragment and (tmp_path / picture).stat().st_size > 3000
     assert "Artifact units" in fragment
-    assert summary["full"]["layer2"]["labels"]["interpretable"] > 0
+    assert summary["generators"]["full"]["layer2"]["labels"]["interpretable"] > 0
+    assert summary["architectures"][0]["units"] == summary["generators"]["full"]["layer2"]["labels"]["units"]
+    effect = next(iter(summary["generators"]["full"]["layer2"]["interventions"].values()))
+    low, high = effect["removed_ci95"]
+    assert low <= effect["removed_share"] <= high and "random" in effect
 
 
 def test_upernet_weights_load_from_a_path_and_segment(tmp_path):

