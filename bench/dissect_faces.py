@@ -23,16 +23,11 @@ import zarr
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def architecture_rows(store: str, study) -> list[dict]:
-    from ganscale.dissect.figures import architecture_table
-
-    return architecture_table(study, zarr.open_group(store, mode="r"))
-
-
 def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
+    from ganscale.dissect.figures import architecture_table
     from ganscale.pipeline import run_stage
     from ganscale.study import load_study
 
@@ -51,7 +46,7 @@ def main() -> None:
         run_stage(study, "dissect")
         seconds = time.perf_counter() - start
         root = zarr.open_group(study.store, mode="r")
-        rows = architecture_rows(study.store, study)
+        rows = architecture_table(study, root)
         ablation = {}
         for layer in study.dissect_for("dcgan").layers:
             results = dict(root[f"dissect/dcgan/{layer}"].attrs["results"])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ganscale import assets
-from ganscale.models.face_parts import CLASS_NAMES, contact_sheet, face_parts
+from ganscale.models.face_parts import CLASS_NAMES, MODEL_FILES, contact_sheet, face_parts
 from ganscale.models.registry import build_generator
 from ganscale.study import load_study
 
@@ -73,8 +73,7 @@ def main() -> None:
     sheet = RESULTS / "face_parts_sheet.png"
     contact_sheet([(titles[k], r["_images"][:8], r["_maps"][:8], r["_found"][:8]) for k, r in results.items()], sheet)
     out = {k: {f: v for f, v in r.items() if not f.startswith("_")} for k, r in results.items()}
-    out["models"] = {uri: digest for uri, digest in
-                     [(u, d) for u, d in __import__("ganscale.models.face_parts", fromlist=["x"]).MODEL_FILES.values()]}
+    out["models"] = dict(MODEL_FILES.values())
     out["sheet_sha256"] = hashlib.sha256(sheet.read_bytes()).hexdigest()
     (RESULTS / "face_parts.json").write_text(json.dumps(out, indent=1))
     print(f"wrote {sheet} and {RESULTS / 'face_parts.json'}")

@@ -363,7 +363,7 @@ class Study(_Strict):
                 if name not in generators:
                     raise ValueError(f"dissect.per_generator.{name}: not a generator dataset of the study")
             for name in self.dissected():  # store keys: dissect/{generator}/{layer}
-                field = f"dissect.per_generator.{name}.layers" if name in self.dissect.per_generator else "dissect.layers"
+                field = self.dissect_layers_field(name)
                 for layer in self.dissect_for(name).layers:
                     try:
                         check_name(layer, "layer name")
@@ -429,6 +429,11 @@ class Study(_Strict):
         if override is None:
             return self.dissect
         return self.dissect.model_copy(update=override.model_dump(exclude_none=True))
+
+    def dissect_layers_field(self, generator: str) -> str:
+        """The study field that names the generator's dissected layers (for error messages)."""
+        overridden = generator in self.dissect.per_generator and self.dissect.per_generator[generator].layers
+        return f"dissect.per_generator.{generator}.layers" if overridden else "dissect.layers"
 
     def artifact_reference(self) -> str | None:
         """The dataset whose stored features score dissect's artifact units: the first reference."""

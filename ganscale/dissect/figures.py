@@ -335,11 +335,11 @@ def segmenter_html(study: Study, root, folder: Path, out: Path) -> tuple[str, di
             continue
         images, maps = group["segmenter_images"][:8], group["segmenter_maps"][:8]
         count = group.attrs.get("faces_found")
-        hits = np.ones(len(images), bool)
         if count is not None:
             found[name] = dict(count)
         rows.append((f"{name}" + (f": face found in {count['found']} of {count['images']}" if count else ""),
-                     images.astype(np.float32) / 255, maps.astype(np.int64), hits))
+                     images.astype(np.float32) / 255, maps.astype(np.int64),
+                     maps.reshape(len(maps), -1).any(1)))  # no face: all background
     if not rows or study.dissect.segmenter.name != "face_parts":
         return "", found
     sheet = folder / "segmenter_sheet.png"

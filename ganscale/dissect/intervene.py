@@ -87,13 +87,13 @@ def check_layers(generator, layers: Sequence[str], field: str = "dissect.layers"
         for layer in layers:
             layer_module(generator, layer, field)
         return
-    known = getattr(generator, "featuremap_layers", None)
-    if known is None:
+    if not hasattr(generator, "featuremap_layers"):
         network(generator)  # raises the error that says what is missing
+    known = generator.featuremap_layers()  # reads the model's graph: once
     for layer in layers:
-        if layer not in known():
+        if layer not in known:
             raise GanscaleError(f"{field}: the exported generator has no node '{layer}' "
-                                f"(nodes with [B, units, h, w] outputs: {', '.join(known()[:12])}, ...)")
+                                f"(nodes with [B, units, h, w] outputs: {', '.join(known[:12])}, ...)")
 
 
 def layer_module(generator, layer: str, field: str = "dissect.layers") -> nn.Module:

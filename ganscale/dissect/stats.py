@@ -2,7 +2,7 @@
 
 A layer's featuremaps [B, U, h, w] are upsampled (bilinear, as gandissect) to the statistics
 resolution [S, S'] of the segmentation (the segmenter's output, subsampled to at most
-`dissect.worker.STATS_SIDE` pixels a side, as gandissect's `downsample`). Three passes, each a sum over
+`dissect.stats_side` pixels a side, as gandissect's `downsample`). Three passes, each a sum over
 chunks of samples, so any split of the samples across workers and chunks merges to the same
 numbers, bit for bit, as one pass (all counts are int64):
 

@@ -85,9 +85,7 @@ class DissectWorker:
         self.class_names = list(self.segmenter.class_names)
         self.classes = len(self.class_names)
         self.batch = batch_size(study)
-        field = f"dissect.per_generator.{generator}.layers" if generator in study.dissect.per_generator \
-            else "dissect.layers"
-        intervene.check_layers(built, self.settings.layers, field)
+        intervene.check_layers(built, self.settings.layers, study.dissect_layers_field(generator))
         seeds = sources.dataset_seeds(study.seed, f"dissect/{generator}", 2).tolist()
         intervene.check_deterministic(built, seeds, f"datasets.{generator}")
         self._probe = None

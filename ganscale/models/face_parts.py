@@ -161,10 +161,10 @@ class FacePartsSegmenter:
         uv = points.reshape(468, 3)[:, :2] / LANDMARK_SIZE - 0.5
         return centre + side * (uv[:, :1] * across + uv[:, 1:] * down)
 
-    def person(self, image: np.ndarray) -> np.ndarray:
-        """Person probability [S, S] of image [S, S, 3]."""
+    def person(self, image: np.ndarray, size: int) -> np.ndarray:
+        """Person probability [size, size] of image [S, S, 3]."""
         mask = self._run("person", _resize(image, PERSON_SIZE))[0][0, ..., 0]
-        return _resize(mask[..., None], image.shape[0])[..., 0]
+        return _resize(mask[..., None], size)[..., 0]
 
     def segment_one(self, image: np.ndarray, out_size: int) -> np.ndarray | None:
         work = _resize(image, self.work_size)
@@ -192,7 +192,7 @@ class FacePartsSegmenter:
 
     def _hair(self, work: np.ndarray, points: np.ndarray, face: np.ndarray, out_size: int) -> np.ndarray:
         grey = _resize(work, out_size).mean(-1)
-        person = _resize(self.person(work)[..., None], out_size)[..., 0] > 0.5
+        person = self.person(work, out_size) > 0.5
         oval = points[FACE_OVAL] * out_size / self.work_size
         (fx0, fy0), (fx1, fy1) = oval.min(0), oval.max(0)
         ys, xs = np.mgrid[:out_size, :out_size] + 0.5
