@@ -1,0 +1,355 @@
+"""How sure a comparison is: seeded bootstrap intervals over both sets, the Fréchet distance at a
+matched sample size and extrapolated to infinitely many samples (FID-infinity), noise floors, and
+paired differences. Pure functions of arrays, like `ganscale.metrics.features`.
+
+The bootstrap resamples every set with replacement, each from its own random stream seeded by
+(seed, the set's name, its size): `Resampling.counts`. A metric is evaluated on the resample counts
+(a row drawn twice has weight 2), so nothing is copied and the statistics reuse one Gram or
+distance matrix. Because a reference gets the same resamples whichever set it is compared with,
+the difference of two generators' values against one reference is a *paired* bootstrap
+(`difference`): its interval says whether their ranking is significant.
+
+Intervals:
+
+* Fréchet distance and KID: the "basic" bootstrap interval [2v - q97.5, 2v - q2.5] (v: the value
+  on the data, q: quantiles of the resampled values). Resampling with replacement repeats rows,
+  which inflates both distances; the basic interval reflects that shift instead of copying it.
+* Shares and means (precision, recall, density, coverage, KL, mean differences): percentile
+  intervals. The C2ST accuracy: the Wilson score interval over its test images.
+* A set larger than `rows` is bootstrapped on a seeded subset of `rows` rows and the interval's
+  width is scaled to the full sizes by sqrt((1/n_a + 1/n_b) / (1/m_a + 1/m_b)) (the m-out-of-n
+  bootstrap; the sampling variance of these distances shrinks as 1/n).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+
+import numpy as np
+
+from ganscale.metrics import features as fm
+from ganscale.metrics import images as im
+
+LEVEL = 0.95
+FID_INFINITY_MIN = 500  # FID-infinity needs this many rows of the varied set (Chong and Forsyth use 5k-50k)
+FID_INFINITY_POINTS = 15
+
+
+@dataclasses.dataclass(frozen=True)
+class Resampling:
+    """`resamples` bootstrap resamples of every set, seeded per set by (seed, name, size)."""
+    seed: int = 0
+    resamples: int = 200
+    rows: int = 1000  # sets larger than this are bootstrapped on a seeded subset (see the module docstring)
+
+    def _rng(self, name: str, n: int, purpose: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed % 2**63, zlib.crc32(name.encode()), n, purpose])
+
+    def counts(self, name: str, n: int) -> np.ndarray:
+        """[resamples, n] int: how often each of the n rows is drawn in each resample."""
+        return self._rng(name, n, 0).multinomial(n, np.full(n, 1.0 / n), size=self.resamples)
+
+    def subset(self, name: str, n: int) -> np.ndarray:
+        """The sorted rows of a set of n that its bootstrap uses: all of them up to `rows`."""
+        if n <= self.rows:
+            return np.arange(n)
+        return np.sort(self._rng(name, n, 1).choice(n, self.rows, replace=False))
+
+
+@dataclasses.dataclass
+class Estimate:
+    """A value with its bootstrap interval; `samples` are the resampled values (kept for paired
+    differences, never written)."""
+    value: float
+    ci95: tuple[float, float]
+    samples: np.ndarray
+    interval: str  # "basic", "percentile" or "wilson"
+
+    def to_dict(self) -> dict:
+        return {"value": float(self.value), "ci95": [float(self.ci95[0]), float(self.ci95[1])],
+                "resamples": int(len(self.samples)), "interval": self.interval}
+
+
+def interval(samples: np.ndarray, value: float, method: str = "percentile", scale: float = 1.0,
+             centre: float | None = None) -> tuple[float, float]:
+    """The 95% bootstrap interval of `value` from resampled `samples`: "percentile" (their 2.5% and
+    97.5% quantiles) or "basic" (reflected about the value). `scale` < 1 shrinks the width about
+    the value (m-out-of-n); `centre` is then the value on the subset the samples came from."""
+    lo, hi = np.quantile(samples, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    centre = value if centre is None else centre
+    if method == "basic":
+        lo, hi = 2 * centre - hi, 2 * centre - lo
+    elif method != "percentile":
+        raise ValueError(f"interval: unknown method {method!r}")
+    return float(value + scale * (lo - centre)), float(value + scale * (hi - centre))
+
+
+def _scale(n: tuple[int, int], m: tuple[int, int]) -> float:
+    return float(np.sqrt((1 / n[0] + 1 / n[1]) / (1 / m[0] + 1 / m[1])))
+
+
+# --- Fréchet distance on weighted rows -----------------------------------------------------------
+
+class FrechetResampler:
+    """The Fréchet distance of two feature sets [n_a, D], [n_b, D] with each row weighted by how
+    often a resample draws it. With count weights w (summing to n), mean = X^T w / n and the
+    unbiased covariance S = Xc^T diag(w) Xc / (n - 1), as `FeatureMoments` gives for the repeated
+    rows. Two routes, the cheaper one taken per evaluation:
+
+    * Gram (few rows, many dimensions): tr sqrt(S_a S_b) is the nuclear norm of
+      W_a^1/2 Xc_a Xc_b^T W_b^1/2 / sqrt((n_a-1)(n_b-1)), an [u_a, u_b] matrix over the drawn rows,
+      computed from the Gram matrices of the rows (formed once);
+    * moments (many rows, few dimensions): the weighted D x D covariances and the eigenvalues of
+      their product, as `frechet_distance_from_stats`."""
+
+    def __init__(self, a, b):
+        a, b = fm._as_array(a, "a"), fm._as_array(b, "b")
+        fm._same_dims(a, b, "FrechetResampler")
+        if len(a) < 2 or len(b) < 2:
+            raise ValueError("FrechetResampler: each set needs at least 2 rows")
+        shift = np.concatenate([a, b]).mean(0)  # the distance is shift-invariant; centring helps round-off
+        self.a, self.b = a - shift, b - shift
+        self.dims = a.shape[1]
+        self._gram = None
+
+    def _grams(self):
+        if self._gram is None:
+            self._gram = (self.a @ self.a.T, self.b @ self.b.T, self.a @ self.b.T)
+        return self._gram
+
+    def __call__(self, wa: np.ndarray | None = None, wb: np.ndarray | None = None) -> float:
+        wa = np.ones(len(self.a)) if wa is None else np.asarray(wa, np.float64)
+        wb = np.ones(len(self.b)) if wb is None else np.asarray(wb, np.float64)
+        ia, ib = np.flatnonzero(wa), np.flatnonzero(wb)
+        if max(len(ia), len(ib)) ** 3 < self.dims ** 3 + (len(ia) + len(ib)) * self.dims ** 2:
+            return self._gram_route(wa[ia], ia, wb[ib], ib)
+        return self._moments_route(wa, wb)
+
+    def _moments_route(self, wa, wb) -> float:
+        stats = []
+        for x, w in ((self.a, wa), (self.b, wb)):
+            n = w.sum()
+            mu = w @ x / n
+            xc = x - mu
+            stats += [mu, (xc * w[:, None]).T @ xc / (n - 1)]
+        return fm.frechet_distance_from_stats(*stats)
+
+    def _gram_route(self, wa, ia, wb, ib) -> float:
+        g_aa, g_bb, g_ab = self._grams()
+        g_aa, g_bb, g_ab = g_aa[np.ix_(ia, ia)], g_bb[np.ix_(ib, ib)], g_ab[np.ix_(ia, ib)]
+        na, nb = wa.sum(), wb.sum()
+        # Xc Xc^T = G - 1 (w^T G)/n - (G w) 1^T/n + (w^T G w)/n^2, and likewise across the sets
+        ga_w, gb_w = g_aa @ wa, g_bb @ wb
+        mean_aa, mean_bb = wa @ ga_w / na ** 2, wb @ gb_w / nb ** 2
+        trace_a = (wa * (np.diag(g_aa) - 2 * ga_w / na + mean_aa)).sum() / (na - 1)
+        trace_b = (wb * (np.diag(g_bb) - 2 * gb_w / nb + mean_bb)).sum() / (nb - 1)
+        row, col = wa @ g_ab / na, g_ab @ wb / nb  # [u_b], [u_a]
+        cross_mean = wa @ col / na
+        centred = g_ab - row[None, :] - col[:, None] + cross_mean
+        m = np.sqrt(wa)[:, None] * centred * np.sqrt(wb)[None, :] / np.sqrt((na - 1) * (nb - 1))
+        trace_sqrt = np.linalg.svd(m, compute_uv=False).sum()
+        mean_term = mean_aa + mean_bb - 2 * cross_mean
+        return float(mean_term + trace_a + trace_b - 2 * trace_sqrt)
+
+
+def _counts_for(resampling: Resampling, name: str, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = resampling.subset(name, n_rows)
+    return rows, resampling.counts(name, len(rows))
+
+
+def frechet_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[str, str] = ("a", "b"),
+                      value: float | None = None) -> Estimate:
+    """The Fréchet distance of two feature sets with its basic bootstrap interval. `value`: the
+    distance on all rows when it is already known (from merged moments)."""
+    a, b = fm._as_array(a, "a"), fm._as_array(b, "b")
+    (ra, ca), (rb, cb) = _counts_for(resampling, names[0], len(a)), _counts_for(resampling, names[1], len(b))
+    distance = FrechetResampler(a[ra], b[rb])
+    centre = distance()
+    full = centre if len(ra) == len(a) and len(rb) == len(b) else (
+        fm.frechet_distance(a, b) if value is None else value)
+    samples = np.array([distance(wa, wb) for wa, wb in zip(ca, cb)])
+    lo, hi = interval(samples, full, "basic", _scale((len(a), len(b)), (len(ra), len(rb))), centre)
+    return Estimate(full, (max(lo, 0.0), hi), samples, "basic")
+
+
+def frechet_matched(a, b, resampling: Resampling = Resampling(), names: tuple[str, str] = ("a", "b"),
+                    draws: int = 20) -> dict | None:
+    """The Fréchet distance with the larger set cut to the smaller one's size n (the distance grows
+    as n shrinks, so sets of different sizes are only comparable at one n): the mean over `draws`
+    seeded subsets of the larger set, and its interval from resamples of n rows of each set. None
+    when both sets have the same size."""
+    a, b = fm._as_array(a, "a"), fm._as_array(b, "b")
+    if len(a) == len(b):
+        return None
+    swap = len(a) < len(b)
+    small, large = (a, b) if swap else (b, a)
+    small_name, large_name = (names[0], names[1]) if swap else (names[1], names[0])
+    n = len(small)
+    rng = resampling._rng(large_name, len(large), 2)
+    values = [fm.frechet_distance(small, large[rng.choice(len(large), n, replace=False)]) for _ in range(draws)]
+    value = float(np.mean(values))
+    rows = resampling.subset(large_name, len(large))
+    distance = FrechetResampler(small, large[rows])
+    small_counts = resampling.counts(small_name, n)
+    large_counts = resampling._rng(large_name, len(rows), 3).multinomial(
+        n, np.full(len(rows), 1.0 / len(rows)), size=resampling.resamples)
+    samples = np.array([distance(ws, wl) for ws, wl in zip(small_counts, large_counts)])
+    lo, hi = interval(samples, value, "basic")
+    return {"n": int(n), "value": value, "ci95": [max(lo, 0.0), hi], "draws": draws,
+            "resamples": resampling.resamples, "interval": "basic"}
+
+
+def frechet_infinity(reference, other, resampling: Resampling = Resampling(), name: str = "b",
+                     minimum: int = FID_INFINITY_MIN, points: int = FID_INFINITY_POINTS) -> dict:
+    """FID-infinity (Chong and Forsyth 2020): the Fréchet distance is linear in 1/N in the number N
+    of `other`'s rows; fitted on `points` seeded subsets from N/5 to N, the intercept at 1/N = 0 is
+    the distance free of the sample-size bias. {"reason": ...} when `other` has fewer than
+    `minimum` rows (an extrapolation from fewer is not worth its interval)."""
+    reference, other = fm._as_array(reference, "reference"), fm._as_array(other, "other")
+    n = len(other)
+    if n < minimum:
+        return {"reason": f"needs at least {minimum} samples of the dataset, has {n}"}
+    sizes = np.unique(np.linspace(n // 5, n, points).astype(int))
+    rng = resampling._rng(name, n, 4)
+    distance = FrechetResampler(reference, other)
+    values = []
+    for size in sizes:
+        w = np.zeros(n)
+        w[rng.choice(n, size, replace=False)] = 1
+        values.append(distance(None, w))
+    slope, intercept = np.polyfit(1.0 / sizes, values, 1)
+    return {"value": float(intercept), "slope": float(slope), "sizes": sizes.tolist(),
+            "values": [float(v) for v in values]}
+
+
+# --- KID, precision/recall, density/coverage -------------------------------------------------------
+
+def _polynomial_kernel(x, y, gamma, degree=3, coef0=1.0):
+    return (gamma * (x @ y.T) + coef0) ** degree
+
+
+def kid_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[str, str] = ("a", "b"),
+                  value: float | None = None) -> Estimate:
+    """The unbiased polynomial-kernel MMD^2 (KID's statistic) on all rows of both sets, resampled:
+    the within-set means run over pairs of distinct rows (a row drawn c times weighs c in each
+    pair), since k(x, x) is far larger than k(x, y) and pairs of copies would inflate it. The
+    interval is reported about `value` (the subset-mean KID) when given."""
+    a, b = fm._as_array(a, "a"), fm._as_array(b, "b")
+    (ra, ca), (rb, cb) = _counts_for(resampling, names[0], len(a)), _counts_for(resampling, names[1], len(b))
+    x, y = a[ra], b[rb]
+    gamma = 1.0 / a.shape[1]
+    k_aa, k_bb, k_ab = _polynomial_kernel(x, x, gamma), _polynomial_kernel(y, y, gamma), _polynomial_kernel(x, y, gamma)
+    da, db = np.diag(k_aa), np.diag(k_bb)
+
+    def mmd(wa, wb):  # within a set, pairs of copies of one row are left out with the row's pair with itself
+        na, nb = wa.sum(), wb.sum()
+        within_a = (wa @ k_aa @ wa - wa ** 2 @ da) / (na ** 2 - wa @ wa)
+        within_b = (wb @ k_bb @ wb - wb ** 2 @ db) / (nb ** 2 - wb @ wb)
+        return within_a + within_b - 2 * (wa @ k_ab @ wb) / (na * nb)
+
+    centre = mmd(np.ones(len(x)), np.ones(len(y)))
+    samples = np.array([mmd(wa.astype(np.float64), wb.astype(np.float64)) for wa, wb in zip(ca, cb)])
+    full = centre if value is None else value
+    return Estimate(full, interval(samples, full, "basic", _scale((len(a), len(b)), (len(x), len(y))), centre),
+                    samples, "basic")
+
+
+def _radii(d: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
+    """Per drawn row, the distance to its k-th nearest *other* drawn row, counting a row drawn c
+    times as c neighbours at its distance (copies of a row are not its own neighbours)."""
+    d = d.copy()
+    np.fill_diagonal(d, np.inf)
+    order = np.argsort(d, axis=1, kind="stable")
+    reached = np.cumsum(counts[order], axis=1) >= k
+    return np.take_along_axis(d, order, 1)[np.arange(len(d)), reached.argmax(1)]
+
+
+def prdc_bootstrap(real, fake, resampling: Resampling = Resampling(), names: tuple[str, str] = ("real", "fake"),
+                   k_precision: int = 3, k_density: int = 5) -> dict[str, Estimate]:
+    """Precision and recall (k_precision) and density and coverage (k_density), as `fm.prdc`
+    computes them, with percentile intervals from resamples of both sets: the k-nearest-neighbour
+    balls are rebuilt in every resample, from one pair of distance matrices."""
+    real, fake = fm._as_array(real, "real"), fm._as_array(fake, "fake")
+    (rr, cr), (rf, cf) = _counts_for(resampling, names[0], len(real)), _counts_for(resampling, names[1], len(fake))
+    x, y = real[rr], fake[rf]
+    d_rr, d_ff, d_rf = fm.pairwise_distances(x, x), fm.pairwise_distances(y, y), fm.pairwise_distances(x, y)
+
+    def measure(wr, wf):
+        ir, jf = np.flatnonzero(wr), np.flatnonzero(wf)
+        wr, wf = wr[ir], wf[jf]
+        cross = d_rf[np.ix_(ir, jf)]
+        d_real, d_fake = d_rr[np.ix_(ir, ir)], d_ff[np.ix_(jf, jf)]
+        out = {}
+        radius_r, radius_f = _radii(d_real, wr, k_precision), _radii(d_fake, wf, k_precision)
+        out["precision"] = wf @ (cross < radius_r[:, None]).any(0) / wf.sum()
+        out["recall"] = wr @ (cross < radius_f[None, :]).any(1) / wr.sum()
+        radius_r = _radii(d_real, wr, k_density)
+        inside = cross < radius_r[:, None]
+        out["density"] = (wr @ inside @ wf) / (k_density * wf.sum())
+        out["coverage"] = wr @ (cross.min(1) < radius_r) / wr.sum()
+        return out
+
+    values = measure(np.ones(len(x)), np.ones(len(y)))
+    resampled = [measure(wr, wf) for wr, wf in zip(cr, cf)]
+    return {key: Estimate(float(values[key]), interval(np.array([r[key] for r in resampled]), values[key]),
+                          np.array([r[key] for r in resampled]), "percentile") for key in values}
+
+
+# --- image statistics, accuracies, differences -------------------------------------------------
+
+def histogram_kl_bootstrap(hists, reference_hists, resampling: Resampling = Resampling(),
+                           names: tuple[str, str] = ("a", "reference")) -> list[Estimate]:
+    """KL(a || reference) of summed per-image histograms [N, C, bins] per channel C, with
+    percentile intervals from resampled images of both sets."""
+    h = np.asarray(hists, np.float64)
+    g = np.asarray(reference_hists, np.float64)
+    ca, cb = resampling.counts(names[0], len(h)), resampling.counts(names[1], len(g))
+    value = im.histogram_kl(h.sum(0), g.sum(0))
+    resampled = np.stack([im.histogram_kl(np.tensordot(wa, h, 1), np.tensordot(wb, g, 1))
+                          for wa, wb in zip(ca, cb)])  # [R, C]
+    return [Estimate(float(value[c]), interval(resampled[:, c], value[c]), resampled[:, c], "percentile")
+            for c in range(len(value))]
+
+
+def mean_difference(x, y, resampling: Resampling = Resampling(), names: tuple[str, str] = ("a", "b")) -> Estimate:
+    """mean(x) - mean(y) of two independent samples, with a percentile bootstrap interval."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    ca, cb = resampling.counts(names[0], len(x)), resampling.counts(names[1], len(y))
+    samples = ca @ x / len(x) - cb @ y / len(y)
+    value = float(x.mean() - y.mean())
+    return Estimate(value, interval(samples, value), samples, "percentile")
+
+
+def accuracy_interval(correct: int, n: int) -> tuple[float, float]:
+    """The Wilson score 95% interval of a share of `correct` out of `n` (a test accuracy)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(correct), int(n)).proportion_ci(LEVEL, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def difference(first: Estimate, second: Estimate, method: str | None = None) -> dict:
+    """first - second with the interval of the paired resampled differences (both estimated
+    against one reference with the same resamples): significant when it excludes 0."""
+    method = method or first.interval
+    samples = first.samples - second.samples
+    value = first.value - second.value
+    lo, hi = interval(samples, value, "percentile" if method == "wilson" else method)
+    return {"value": float(value), "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0),
+            "interval": f"paired bootstrap ({method})"}
+
+
+def noise_floor(reference, resampling: Resampling = Resampling(), name: str = "reference") -> dict:
+    """The Fréchet distance and KID between two seeded random halves of a reference set: what two
+    samples of the same distribution score at n/2 each (the floor no generator can go below at
+    that size), with intervals."""
+    x = fm._as_array(reference, "reference")
+    half = len(x) // 2
+    if half < 2:
+        return {"reason": f"needs at least 4 rows, has {len(x)}"}
+    order = resampling._rng(name, len(x), 5).permutation(len(x))
+    first, second = x[order[:half]], x[order[half:2 * half]]
+    names = (f"{name}/half1", f"{name}/half2")
+    return {"n": int(half), "frechet": frechet_bootstrap(first, second, resampling, names).to_dict(),
+            "kid": kid_bootstrap(first, second, resampling, names).to_dict()}
