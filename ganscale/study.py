@@ -202,6 +202,12 @@ class CheckpointSweep(_Strict):
     checkpoints: dict[str, WeightsSpec]  # label (e.g. step number) -> weights, in training order
 
 
+class BootstrapSettings(_Strict):
+    """The intervals of the comparison metrics (ganscale.metrics.uncertainty)."""
+    resamples: PositiveInt = 200
+    rows: PositiveInt = 1000  # per dataset: larger sets are bootstrapped on a seeded subset, widths scaled
+
+
 class MetricsSettings(_Strict):
     enabled: bool = True
     feature_layers: list[str] | None = None  # probe layers for pooled-feature Frechet distances; default: the last
@@ -217,6 +223,7 @@ class MetricsSettings(_Strict):
     images_shown: PositiveInt = 6  # rows of the picture panels (neighbours, spikes, sharpest, interpolation)
     c2st: C2STSettings | None = C2STSettings()
     sweep: CheckpointSweep | None = None
+    bootstrap: BootstrapSettings = BootstrapSettings()
 
 
 class SegmenterSpec(_Strict):

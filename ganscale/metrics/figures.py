@@ -58,29 +58,25 @@ def metrics_section(study: Study, root, out: Path, images_of=None) -> tuple[str,
              f"density/coverage use a random subset of {results['subset']} samples per dataset. "
              f"Images: {html.escape(results['resize'])}</p>"]
     parts.append(measurement_html(study, results))
-    parts.append("<h3>Fréchet distance and KID</h3>" + render.html_table(
-        ["features", "a", "b", "Fréchet distance", "KID mean", "KID std"],
-        [[f["features"], f["a"], f["b"], f["value"], k["mean"], k["std"]]
-         for f, k in zip(results["frechet"], results["kid"])]))
-    parts.append("<h3>Precision, recall (k=%d), density, coverage (k=%d)</h3>" % (
-        study.metrics.precision_k, study.metrics.density_k) + render.html_table(
-        ["features", "reference", "compared", "precision", "recall", "density", "coverage"],
-        [[r["features"], r["real"], r["fake"], r["precision"], r["recall"], r["density"], r["coverage"]]
-         for r in results["prdc"]]))
+    parts.append(uncertainty_html(results))
     images = results["images"]
     left_out = results.get("inception_score_left_out")
     scores = results["inception_score"]
+    ms = results["ms_ssim"]
     parts.append("<h3>Inception Score (probe logits), MS-SSIM diversity, sharpness</h3>"
                  + (f"<p>Inception Score left out: {html.escape(left_out)}.</p>" if left_out else "")
                  + render.html_table(
-        ["dataset", "IS mean", "IS std", "MS-SSIM mean (higher: less diverse)", "pairs", "sharpness mean", "std"],
+        ["dataset", "IS mean", "IS std", "MS-SSIM mean (higher: less diverse)", "pairs",
+         "MS-SSIM minus reference [95% CI]", "sharpness mean", "std", "sharpness minus reference [95% CI]"],
         [[n, scores[n]["mean"] if n in scores else "left out", scores[n]["std"] if n in scores else "",
-          results["ms_ssim"][n]["mean"], results["ms_ssim"][n]["pairs"], images[n]["sharpness_mean"],
-          images[n]["sharpness_std"]] for n in study.datasets]))
-    kl_rows = [[g, r] + [images[g]["colour_kl"][r][ch] for ch in CHANNELS]
+          ms[n]["mean"], ms[n]["pairs"], _against(ms[n].get("difference", {})), images[n]["sharpness_mean"],
+          images[n]["sharpness_std"], _against(images[n].get("sharpness_difference", {}))] for n in study.datasets]))
+    channels = next(iter(images.values())).get("channels", list(CHANNELS))
+    kl_rows = [[g, r] + [with_ci(images[g]["colour_kl"][r][ch]) for ch in channels]
                for g in study.datasets for r in images[g]["colour_kl"]]
-    parts.append("<h3>Colour histograms (25 bins): KL(compared || reference)</h3>" + render.html_table(
-        ["compared", "reference", *CHANNELS], kl_rows))
+    what = "intensity histograms" if channels == ["gray"] else "colour histograms"
+    parts.append(f"<h3>{what.capitalize()} (25 bins): KL(compared || reference) [95% CI]</h3>" + render.html_table(
+        ["compared", "reference", *channels], kl_rows))
     parts.append(_img(colour_histogram_figure(study, images, folder / "colour_histograms.png"), out))
 
     shown = study.metrics.images_shown
@@ -96,10 +92,14 @@ def metrics_section(study: Study, root, out: Path, images_of=None) -> tuple[str,
         if spikes:
             rows = [(f"{s['channel']} {s['low']:.2f}-{s['high']:.2f}\n x{s['ratio']:.1f}", pictures(g, ids))
                     for s, ids in zip(spikes, group[f"{g}/spikes"][...])]
-            path = render.image_rows(rows, f"{g}: colour spikes absent from {images[g]['spikes_against']} "
-                                     "(bin range, ratio of shares) and the images with most pixels in them",
+            against = images[g]["spikes_against"]
+            path = render.image_rows(rows, f"{g}: intensity bins where {g} has at least twice {against}'s share of "
+                                     "pixels (bin range, ratio of shares), and the images with most pixels in them",
                                      folder / f"spikes_{g}.png")
-            parts.append(f"<h4>Colour spikes of {html.escape(g)}</h4>" + render.html_table(
+            parts.append(f"<h4>{'Intensity' if channels == ['gray'] else 'Colour'} spikes of {html.escape(g)}</h4>"
+                         f"<p>Bins holding at least twice the share of {html.escape(g)}'s pixels that they hold of "
+                         f"{html.escape(against)}'s (over-represented in {html.escape(g)}, not absent from "
+                         f"{html.escape(against)}).</p>" + render.html_table(
                 ["channel", "bin", "range", f"share {g}", f"share {images[g]['spikes_against']}", "ratio"],
                 [[s["channel"], s["bin"], f"{s['low']:.2f}-{s['high']:.2f}", s["fake_share"], s["real_share"],
                   s["ratio"]] for s in images[g]["spikes"]]) + _img(path, out))
@@ -127,6 +127,59 @@ def metrics_section(study: Study, root, out: Path, images_of=None) -> tuple[str,
     return "\n".join(parts), results
 
 
+def with_ci(entry, digits: int = 4) -> str:
+    """"value [lo, hi]" of an entry with a ci95 (a plain number stays as it is)."""
+    if not isinstance(entry, dict):
+        return f"{entry:.{digits}g}" if isinstance(entry, float) else str(entry)
+    lo, hi = entry["ci95"]
+    return f"{entry['value']:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
+
+
+def _against(differences: dict) -> str:
+    return "; ".join(f"{with_ci(d, 3)} vs {r}" for r, d in differences.items()) or "-"
+
+
+def uncertainty_html(results: dict) -> str:
+    """The Fréchet, KID and precision/recall/density/coverage tables with their intervals, the
+    noise floors and the paired differences."""
+    note = results.get("uncertainty", {})
+    parts = [f"<h3>Fréchet distance and KID, with 95% intervals</h3><p>Intervals: {html.escape(note.get('method', ''))}"
+             f" ({note.get('resamples', '?')} resamples, seed {note.get('seed', '?')}). The Fréchet distance grows as "
+             "the sample size shrinks: compare rows at the matched n (the larger set cut to the smaller one's size, "
+             "mean of 20 draws). FID-infinity extrapolates to infinitely many samples (Chong and Forsyth 2020).</p>"]
+    rows = []
+    for f, k in zip(results["frechet"], results["kid"]):
+        matched = f.get("matched")
+        infinity = f.get("infinity", {})
+        rows.append([f["features"], f["a"], f["b"], "/".join(map(str, f.get("n", []))), with_ci(f),
+                     "-" if not matched else matched.get("reason") or f"{with_ci(matched)} at n={matched['n']}",
+                     infinity.get("reason") or f"{infinity['value']:.4g}" if infinity else "-",
+                     with_ci({"value": k["mean"], "ci95": k["ci95"]}) if "ci95" in k else k["mean"], k["std"]])
+    parts.append(render.html_table(["features", "a", "b", "n (a/b)", "Fréchet [95% CI]", "Fréchet at matched n",
+                                    "FID-infinity", "KID [95% CI]", "KID std over subsets"], rows))
+    floors = results.get("noise_floor", {})
+    if floors:
+        parts.append("<h4>Noise floor: two random halves of each reference</h4><p>What two samples of one "
+                     "distribution score at half the reference's size: a difference smaller than this is not "
+                     "a difference.</p>" + render.html_table(
+            ["reference", "features", "n per half", "Fréchet [95% CI]", "KID [95% CI]"],
+            [[r, fs, f.get("n", "-"), f.get("reason") or with_ci(f["frechet"]), "" if "reason" in f else with_ci(f["kid"])]
+             for r, per_set in floors.items() for fs, f in per_set.items()]))
+    parts.append("<h3>Precision, recall, density, coverage [95% CI]</h3>" + render.html_table(
+        ["features", "reference", "compared", "precision", "recall", "density", "coverage"],
+        [[r["features"], r["real"], r["fake"]] + [with_ci({"value": r[key], "ci95": r["ci95"][key]}) if "ci95" in r
+                                                 else r[key] for key in ("precision", "recall", "density", "coverage")]
+         for r in results["prdc"]]))
+    significance = results.get("significance", [])
+    if significance:
+        parts.append("<h3>Which differences are significant</h3><p>" + html.escape(note.get("significance", ""))
+                     + "</p>" + render.html_table(
+            ["metric", "features", "reference", "a", "b", "a minus b [95% CI]", "significant", "better"],
+            [[d["metric"], d["features"], d["reference"], d["a"], d["b"], with_ci(d),
+              "yes" if d["significant"] else "no", d["better"] or "neither"] for d in significance]))
+    return "\n".join(parts)
+
+
 def measurement_html(study: Study, results: dict) -> str:
     """Which datasets are the reference, and what size each network and statistic saw of each source."""
     parts = []
@@ -148,15 +201,18 @@ def measurement_html(study: Study, results: dict) -> str:
 
 
 def colour_histogram_figure(study: Study, images: dict, path: Path) -> Path:
+    """One panel per channel that carries information (gray alone for a grey study)."""
     panels = []
-    for i, ch in enumerate(CHANNELS):
+    channels = next(iter(images.values())).get("channels", list(CHANNELS))
+    for i, ch in [(CHANNELS.index(ch), ch) for ch in channels]:
         series = {}
         for name in study.datasets:
             counts = np.asarray(images[name]["histogram"][i], dtype=np.float64)
             centres = (np.arange(len(counts)) + 0.5) / len(counts)
             series[name] = (centres, counts / counts.sum())
         panels.append((ch, series))
-    return render.line_panels(panels, "colour histograms (share of pixels per bin)", path, xlabel="intensity")
+    what = "intensity histograms" if channels == ["gray"] else "colour histograms"
+    return render.line_panels(panels, f"{what} (share of pixels per bin)", path, xlabel="intensity")
 
 
 def c2st_html(study, root, group, tables: dict, folder: Path, out: Path, pictures) -> str:
@@ -165,11 +221,15 @@ def c2st_html(study, root, group, tables: dict, folder: Path, out: Path, picture
              "against the other datasets (train/validation/test "
              "50/25/25, early stopping on validation accuracy). Under the null hypothesis (same distribution) "
              "the test accuracy is about N(1/2, 1/(4 n_test)); p is the one-sided p-value.</p>"]
-    parts.append(render.html_table(["classifier", "train", "validation", "test", "n test", "p-value", "epochs"],
-                        [[name, t["train_accuracy"], t["validation_accuracy"], t["test_accuracy"], t["n_test"],
+    def test(value, entry):
+        return with_ci({"value": value, "ci95": entry["ci95"]}, 3) if "ci95" in entry else value
+
+    parts.append(render.html_table(["classifier", "train", "validation", "test [95% Wilson CI]", "n test", "p-value",
+                                    "epochs"],
+                        [[name, t["train_accuracy"], t["validation_accuracy"], test(t["test_accuracy"], t), t["n_test"],
                           t["p_value"], t["epochs"]] for name, t in tables["classifiers"].items()]))
-    parts.append(render.html_table(["classifier", "source", "test accuracy", "n"],
-                        [[name, src, v["accuracy"], v["n"]] for name, t in tables["classifiers"].items()
+    parts.append(render.html_table(["classifier", "source", "test accuracy [95% Wilson CI]", "n"],
+                        [[name, src, test(v["accuracy"], v), v["n"]] for name, t in tables["classifiers"].items()
                          for src, v in t["per_source"].items()]))
     if "c2st" in group:
         rows, overlays = [], []

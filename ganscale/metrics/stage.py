@@ -45,6 +45,7 @@ from ganscale.errors import GanscaleError
 from ganscale.images import measured
 from ganscale.metrics import features as fm
 from ganscale.metrics import images as im
+from ganscale.metrics import uncertainty as un
 from ganscale.metrics.images import CHANNELS
 from ganscale.partials import reduce_stored, tree_reduce
 from ganscale import runtime
@@ -241,9 +242,17 @@ def run_item(study: Study, root, item: str, scheduler) -> dict:
                      "sizes": measured_sizes(study, root, "fid_pool3" in sets),
                      "comparisons": compare.to_dict(),
                      "subset": study.metrics.prdc_samples}
-    results["frechet"] = [{"features": fs, "a": a, "b": b,
-                           "value": fm.frechet_distance_from_moments(partials[a].moments[fs], partials[b].moments[fs])}
-                          for fs in sets for a, b in compared]
+    resampling = un.Resampling(study.seed, study.metrics.bootstrap.resamples, study.metrics.bootstrap.rows)
+    results["uncertainty"] = uncertainty_note(study)
+    log.info("metrics: Fréchet distances with %d bootstrap resamples", resampling.resamples)
+    boot = {(n, fs): bootstrap_features(root, n, path, resampling) for n in study.datasets for fs, path in sets.items()}
+    estimates: dict = {}
+    results["frechet"] = []
+    for fs in sets:
+        for a, b in compared:
+            value = fm.frechet_distance_from_moments(partials[a].moments[fs], partials[b].moments[fs])
+            results["frechet"].append(frechet_row(fs, a, b, value, boot[a, fs], boot[b, fs], resampling, estimates))
+    results["noise_floor"] = {r: {fs: un.noise_floor(boot[r, fs][1], resampling, r) for fs in sets} for r in refs}
     results["inception_score"] = {}
     if not partials[first].is_p_sum.shape[1]:  # no logits: a probe without a class head
         results["inception_score_left_out"] = IS_LEFT_OUT
@@ -253,38 +262,146 @@ def run_item(study: Study, root, item: str, scheduler) -> dict:
             results["inception_score"][name] = {"mean": mean, "std": std, "splits": study.metrics.is_splits}
 
     subsets = {(n, fs): feature_subset(study, root, n, path) for n in study.datasets for fs, path in sets.items()}
-    results["kid"], results["prdc"] = subset_tables(study, compare, sets, subsets)
+    results["kid"], results["prdc"] = subset_tables(study, compare, sets, subsets, resampling, estimates)
 
-    results["images"] = image_statistics(study, root, partials, refs, others)
+    results["images"] = image_statistics(study, root, partials, refs, others, resampling, estimates)
     arrays = picture_inputs(study, root, subsets, results["images"], sets)
     tasks = image_tasks(study, refs, others)
-    results["ms_ssim"] = tasks["ms_ssim"]
+    results["ms_ssim"] = ms_ssim_differences(tasks["ms_ssim"], refs, others, resampling)
     if "c2st" in tasks:
-        results["c2st"] = tasks["c2st"]["tables"]
+        results["c2st"] = with_accuracy_intervals(tasks["c2st"]["tables"])
         arrays.update(tasks["c2st"]["arrays"])
+    results["significance"] = paired_differences(compare, estimates)
     if "sweep" in tasks:
         results["sweep"] = tasks["sweep"]
     write_results(root, results, arrays)
     return {}
 
 
-def subset_tables(study: Study, compare: Comparisons, sets: dict, subsets: dict) -> tuple[list, list]:
+def uncertainty_note(study: Study) -> dict:
+    b = study.metrics.bootstrap
+    return {"resamples": b.resamples, "rows": b.rows, "seed": study.seed,
+            "method": ("seeded bootstrap over both sets (each set resampled with replacement from its own stream, "
+                       "the same for a reference in every comparison); basic intervals for the Fréchet distance, KID "
+                       "and precision/recall/density/coverage, percentile intervals for histogram KL and mean "
+                       f"differences, Wilson intervals for C2ST accuracies; datasets above {b.rows} samples are "
+                       "bootstrapped on a seeded subset of that many and the width scaled to the full size"),
+            "significance": ("a difference between two datasets against one reference is significant when the 95% "
+                             "interval of its paired bootstrap (the reference's resamples shared) excludes 0; C2ST "
+                             "accuracies of two classifiers are compared by non-overlapping Wilson intervals")}
+
+
+def bootstrap_features(root, dataset: str, path: str, resampling: un.Resampling) -> tuple[int, np.ndarray]:
+    """(number of samples, features of the dataset's bootstrap rows: all of them up to `rows`)."""
+    group = root[schema.dataset_path(dataset)]
+    n = group[path].shape[0]
+    return n, schema.read_ids(group, path, resampling.subset(dataset, n)).astype(np.float64)
+
+
+def frechet_row(fs: str, a: str, b: str, value: float, boot_a, boot_b, resampling: un.Resampling,
+                estimates: dict) -> dict:
+    """One `frechet` entry: the value on all samples, its interval, the value at matched n and FID-infinity."""
+    (na, xa), (nb, xb) = boot_a, boot_b
+    estimate = un.frechet_bootstrap(xa, xb, resampling, (a, b), value, (na, nb))
+    estimates["frechet", fs, a, b] = estimate
+    row = {"features": fs, "a": a, "b": b, **estimate.to_dict(), "n": [na, nb]}
+    if na != nb:
+        row["matched"] = (un.frechet_matched(xa, xb, resampling, (a, b)) if min(na, nb) <= resampling.rows else
+                          {"reason": f"both datasets exceed metrics.bootstrap.rows ({resampling.rows})"})
+    row["infinity"] = un.frechet_infinity(xa, xb, resampling, b)
+    if "reason" in row["infinity"]:
+        row["infinity"]["reason"] = row["infinity"]["reason"].replace("the dataset", b)
+    return row
+
+
+def subset_tables(study: Study, compare: Comparisons, sets: dict, subsets: dict, resampling: un.Resampling,
+                  estimates: dict) -> tuple[list, list]:
     """The KID of every compared pair and the precision/recall, density/coverage of every
-    (reference, other) pair, per feature set, on the seeded feature subsets."""
+    (reference, other) pair, per feature set, on the seeded feature subsets, with their intervals
+    (`estimates` collects the resampled values for the paired differences)."""
     kid, prdc = [], []
     m = study.metrics
+
+    def boot(name, fs):
+        feats = subsets[name, fs][1]
+        return feats[resampling.subset(name, len(feats))], len(feats)
+
     for fs in sets:
         for a, b in compare.pairs:
             mean, std = fm.kid(subsets[a, fs][1], subsets[b, fs][1], subsets=m.kid_subsets,
                                subset_size=m.kid_subset_size, seed=study.seed)
-            kid.append({"features": fs, "a": a, "b": b, "mean": mean, "std": std})
+            (xa, na), (xb, nb) = boot(a, fs), boot(b, fs)
+            estimate = un.kid_bootstrap(xa, xb, resampling, (a, b), mean, (na, nb))
+            estimates["kid", fs, a, b] = estimate
+            kid.append({"features": fs, "a": a, "b": b, "mean": mean, "std": std, "ci95": list(estimate.ci95),
+                        "resamples": resampling.resamples, "interval": estimate.interval, "n": [na, nb]})
         for r, g in compare.against_reference:
             pr = fm.prdc(subsets[r, fs][1], subsets[g, fs][1], k=m.precision_k)
             dc = fm.prdc(subsets[r, fs][1], subsets[g, fs][1], k=m.density_k)
-            prdc.append({"features": fs, "real": r, "fake": g, "precision": pr["precision"],
-                         "recall": pr["recall"], "density": dc["density"], "coverage": dc["coverage"],
+            values = {"precision": pr["precision"], "recall": pr["recall"], "density": dc["density"],
+                      "coverage": dc["coverage"]}
+            (xr, nr), (xg, ng) = boot(r, fs), boot(g, fs)
+            intervals = un.prdc_bootstrap(xr, xg, resampling, (r, g), m.precision_k, m.density_k, values, (nr, ng))
+            for key, estimate in intervals.items():
+                estimates[key, fs, r, g] = estimate
+            prdc.append({"features": fs, "real": r, "fake": g, **values,
+                         "ci95": {key: list(e.ci95) for key, e in intervals.items()},
+                         "resamples": resampling.resamples, "n": [nr, ng],
                          "k_precision_recall": m.precision_k, "k_density_coverage": m.density_k})
     return kid, prdc
+
+
+# What a paired difference ranks: lower is better for distances, higher for the shares of precision,
+# recall and coverage; density has no better side (1 is a match, above 1 denser than the reference).
+LOWER_IS_BETTER = {"frechet": True, "kid": True, "colour_kl": True, "precision": False, "recall": False,
+                   "coverage": False}
+
+
+def paired_differences(compare: Comparisons, estimates: dict) -> list[dict]:
+    """For every reference, metric and feature set, each pair of compared datasets: the paired
+    bootstrap difference (first - second), whether it is significant, and which is better."""
+    rows = []
+    for (metric, fs, ref, first), estimate in estimates.items():
+        if metric not in LOWER_IS_BETTER or ref not in compare.references:
+            continue
+        for second in compare.others:
+            other = estimates.get((metric, fs, ref, second))
+            if second <= first or other is None or first not in compare.others:
+                continue
+            diff = un.difference(estimate, other)
+            better = None
+            if diff["significant"]:
+                first_better = (diff["value"] < 0) == LOWER_IS_BETTER[metric]
+                better = first if first_better else second
+            rows.append({"metric": metric, "features": fs, "reference": ref, "a": first, "b": second, **diff,
+                         "better": better})
+    return rows
+
+
+def ms_ssim_differences(ms_ssim: dict, refs: list[str], others: list[str], resampling: un.Resampling) -> dict:
+    """MS-SSIM per dataset and, for each compared dataset, its difference from each reference's
+    (over the random pairs: positive = less diverse than the reference)."""
+    out = {}
+    for name, entry in ms_ssim.items():
+        out[name] = {k: v for k, v in entry.items() if k != "scores"}
+        out[name]["difference"] = {}
+    for g in others:
+        for r in refs:
+            estimate = un.mean_difference(ms_ssim[g]["scores"], ms_ssim[r]["scores"], resampling,
+                                          (f"{g}/ms_ssim", f"{r}/ms_ssim"))
+            out[g]["difference"][r] = estimate.to_dict()
+    return out
+
+
+def with_accuracy_intervals(tables: dict) -> dict:
+    """Wilson 95% intervals on every C2ST test accuracy (per classifier, and per source)."""
+    for table in tables["classifiers"].values():
+        n = table["n_test"]
+        table["ci95"] = list(un.accuracy_interval(round(table["test_accuracy"] * n), n))
+        for entry in table["per_source"].values():
+            entry["ci95"] = list(un.accuracy_interval(round(entry["accuracy"] * entry["n"]), entry["n"]))
+    tables["interval"] = "Wilson score 95% interval over the test images"
+    return tables
 
 
 def measured_sizes(study: Study, root, fid: bool) -> dict:
@@ -297,24 +414,47 @@ def measured_sizes(study: Study, root, fid: bool) -> dict:
     return out
 
 
-def image_statistics(study: Study, root, partials: dict, refs: list[str], others: list[str]) -> dict:
+def image_channels(study: Study) -> list[str]:
+    """The histogram channels that carry information: gray alone for a grey study."""
+    return ["gray"] if study.preprocess.grayscale else list(CHANNELS)
+
+
+def image_statistics(study: Study, root, partials: dict, refs: list[str], others: list[str],
+                     resampling: un.Resampling, estimates: dict) -> dict:
     """Sharpness, colour histograms, the KL of each non-reference dataset's to each reference
-    one's, and its colour spikes against the first reference."""
+    one's and its sharpness difference (with intervals), and its colour spikes against the first
+    reference."""
     out = {}
     bins = schema.HIST_BINS
+    channels = image_channels(study)
+    per_image = {}
     for name, part in partials.items():
         n = part.is_n.sum()
         mean = part.sharpness_sum / n
         out[name] = {"sharpness_mean": mean, "sharpness_std": float(np.sqrt(max(part.sharpness_sq / n - mean ** 2, 0))),
-                     "histogram": part.colour_hist.tolist(), "bins": bins,
-                     "colour_kl": {}, "spikes": []}
+                     "histogram": part.colour_hist.tolist(), "bins": bins, "channels": channels,
+                     "colour_kl": {}, "sharpness_difference": {}, "spikes": []}
+        if name in refs or name in others and refs:
+            group = root[schema.dataset_path(name)]
+            total = group["image/sharpness"].shape[0]
+            ids = resampling.subset(name, total)
+            per_image[name] = (total, schema.read_ids(group, "image/sharpness", ids),
+                               schema.read_ids(group, "image/colour_hist", ids))
     for name in (others if refs else []):
         for r in refs:
-            out[name]["colour_kl"][r] = {ch: im.histogram_kl(partials[name].colour_hist[i], partials[r].colour_hist[i])
-                                         for i, ch in enumerate(CHANNELS)}
+            (ng, sharp_g, hist_g), (nr, sharp_r, hist_r) = per_image[name], per_image[r]
+            channel_ids = [CHANNELS.index(ch) for ch in channels]
+            values = im.histogram_kl(partials[name].colour_hist[channel_ids], partials[r].colour_hist[channel_ids])
+            kls = un.histogram_kl_bootstrap(hist_g[:, channel_ids], hist_r[:, channel_ids], resampling, (name, r),
+                                            values, (ng, nr))
+            out[name]["colour_kl"][r] = {ch: e.to_dict() for ch, e in zip(channels, kls)}
+            estimates["colour_kl", channels[-1], r, name] = kls[-1]  # ranked on gray (the last channel)
+            out[name]["sharpness_difference"][r] = un.mean_difference(sharp_g, sharp_r, resampling,
+                                                                      (name, r)).to_dict()
         spikes = im.colour_spikes(partials[refs[0]].colour_hist, partials[name].colour_hist)
         out[name]["spikes"] = [{**s, "channel": CHANNELS[int(s["channel"])] if not isinstance(s["channel"], str)
                                 else s["channel"]} for s in schema.plain(spikes)]
+        out[name]["spikes"] = [s for s in out[name]["spikes"] if s["channel"] in channels]
         out[name]["spikes_against"] = refs[0]
     return out
 
@@ -387,7 +527,7 @@ def ms_ssim_task(study: Study, dataset: str) -> dict:
     images = images_by_id(study, root, dataset, ids, device=runtime.device())
     scores = im.ms_ssim(images[inverse[:pairs]], images[inverse[pairs:]])
     scores = np.asarray(scores.cpu() if hasattr(scores, "cpu") else scores, dtype=np.float64)
-    return {"mean": float(scores.mean()), "std": float(scores.std()), "pairs": int(pairs)}
+    return {"mean": float(scores.mean()), "std": float(scores.std()), "pairs": int(pairs), "scores": scores}
 
 
 def image_tasks(study: Study, reals: list[str], gens: list[str]) -> dict:

@@ -14,8 +14,9 @@ Intervals:
 * Fréchet distance and KID: the "basic" bootstrap interval [2v - q97.5, 2v - q2.5] (v: the value
   on the data, q: quantiles of the resampled values). Resampling with replacement repeats rows,
   which inflates both distances; the basic interval reflects that shift instead of copying it.
-* Shares and means (precision, recall, density, coverage, KL, mean differences): percentile
-  intervals. The C2ST accuracy: the Wilson score interval over its test images.
+* Precision, recall, density and coverage: basic intervals too (their k-nearest-neighbour balls
+  shrink with fewer distinct rows). KL of histograms and mean differences: percentile intervals.
+  The C2ST accuracy: the Wilson score interval over its test images.
 * A set larger than `rows` is bootstrapped on a seeded subset of `rows` rows and the interval's
   width is scaled to the full sizes by sqrt((1/n_a + 1/n_b) / (1/m_a + 1/m_b)) (the m-out-of-n
   bootstrap; the sampling variance of these distances shrinks as 1/n).
@@ -153,23 +154,22 @@ class FrechetResampler:
         return float(mean_term + trace_a + trace_b - 2 * trace_sqrt)
 
 
-def _counts_for(resampling: Resampling, name: str, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    rows = resampling.subset(name, n_rows)
-    return rows, resampling.counts(name, len(rows))
+def _width_scale(sizes: tuple[int, int] | None, rows: tuple[int, int]) -> float:
+    return 1.0 if sizes is None else _scale(sizes, rows)
 
 
 def frechet_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[str, str] = ("a", "b"),
-                      value: float | None = None) -> Estimate:
-    """The Fréchet distance of two feature sets with its basic bootstrap interval. `value`: the
-    distance on all rows when it is already known (from merged moments)."""
+                      value: float | None = None, sizes: tuple[int, int] | None = None) -> Estimate:
+    """The Fréchet distance of two feature sets with its basic bootstrap interval. When `a` and `b`
+    are the bootstrap subsets (`Resampling.subset`) of larger sets, pass the distance on all rows
+    as `value` (from the merged moments) and the full sizes as `sizes`."""
     a, b = fm._as_array(a, "a"), fm._as_array(b, "b")
-    (ra, ca), (rb, cb) = _counts_for(resampling, names[0], len(a)), _counts_for(resampling, names[1], len(b))
-    distance = FrechetResampler(a[ra], b[rb])
+    distance = FrechetResampler(a, b)
     centre = distance()
-    full = centre if len(ra) == len(a) and len(rb) == len(b) else (
-        fm.frechet_distance(a, b) if value is None else value)
-    samples = np.array([distance(wa, wb) for wa, wb in zip(ca, cb)])
-    lo, hi = interval(samples, full, "basic", _scale((len(a), len(b)), (len(ra), len(rb))), centre)
+    full = centre if value is None else value
+    samples = np.array([distance(wa, wb) for wa, wb in zip(resampling.counts(names[0], len(a)),
+                                                           resampling.counts(names[1], len(b)))])
+    lo, hi = interval(samples, full, "basic", _width_scale(sizes, (len(a), len(b))), centre)
     return Estimate(full, (max(lo, 0.0), hi), samples, "basic")
 
 
@@ -189,11 +189,10 @@ def frechet_matched(a, b, resampling: Resampling = Resampling(), names: tuple[st
     rng = resampling._rng(large_name, len(large), 2)
     values = [fm.frechet_distance(small, large[rng.choice(len(large), n, replace=False)]) for _ in range(draws)]
     value = float(np.mean(values))
-    rows = resampling.subset(large_name, len(large))
-    distance = FrechetResampler(small, large[rows])
+    distance = FrechetResampler(small, large)
     small_counts = resampling.counts(small_name, n)
-    large_counts = resampling._rng(large_name, len(rows), 3).multinomial(
-        n, np.full(len(rows), 1.0 / len(rows)), size=resampling.resamples)
+    large_counts = resampling._rng(large_name, len(large), 3).multinomial(
+        n, np.full(len(large), 1.0 / len(large)), size=resampling.resamples)
     samples = np.array([distance(ws, wl) for ws, wl in zip(small_counts, large_counts)])
     lo, hi = interval(samples, value, "basic")
     return {"n": int(n), "value": value, "ci95": [max(lo, 0.0), hi], "draws": draws,
@@ -230,14 +229,14 @@ def _polynomial_kernel(x, y, gamma, degree=3, coef0=1.0):
 
 
 def kid_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[str, str] = ("a", "b"),
-                  value: float | None = None) -> Estimate:
+                  value: float | None = None, sizes: tuple[int, int] | None = None) -> Estimate:
     """The unbiased polynomial-kernel MMD^2 (KID's statistic) on all rows of both sets, resampled:
     the within-set means run over pairs of distinct rows (a row drawn c times weighs c in each
     pair), since k(x, x) is far larger than k(x, y) and pairs of copies would inflate it. The
-    interval is reported about `value` (the subset-mean KID) when given."""
-    a, b = fm._as_array(a, "a"), fm._as_array(b, "b")
-    (ra, ca), (rb, cb) = _counts_for(resampling, names[0], len(a)), _counts_for(resampling, names[1], len(b))
-    x, y = a[ra], b[rb]
+    interval is reported about `value` (the subset-mean KID) when given; `sizes` as in
+    `frechet_bootstrap`."""
+    x, y = fm._as_array(a, "a"), fm._as_array(b, "b")
+    ca, cb = resampling.counts(names[0], len(x)), resampling.counts(names[1], len(y))
     gamma = 1.0 / a.shape[1]
     k_aa, k_bb, k_ab = _polynomial_kernel(x, x, gamma), _polynomial_kernel(y, y, gamma), _polynomial_kernel(x, y, gamma)
     da, db = np.diag(k_aa), np.diag(k_bb)
@@ -251,7 +250,7 @@ def kid_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[str,
     centre = mmd(np.ones(len(x)), np.ones(len(y)))
     samples = np.array([mmd(wa.astype(np.float64), wb.astype(np.float64)) for wa, wb in zip(ca, cb)])
     full = centre if value is None else value
-    return Estimate(full, interval(samples, full, "basic", _scale((len(a), len(b)), (len(x), len(y))), centre),
+    return Estimate(full, interval(samples, full, "basic", _width_scale(sizes, (len(x), len(y))), centre),
                     samples, "basic")
 
 
@@ -266,13 +265,16 @@ def _radii(d: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
 
 
 def prdc_bootstrap(real, fake, resampling: Resampling = Resampling(), names: tuple[str, str] = ("real", "fake"),
-                   k_precision: int = 3, k_density: int = 5) -> dict[str, Estimate]:
+                   k_precision: int = 3, k_density: int = 5, values: dict | None = None,
+                   sizes: tuple[int, int] | None = None) -> dict[str, Estimate]:
     """Precision and recall (k_precision) and density and coverage (k_density), as `fm.prdc`
-    computes them, with percentile intervals from resamples of both sets: the k-nearest-neighbour
-    balls are rebuilt in every resample, from one pair of distance matrices."""
-    real, fake = fm._as_array(real, "real"), fm._as_array(fake, "fake")
-    (rr, cr), (rf, cf) = _counts_for(resampling, names[0], len(real)), _counts_for(resampling, names[1], len(fake))
-    x, y = real[rr], fake[rf]
+    computes them, with basic intervals from resamples of both sets: the k-nearest-neighbour balls
+    are rebuilt in every resample, from one set of distance matrices (a row drawn c times is c
+    neighbours of the others, never of itself). Fewer distinct rows shift the resampled values, and
+    the basic interval reflects that shift (the shares' intervals are clipped to [0, 1]). `values` and `sizes`:
+    as `value` and `sizes` of `frechet_bootstrap`."""
+    x, y = fm._as_array(real, "real"), fm._as_array(fake, "fake")
+    cr, cf = resampling.counts(names[0], len(x)), resampling.counts(names[1], len(y))
     d_rr, d_ff, d_rf = fm.pairwise_distances(x, x), fm.pairwise_distances(y, y), fm.pairwise_distances(x, y)
 
     def measure(wr, wf):
@@ -290,26 +292,38 @@ def prdc_bootstrap(real, fake, resampling: Resampling = Resampling(), names: tup
         out["coverage"] = wr @ (cross.min(1) < radius_r) / wr.sum()
         return out
 
-    values = measure(np.ones(len(x)), np.ones(len(y)))
+    centre = measure(np.ones(len(x)), np.ones(len(y)))
+    values = centre if values is None else values
     resampled = [measure(wr, wf) for wr, wf in zip(cr, cf)]
-    return {key: Estimate(float(values[key]), interval(np.array([r[key] for r in resampled]), values[key]),
-                          np.array([r[key] for r in resampled]), "percentile") for key in values}
+    scale = _width_scale(sizes, (len(x), len(y)))
+    out = {}
+    for key in centre:
+        samples = np.array([r[key] for r in resampled])
+        lo, hi = interval(samples, values[key], "basic", scale, centre[key])
+        if key != "density":  # shares
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
+        out[key] = Estimate(float(values[key]), (lo, hi), samples, "basic")
+    return out
 
 
 # --- image statistics, accuracies, differences -------------------------------------------------
 
 def histogram_kl_bootstrap(hists, reference_hists, resampling: Resampling = Resampling(),
-                           names: tuple[str, str] = ("a", "reference")) -> list[Estimate]:
+                           names: tuple[str, str] = ("a", "reference"), values=None,
+                           sizes: tuple[int, int] | None = None) -> list[Estimate]:
     """KL(a || reference) of summed per-image histograms [N, C, bins] per channel C, with
-    percentile intervals from resampled images of both sets."""
+    percentile intervals from resampled images of both sets. `values` and `sizes`: as `value` and
+    `sizes` of `frechet_bootstrap` (per channel)."""
     h = np.asarray(hists, np.float64)
     g = np.asarray(reference_hists, np.float64)
     ca, cb = resampling.counts(names[0], len(h)), resampling.counts(names[1], len(g))
-    value = im.histogram_kl(h.sum(0), g.sum(0))
+    centre = im.histogram_kl(h.sum(0), g.sum(0))
+    values = centre if values is None else np.asarray(values)
     resampled = np.stack([im.histogram_kl(np.tensordot(wa, h, 1), np.tensordot(wb, g, 1))
                           for wa, wb in zip(ca, cb)])  # [R, C]
-    return [Estimate(float(value[c]), interval(resampled[:, c], value[c]), resampled[:, c], "percentile")
-            for c in range(len(value))]
+    scale = _width_scale(sizes, (len(h), len(g)))
+    return [Estimate(float(values[c]), interval(resampled[:, c], values[c], "percentile", scale, centre[c]),
+                     resampled[:, c], "percentile") for c in range(len(centre))]
 
 
 def mean_difference(x, y, resampling: Resampling = Resampling(), names: tuple[str, str] = ("a", "b")) -> Estimate:
