@@ -166,7 +166,8 @@ def comparison_atlas(counts_a: np.ndarray, counts_b: np.ndarray, name_a: str, na
 
 def kl_heatmap(table: np.ndarray, layers: list[str], grids: list[int], title: str, path: Path) -> Path:
     """Layers (rows) by grid sizes (columns), KL values written in the cells."""
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(grids), 1.2 + 0.45 * len(layers)))
+    width = 1.6 + 1.1 * len(grids)
+    fig, ax = plt.subplots(figsize=(width, 1.2 + 0.45 * len(layers)))
     image = ax.imshow(table, cmap="magma_r", aspect="auto")
     for i in range(len(layers)):
         for j in range(len(grids)):
@@ -175,7 +176,7 @@ def kl_heatmap(table: np.ndarray, layers: list[str], grids: list[int], title: st
     ax.set_xticks(range(len(grids)), [f"{g}x{g}" for g in grids])
     ax.set_yticks(range(len(layers)), layers)
     fig.colorbar(image, ax=ax)
-    ax.set_title(title, fontsize=9)
+    fig.suptitle(_wrap(title, width - 0.2, 9), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -206,7 +207,8 @@ def _row_figure(rows: list[tuple[str, np.ndarray]], n_cols: int, title: str):
     """One axes per row showing that row's pictures composed into one image (one axes per picture
     made the report's figures cost seconds each: matplotlib lays out every axes and its ticks).
     Returns the figure and the row axes, for drawing on before `_save`."""
-    fig, axes = plt.subplots(len(rows), 1, figsize=(1.1 * n_cols + 1.6, 1.15 * len(rows) + 0.6), squeeze=False)
+    width = 1.1 * n_cols + 1.6
+    fig, axes = plt.subplots(len(rows), 1, figsize=(width, 1.15 * len(rows) + 0.6), squeeze=False)
     for ax, (label, canvas) in zip(axes[:, 0], rows):
         ax.imshow(canvas, interpolation="nearest")
         ax.set_xticks([])
@@ -214,7 +216,7 @@ def _row_figure(rows: list[tuple[str, np.ndarray]], n_cols: int, title: str):
         for spine in ax.spines.values():
             spine.set_visible(False)
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_wrap(title, width - 0.2, 9), fontsize=9)
     return fig, axes[:, 0]
 
 
@@ -298,13 +300,13 @@ def line_panels(panels: list[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]
     for ax, (name, series) in zip(axes[0], panels):
         for label, (x, y) in series.items():
             ax.plot(x, y, marker="o" if len(x) < 20 else None, markersize=3, label=label)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(_wrap(name, 3.2, 9), fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         if log_y:
             ax.set_yscale("log")
         ax.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_wrap(title, 3.4 * len(panels) - 0.2, 9), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
