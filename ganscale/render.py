@@ -103,10 +103,12 @@ def _dark(rgba: np.ndarray) -> np.ndarray:
     return rgba[..., :3] @ np.array([0.299, 0.587, 0.114]) < 0.47
 
 
-def atlas_legend(name_a: str, name_b: str, min_count: int = 10, alpha: float = 0.05) -> list[Patch]:
-    """The legend entries of the comparison atlas's colours."""
-    return [Patch(facecolor=CMAP(0.85), edgecolor="black", label=f"more {name_a} than {name_b} (significant, outlined)"),
-            Patch(facecolor=CMAP(0.15), edgecolor="black", label=f"more {name_b} than {name_a} (significant, outlined)"),
+def atlas_legend(name_a: str, name_b: str, min_count: int = 10, alpha: float = 0.05,
+                 outlined: bool = True) -> list[Patch]:
+    """The legend entries of the comparison atlas's colours (`outlined`: significant cells framed in black)."""
+    edge, note = ("black", ", outlined") if outlined else ("none", "")
+    return [Patch(facecolor=CMAP(0.85), edgecolor=edge, label=f"more {name_a} than {name_b} (significant{note})"),
+            Patch(facecolor=CMAP(0.15), edgecolor=edge, label=f"more {name_b} than {name_a} (significant{note})"),
             Patch(color=tuple(_muted(np.array(1.0))), label=f"pale: not significant (BH q >= {alpha:g}, or < {min_count} samples)"),
             Patch(color=EMPTY, label="grey: no samples")]
 
