@@ -109,7 +109,8 @@ def atlas_legend(name_a: str, name_b: str, min_count: int = 10, alpha: float = 0
     edge, note = ("black", ", outlined") if outlined else ("none", "")
     return [Patch(facecolor=CMAP(0.85), edgecolor=edge, label=f"more {name_a} than {name_b} (significant{note})"),
             Patch(facecolor=CMAP(0.15), edgecolor=edge, label=f"more {name_b} than {name_a} (significant{note})"),
-            Patch(color=tuple(_muted(np.array(1.0))), label=f"pale: not significant (BH q >= {alpha:g}, or < {min_count} samples)"),
+            Patch(color=tuple(_muted(np.array(1.0))),
+                  label=f"pale: not significant (BH q >= {alpha:g}, or < {min_count} samples)"),
             Patch(color=EMPTY, label="grey: no samples")]
 
 
@@ -153,11 +154,12 @@ def comparison_atlas_figure(counts_a: np.ndarray, counts_b: np.ndarray, name_a: 
 
 def comparison_atlas(counts_a: np.ndarray, counts_b: np.ndarray, name_a: str, name_b: str, title: str,
                      path: Path, alpha: float = 0.05, min_count: int = 10) -> Path:
-    """Cells coloured by the share of dataset a in the cell's density (`density_share`; the
-    colourbar): red where a is over-represented, blue where b is, white where they agree, grey
-    where both are empty. Cells whose difference is significant (`cell_significance` at `alpha`,
-    at least `min_count` samples) are outlined in black, the others pale. A legend names the colours, the axes
-    number the cells (x column, y row, from the bottom left). Counts a above b printed on grids up
+    """Cells coloured by the share of dataset a in the cell's density (`density_share`, 0..1; the
+    colourbar shows this share, not a log ratio): red where a is over-represented, blue where b is,
+    white where they agree, grey where both are empty. Cells whose difference is significant
+    (`cell_significance` at `alpha`, at least `min_count` samples) are outlined in black, the others
+    pale. A legend outside the axes names the colours; the axes number the cells (x column, y row,
+    from the bottom left; thinned to ~16 on finer grids). Counts a above b printed on grids up
     to 20, white on dark cells (on finer grids the numbers would be under 4 points high at this
     size: unreadable, and a thousand text artists cost matplotlib seconds per figure)."""
     fig = comparison_atlas_figure(counts_a, counts_b, name_a, name_b, title, alpha, min_count)
