@@ -20,11 +20,10 @@ class IconFigure(NamedTuple):
 
 
 def _share(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarray:
-    """Share of dataset a in each cell's density, each dataset normalised to its own total (as
-    `ganscale.render.comparison_atlas`); NaN where both are empty."""
-    pa, pb = counts_a / max(counts_a.sum(), 1), counts_b / max(counts_b.sum(), 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pa + pb > 0, pa / np.where(pa + pb > 0, pa + pb, 1), np.nan)
+    """Share of dataset a in each cell's density (`ganscale.render.density_share`); NaN where both are empty."""
+    from ganscale.render import density_share
+
+    return density_share(counts_a, counts_b)
 
 
 def icon_canvas(icons: np.ndarray, frame: np.ndarray | None = None, width: int = 0, has: np.ndarray | None = None
@@ -50,8 +49,8 @@ def icon_atlas_figures(study: Study, root, out: Path, pairs: list[tuple[str, str
     {layer}_g{G}.png            the icon atlas: each cell's icon at its grid position, empty cells blank
     {layer}_g{G}_{a}_vs_{b}.png the density comparison of datasets a and b beside it: left the icons,
                                 each framed in its cell's colour; right the cells coloured alone. Red:
-                                a over-represented, blue: b, white: equal, grey: empty (the colours of
-                                `ganscale.render.comparison_atlas`)
+                                a over-represented, blue: b, white: equal, grey: empty, pale: not
+                                significant (the colours and test of `ganscale.render.comparison_atlas`)
 
     `pairs` (dataset names) defaults to every pair of the study's datasets. Returns
     IconFigure(layer, grid, path) tuples, the icon atlas of a layer and grid first."""
@@ -59,11 +58,10 @@ def icon_atlas_figures(study: Study, root, out: Path, pairs: list[tuple[str, str
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.cm import ScalarMappable
     from PIL import Image
 
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#dddddd")
-    norm = TwoSlopeNorm(0.5, 0, 1)
+    from ganscale import render
     folder = Path(out) / "icons"
     written: list[IconFigure] = []
     for layer in study.icon_layers():
@@ -84,23 +82,26 @@ def icon_atlas_figures(study: Study, root, out: Path, pairs: list[tuple[str, str
             counts, names = group["counts"][...], list(group.attrs["datasets"])  # the atlas's order
             for a, b in (pairs if pairs is not None else itertools.combinations(names, 2)):
                 ia, ib = names.index(a), names.index(b)
-                share = _share(counts[ia], counts[ib])
-                colours = (cmap(norm(np.nan_to_num(share, nan=0.5)))[..., :3] * 255).round().astype(np.uint8)
-                framed = icon_canvas(stored, colours, width=max(1, size // 10), has=has)
-                fig, axes = plt.subplots(1, 2, figsize=(13, 6.6), gridspec_kw={"width_ratios": [1, 1.08]})
+                colours = render.cell_colours(counts[ia], counts[ib], render.cell_significance(counts[ia], counts[ib]))
+                framed = icon_canvas(stored, (colours[..., :3] * 255).round().astype(np.uint8),
+                                     width=max(1, size // 10), has=has)
+                fig, axes = plt.subplots(1, 2, figsize=(13, 7.2), gridspec_kw={"width_ratios": [1, 1.08]},
+                                         layout="constrained")
                 axes[0].imshow(framed, extent=(0, grid, 0, grid),
                                interpolation="nearest" if zoom > 1 else "antialiased")
-                axes[0].set_title(f"{layer}, {grid}x{grid}: icons framed by the cell's density share", fontsize=9)
-                image = axes[1].imshow(share, cmap=cmap, norm=norm, origin="lower", extent=(0, grid, 0, grid))
-                axes[1].set_title(f"{layer}, {grid}x{grid}: density share (cells with icons outlined)", fontsize=9)
+                axes[0].set_title(render._wrap(f"{layer}, {grid}x{grid}: icons framed by the cell's density share",
+                                               6, 9), fontsize=9)
+                axes[1].imshow(colours, origin="lower", extent=(0, grid, 0, grid), interpolation="nearest")
+                axes[1].set_title(render._wrap(f"{layer}, {grid}x{grid}: density share (cells with icons outlined)",
+                                               6, 9), fontsize=9)
                 for iy, ix in np.argwhere(has):
                     axes[1].add_patch(plt.Rectangle((ix, iy), 1, 1, fill=False, lw=0.6, ec="black"))
-                bar = fig.colorbar(image, ax=axes[1], fraction=0.046, pad=0.03)
-                bar.set_label(f"share of {a} (red) vs {b} (blue)")
+                bar = fig.colorbar(ScalarMappable(render.NORM, render.CMAP), ax=axes[1], fraction=0.046, pad=0.03)
+                bar.set_label(f"{a}'s share of the cell's density (1: only {a}, 0: only {b})")
+                fig.legend(handles=render.atlas_legend(a, b, outlined=False),
+                           loc="outside lower center", ncol=2, fontsize=8, frameon=False)
                 for ax in axes:
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                fig.tight_layout()
+                    render._cell_ticks(ax, grid)
                 path = folder / f"{layer}_g{grid}_{a}_vs_{b}.png"
                 fig.savefig(path, dpi=110)
                 plt.close(fig)

@@ -46,10 +46,11 @@ def _class_names(probe) -> list[str]:
 
 
 def _colormap() -> list[str]:
-    """render.comparison_atlas's colours: RdBu_r sampled at 256 shares of dataset a (0: all b)."""
-    import matplotlib
+    """render.comparison_atlas's colours (render.CMAP, RdBu_r) sampled at 256 shares of dataset a
+    (0: all b). The viewer colours every cell at full strength: it does not pale the cells that
+    render.cell_significance finds not significant (its cell details give the counts)."""
+    from ganscale.render import CMAP as cmap
 
-    cmap = matplotlib.colormaps["RdBu_r"]
     return ["#%02x%02x%02x" % tuple(int(round(255 * c)) for c in cmap(x)[:3]) for x in np.linspace(0, 1, 256)]
 
 
