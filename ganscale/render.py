@@ -317,6 +317,13 @@ def line_panels(panels: list[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]
     return path
 
 
+def img_link(src, width: int | None = None, alt: str = "") -> str:
+    """An image shown at `width` (or at most the page's width) that links to its full size."""
+    src = html.escape(str(src), quote=True)
+    size = f" width='{width}'" if width else " style='max-width:100%'"
+    return f"<a href='{src}'><img src='{src}'{size} alt='{html.escape(alt, quote=True)}'></a>"
+
+
 def html_table(header: list[str], rows: list[list]) -> str:
     """A plain HTML table; floats to 4 significant digits."""
     def cell(v):

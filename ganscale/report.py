@@ -147,7 +147,7 @@ def _icons_section(study, root, out, shared: Shared):
     pictures = icon_atlas_figures(study, root, out)
     if not pictures:
         return "", {}
-    body = "".join(f"<figure><img src='{p.relative_to(out)}' width='900'><figcaption>{html.escape(layer)} "
+    body = "".join(f"<figure>{render.img_link(p.relative_to(out), 900)}<figcaption>{html.escape(layer)} "
                    f"{g}x{g}</figcaption></figure>" for layer, g, p in pictures)
     return ("<h2>Activation atlas icons</h2><p>Each cell shows a feature visualisation of the cell's mean "
             "activation (direction x cosine^n objective, Fourier parameterisation, decorrelated colour), "
@@ -207,8 +207,16 @@ def run_item(study: Study, root, item: str, _) -> dict:
                        "report": {"seconds": round(time.time() - t0, 2)}},
             **extra_summary,
         }
+        verdict_fragment = ""
+        if "metrics" in extra_summary:
+            from ganscale.metrics.verdict import verdict, verdict_html
+
+            others = extra_summary["metrics"].get("comparisons", {}).get("others", [])
+            cells = {(a, b): verdict_cells(study, root, names, a, b) for a, b in itertools.combinations(others, 2)}
+            summary["verdict"] = verdict(extra_summary["metrics"], summary["datasets"], cells)
+            verdict_fragment = verdict_html(summary["verdict"])
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        (out / "index.html").write_text(index_html(study, summary, sections, extra_html))
+        (out / "index.html").write_text(index_html(study, summary, sections, extra_html, verdict_fragment))
         publish(out, location, study.storage_options)
     log.info("report: %s/index.html", location)
     return {}
@@ -253,6 +261,26 @@ def pair_sections(study: Study, root, out: Path, names: list[str], pairs, shared
     return sections
 
 
+def verdict_cells(study: Study, root, names: list[str], a: str, b: str, per_direction: int = 3) -> list[dict]:
+    """The atlas cells (deepest layer, first grid) with the largest KL terms between datasets a and
+    b, each way, with their counts and the examples figure that shows them."""
+    layer, grid = study.layers[-1], study.atlas.grids[0]
+    group = root[schema.atlas_path(layer, grid)]
+    kl_cells, counts = group["kl_cells"][...], group["counts"][...]
+    i, j = names.index(a), names.index(b)
+    first, second = sorted((i, j))
+    figure = f"examples/{layer}_{names[first]}_vs_{names[second]}.png"
+    out = []
+    for p, q in ((i, j), (j, i)):
+        for cell in np.argsort(-kl_cells[p, q].ravel())[:per_direction]:
+            iy, ix = divmod(int(cell), grid)
+            out.append({"layer": layer, "grid": grid, "cell": [iy, ix], "direction": f"KL({names[p]}||{names[q]})",
+                        "kl_term": float(kl_cells[p, q, iy, ix]),
+                        "counts": {names[p]: int(counts[p, iy, ix]), names[q]: int(counts[q, iy, ix])},
+                        "figure": figure})
+    return out
+
+
 def kl_rows(study: Study, root, names: list[str]) -> list[dict]:
     """summary.json's KL rows: per layer, grid and ordered pair."""
     rows = []
@@ -273,6 +301,8 @@ def dataset_entries(study: Study, root) -> dict:
         attrs = root[schema.dataset_path(name)].attrs
         out[name] = {"kind": spec.kind, "samples": spec.samples, "reference": name in refs,
                      "image_size": attrs.get("image_size"), "probe_input": attrs.get("input_size")}
+        if spec.about:
+            out[name]["about"] = spec.about
     return out
 
 
@@ -303,7 +333,7 @@ def _sizes(entry: dict) -> str:
             f"the probe sees them resized once to {probe}x{probe})")
 
 
-def index_html(study: Study, summary: dict, sections, extra_html: list[str] = ()) -> str:
+def index_html(study: Study, summary: dict, sections, extra_html: list[str] = (), verdict: str = "") -> str:
     names = list(summary["datasets"])
     esc = html.escape
     rows = []
@@ -314,15 +344,16 @@ def index_html(study: Study, summary: dict, sections, extra_html: list[str] = ()
                 for p, q in itertools.permutations(names, 2))
             rows.append(f"<tr><td>{esc(layer)}</td><td>{g}</td>{cells}</tr>")
     header = "".join(f"<th>KL({esc(p)}&#8214;{esc(q)})</th>" for p, q in itertools.permutations(names, 2))
-    datasets = "".join(f"<li><b>{esc(n)}</b>: {esc(d['kind'])}, {d['samples']:,} samples{_sizes(d)}"
+    datasets = "".join(f"<li><b>{esc(n)}</b>: {esc(d['kind'])}{esc(', ' + d['about'] if d.get('about') else '')}, "
+                       f"{d['samples']:,} samples{_sizes(d)}"
                        f"{', reference of the metrics' if d.get('reference') else ''}</li>"
                        for n, d in summary["datasets"].items())
     stage_times = ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in summary["stages"].items())
     body = []
     for a, b, heatmap, pictures in sections:
-        body.append(f"<h2>{esc(a)} vs {esc(b)}</h2><img src='{heatmap}' alt='KL heatmap'>")
+        body.append(f"<h2 id='pair-{esc(a)}-{esc(b)}'>{esc(a)} vs {esc(b)}</h2>{render.img_link(heatmap, alt='KL heatmap')}")
         for layer in study.layers:
-            imgs = "".join(f"<figure><img src='{p}' width='420'><figcaption>{esc(layer)} "
+            imgs = "".join(f"<figure>{render.img_link(p, 420)}<figcaption>{esc(layer)} "
                            f"{g if g == 'examples' else f'{g}x{g}'}</figcaption></figure>"
                            for lay, g, p in pictures if lay == layer)
             body.append(f"<h3>{esc(layer)}</h3><div class='row'>{imgs}</div>")
@@ -336,6 +367,7 @@ figure{{margin:0}} figcaption{{font-size:12px;color:#555}}</style></head><body>
 {esc(study.probe.name)}, layers {esc(', '.join(study.layers))}. Stage times: {esc(stage_times)}.
 Machine-readable: <a href="summary.json">summary.json</a>.</p>
 <ul>{datasets}</ul>
+{verdict}
 <h2>KL divergence between datasets' cell distributions</h2>
 <p>KL(p&#8214;q) of the UMAP grid-cell distributions (each cell smoothed with {summary['kl_smoothing']}
 pseudo-counts). Larger: q leaves empty where p lives. Images: {esc(_preprocessed(summary))}{esc(summary['resize'])}.</p>

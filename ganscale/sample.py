@@ -45,7 +45,7 @@ def settings(study: Study, dataset: str) -> dict:
     on purpose: they do not change the result."""
     return {
         "layout": schema.LAYOUT_VERSION,
-        "dataset": study.datasets[dataset].model_dump(mode="json"),
+        "dataset": study.datasets[dataset].model_dump(mode="json", exclude={"about"}),
         "name": dataset,
         "probe": study.probe.model_dump(mode="json"),
         "layers": study.layers,

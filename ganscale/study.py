@@ -74,14 +74,20 @@ class ProbeSpec(_Strict):
         return self
 
 
-class ImagesDataset(_Strict):
+class _Described(_Strict):
+    # What the dataset is, in words (for a generator: what it was trained on); shown in the report and
+    # its verdict. Not a setting: the sample stage leaves it out of what it hashes.
+    about: str | None = None
+
+
+class ImagesDataset(_Described):
     """Real images from a folder (local or s3://), center-cropped and resized to the probe's input."""
     kind: Literal["images"]
     path: str
     samples: PositiveInt
 
 
-class ArraysDataset(_Strict):
+class ArraysDataset(_Described):
     """Real images stored as an array: .npy, .npz (`key`, or its only array) or zarr (local or s3://,
     `key` names the array inside a group); [N, H, W] or [N, H, W, C] with C 1 or 3, uint8 (0..255) or
     float in [0, 1]. `samples` rows (of rows [start, stop) when given) are chosen deterministically, as
@@ -94,14 +100,14 @@ class ArraysDataset(_Strict):
     sha256: str | None = None  # of the .npy/.npz file, checked when it is fetched
 
 
-class ToyWorldDataset(_Strict):
+class ToyWorldDataset(_Described):
     """Real scenes of the built-in toy world, rendered from seeds."""
     kind: Literal["toyworld"]
     samples: PositiveInt
     exclude: list[Literal["sun", "box", "tree", "ball"]] = []
 
 
-class GeneratorDataset(_Strict):
+class GeneratorDataset(_Described):
     """Images from a generator in the registry (dcgan, biggan, torchscript, openvino, onnx) or a
     `module:function` plugin."""
     kind: Literal["generator"]

@@ -53,6 +53,25 @@ def test_report_and_summary(toy_run):
         assert picture in html and (report / picture).stat().st_size > 5000
     assert "href='viewer/index.html'" in html and (report / "viewer" / "index.html").is_file()
     assert any((report / "viewer" / "data").glob("*_g20.js"))
+    assert "<a href='atlas/block3_real_vs_no_tree_g20.png'><img" in html  # thumbnails link to the full size
+
+
+def test_the_verdict_ranks_the_generators_from_the_data(toy_run):
+    _, tmp, _ = toy_run
+    report = tmp / "report"
+    summary = json.loads((report / "summary.json").read_text())
+    verdict = summary["verdict"]["references"]["real"]
+    rankings = {r["metric"]: r for r in verdict["rankings"]}
+    assert {"frechet", "kid", "precision", "recall", "coverage", "c2st"} <= set(rankings)
+    fid = rankings["frechet"]
+    assert fid["best"] == "full" and fid["best_is_significant"]  # the generator that draws trees, as every metric says
+    values = {o["dataset"]: o for o in fid["order"]}
+    frechet = {r["b"]: r for r in summary["metrics"]["frechet"] if r["a"] == "real" and r["features"] == fid["features"]}
+    assert values["full"]["value"] == frechet["full"]["value"] and values["full"]["ci95"] == frechet["full"]["ci95"]
+    assert verdict["sentences"] and all(s.endswith(".") for s in verdict["sentences"])
+    html = (report / "index.html").read_text()
+    assert html.index("id='verdict'") < html.index("KL divergence between datasets")
+    assert verdict["sentences"][0].replace("'", "&#x27;") in html
 
 
 def test_a_rerun_redoes_nothing(toy_run):

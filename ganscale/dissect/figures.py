@@ -240,7 +240,7 @@ def layer_html(name: str, layer: str, group, results: dict, folder: Path, out: P
         bars = concept_bars(labels["concepts"], f"{name} {layer}: interpretable units per concept",
                             folder / f"concepts_{tag}.png", labels["concepts_iqr"],
                             (f"IoU > {labels['iou_min']}", f"and IQR > {labels['iqr_min']}"))
-        parts.append(f'<img src="{bars.relative_to(out)}">')
+        parts.append(render.img_link(bars.relative_to(out)))
     parts.append(render.html_table(["unit", "class", "IoU", "IQR", "threshold"],
                                    [[u["unit"], u["class"], u["iou"], u["iqr"], u["threshold"]]
                                     for u in labels["top_units"]]))
@@ -252,7 +252,7 @@ def layer_html(name: str, layer: str, group, results: dict, folder: Path, out: P
                            [f"unit {u}\n{classes[label[u]]} {iou[u]:.2f}" for u in units],
                            f"{name} {layer}: top-activating images; unit above its threshold outlined",
                            folder / f"units_{tag}.png")
-        parts.append(f'<img src="{panel.relative_to(out)}">')
+        parts.append(render.img_link(panel.relative_to(out)))
     effects = results["interventions"]
     if "interventions_left_out" in results:
         parts.append(f"<p>Interventions left out: {html.escape(results['interventions_left_out'])}.</p>")
@@ -279,7 +279,7 @@ def layer_html(name: str, layer: str, group, results: dict, folder: Path, out: P
                                  folder / f"interventions_{tag}.png")
         heat = insertion_figure(results["insertion_maps"], f"{name} {layer}: inserting a class's units at one "
                                 "featuremap pixel", folder / f"insertion_{tag}.png")
-        parts.append(f'<img src="{pics.relative_to(out)}"><img src="{heat.relative_to(out)}">')
+        parts.append(render.img_link(pics.relative_to(out)) + render.img_link(heat.relative_to(out)))
         parts.append(render.html_table(
             ["class", "1-pixel insertions that add the class", "best context", "gain there"],
             [[c, m["success_rate"], *max(((k, v["gain"]) for k, v in m["by_context"].items()), key=lambda kv: kv[1])]
@@ -288,7 +288,7 @@ def layer_html(name: str, layer: str, group, results: dict, folder: Path, out: P
                                   f"{name} {layer}: mean normalised change in later layers",
                                   folder / f"downstream_{tag}.png")
         if trace is not None:
-            parts.append(f'<img src="{trace.relative_to(out)}">')
+            parts.append(render.img_link(trace.relative_to(out)))
     if "artifacts" in results:
         a = results["artifacts"]
         k = a["k"]
@@ -312,7 +312,7 @@ def layer_html(name: str, layer: str, group, results: dict, folder: Path, out: P
                 [("original", [im.astype(np.float32) / 255 for im in pics[0]]),
                  (f"top {k} ablated", [im.astype(np.float32) / 255 for im in pics[1]])],
                 f"{name} {layer}: where the artifact units are most active", folder / f"artifacts_{tag}.png")
-            parts.append(f'<img src="{figure.relative_to(out)}">')
+            parts.append(render.img_link(figure.relative_to(out)))
     return "\n".join(parts)
 
 

@@ -103,7 +103,7 @@ def reads(study: Study, generator: str) -> list[tuple[str, str]]:
 
 
 def settings(study: Study, generator: str) -> dict:
-    return {"version": DISSECT_VERSION, "dataset": study.datasets[generator].model_dump(mode="json"),
+    return {"version": DISSECT_VERSION, "dataset": study.datasets[generator].model_dump(mode="json", exclude={"about"}),
             "dissect": study.dissect_for(generator).model_dump(mode="json", exclude={"per_generator"}),
             "seed": study.seed,
             "probe": study.probe.model_dump(mode="json"), "layers": study.layers, "real": study.artifact_reference()}

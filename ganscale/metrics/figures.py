@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganscale import render
+from ganscale import render, schema, sources
+from ganscale.images import measured
 from ganscale.metrics.images import CHANNELS
 from ganscale.models.base import latents_from_seeds
 from ganscale.study import Study
@@ -40,7 +41,7 @@ def interpolation_rows(generator, seed_pairs: list[tuple[int, int]], steps: int 
 
 
 def _img(path: Path, out: Path) -> str:
-    return f'<img src="{html.escape(str(path.relative_to(out)))}" style="max-width:100%">'
+    return render.img_link(path.relative_to(out))
 
 
 def metrics_section(study: Study, root, out: Path, images_of=None) -> tuple[str, dict]:
@@ -87,6 +88,11 @@ def metrics_section(study: Study, root, out: Path, images_of=None) -> tuple[str,
     def pictures(dataset, ids):
         return _hwc(images_of(dataset, ids))
 
+    as_measured = ("as measured: " + sources.preprocess_note(study.preprocess.grayscale, study.preprocess.size)
+                   if study.preprocess.grayscale or study.preprocess.size else "as measured")
+    parts.append(samples_html(study, images_of, folder, out, as_measured))
+    if results.get("memorisation"):
+        parts.append(memorisation_html(results["memorisation"], group, pictures, folder, out))
     for g in study.datasets:
         spikes = images[g]["spikes"][:group[f"{g}/spikes"].shape[0] if f"{g}/spikes" in group else 0]
         if spikes:
@@ -116,8 +122,9 @@ def metrics_section(study: Study, root, out: Path, images_of=None) -> tuple[str,
         generator = images_of.generator(g)
         if hasattr(generator, "from_latents") and hasattr(generator, "z_dim"):
             seeds = np.random.default_rng(study.seed).integers(0, 2**31, size=(min(shown, 4), 2))
-            path = render.image_rows(interpolation_rows(generator, [tuple(map(int, p)) for p in seeds]),
-                                     f"{g}: latent interpolation (slerp) between pairs of seeds",
+            rows = [(label, _hwc(measured(study, torch.as_tensor(np.stack(pics)).permute(0, 3, 1, 2))))
+                    for label, pics in interpolation_rows(generator, [tuple(map(int, p)) for p in seeds])]
+            path = render.image_rows(rows, f"{g}: latent interpolation (slerp) between pairs of seeds, {as_measured}",
                                      folder / f"interpolation_{g}.png")
             parts.append(f"<h4>Latent interpolation: {html.escape(g)}</h4>" + _img(path, out))
     if "c2st" in results:
@@ -177,6 +184,62 @@ def uncertainty_html(results: dict) -> str:
             ["metric", "features", "reference", "a", "b", "a minus b [95% CI]", "significant", "better"],
             [[d["metric"], d["features"], d["reference"], d["a"], d["b"], with_ci(d),
               "yes" if d["significant"] else "no", d["better"] or "neither"] for d in significance]))
+    return "\n".join(parts)
+
+
+SAMPLES_SHOWN = 8
+
+
+def samples_html(study: Study, images_of, folder: Path, out: Path, as_measured: str) -> str:
+    """Random samples of every dataset exactly as the metrics measured them and, for generators,
+    their raw output (the same seeds) beside them."""
+    rows = []
+    for name, spec in study.datasets.items():
+        n = spec.samples
+        ids = np.sort(np.random.default_rng([study.seed, 7]).choice(n, min(SAMPLES_SHOWN, n), replace=False))
+        if spec.kind != "generator" or not (study.preprocess.grayscale or study.preprocess.size):
+            rows.append((f"{name}\nas measured", _hwc(images_of(name, ids))))
+            continue
+        seeds = schema.read_ids(images_of.root[schema.dataset_path(name)], "seed", ids)
+        raw, _ = images_of.generator(name).generate(seeds.tolist())  # the sample stage's call for these seeds
+        raw = raw.float().clamp(0, 1).cpu()
+        rows.append((f"{name}\nas measured", _hwc(measured(study, raw))))
+        rows.append((f"{name}\nraw {raw.shape[-2]}x{raw.shape[-1]}", _hwc(raw)))
+    path = render.image_rows(rows, f"Random samples per dataset, {as_measured}; generators also as they come out "
+                             "of the network", folder / "samples.png")
+    return "<h3>Samples as measured</h3>" + _img(path, out)
+
+
+def memorisation_html(memo: dict, group, pictures, folder: Path, out: Path) -> str:
+    """Nearest real neighbours of generated samples, and generated-to-real distances set against
+    real-to-real ones."""
+    ref, fs = memo["reference"], memo["features"]
+    edges = np.asarray(memo["bin_edges"])
+    centres = (edges[:-1] + edges[1:]) / 2
+    series = {f"{ref} to nearest other {ref} (n={memo['real_to_real']['n']})":
+              (centres, np.asarray(memo["real_to_real"]["histogram"]) / memo["real_to_real"]["n"])}
+    for g, entry in memo["generators"].items():
+        series[f"{g} to nearest {ref} (n={entry['n']})"] = (centres, np.asarray(entry["histogram"]) / entry["n"])
+    plot = render.line_panels([(f"nearest-neighbour distance ({fs} features)", series)],
+                              f"Memorisation check: how close generated samples come to {ref} images", folder /
+                              "nearest_real_distances.png", xlabel="distance")
+    parts = [f"<h3>Nearest real neighbour (memorisation check)</h3><p>Each generated sample's distance to its "
+             f"nearest {html.escape(ref)} image ({html.escape(fs)} features), against each {html.escape(ref)} "
+             "image's distance to its nearest other one. Copies of training images would sit far to the left of "
+             f"the {html.escape(ref)} curve.</p>", _img(plot, out)]
+    parts.append(render.html_table(
+        ["dataset", "n", "median distance", "median / real-to-real median", "share below real 1st percentile",
+         "reading"],
+        [[g, e["n"], e["values"][3], e["median_ratio"], e["share_below_real_1st_percentile"], e["reading"]]
+         for g, e in memo["generators"].items()]))
+    for g in memo["generators"]:
+        if f"{g}/nearest_real" not in group:
+            continue
+        table = group[f"{g}/nearest_real"][...]
+        rows = [(f"{g} #{row[0]}", pictures(g, row[:1]) + pictures(ref, row[1:])) for row in table]
+        path = render.image_rows(rows, f"{g} samples (left) and their nearest {ref} images, nearest first",
+                                 folder / f"nearest_real_{g}.png")
+        parts.append(_img(path, out))
     return "\n".join(parts)
 
 
@@ -240,12 +303,33 @@ def c2st_html(study, root, group, tables: dict, folder: Path, out: Path, picture
                 continue
             rows.append((source, pictures(source, ids)))
             overlays.append([m / max(float(m.max()), 1e-12) for m in maps])
-        if rows:
+        structure = map_structure([m for maps in overlays for m in maps])
+        if rows and structure < SMOOTHGRAD_MIN_STRUCTURE:
+            parts.append(f"<p>SmoothGrad maps left out: neighbouring pixels of the maps correlate at r = "
+                         f"{structure:.2f} (below {SMOOTHGRAD_MIN_STRUCTURE}), which is pixel noise, not a region the "
+                         "classifier attends to. At this image size and test-set size the classifier's gradients "
+                         "say nothing a reader can see.</p>")
+        elif rows:
             path = render.image_rows(rows, f"SmoothGrad ({study.metrics.c2st.smoothgrad_samples} noise samples, "
                                      f"sigma {study.metrics.c2st.smoothgrad_sigma}) of the pooled classifier on "
                                      "correctly classified test images", folder / "c2st_smoothgrad.png", overlays)
             parts.append(_img(path, out))
     return "\n".join(parts)
+
+
+SMOOTHGRAD_MIN_STRUCTURE = 0.3
+
+
+def map_structure(maps: list[np.ndarray]) -> float:
+    """The mean correlation of horizontally and vertically neighbouring pixels over sensitivity
+    maps: about 0 for pixel noise, near 1 for maps made of regions."""
+    values = []
+    for m in maps:
+        m = np.asarray(m, np.float64)
+        for a, b in ((m[:, :-1], m[:, 1:]), (m[:-1], m[1:])):
+            if a.std() > 0 and b.std() > 0:
+                values.append(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    return float(np.mean(values)) if values else 0.0
 
 
 def sweep_html(sweep: dict, folder: Path, out: Path) -> str:

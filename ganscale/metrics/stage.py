@@ -26,6 +26,7 @@ Written to the store under metrics/ (recreated whenever its inputs change):
     {dataset}/neighbours   int64   [R, 1 + k]  R random samples, then their k nearest neighbours
     {dataset}/sharpest     int64   [R]         the sharpest images
     {dataset}/spikes       int64   [S, R]      per colour spike of the dataset, the images with most mass in it
+    {generator}/nearest_real int64 [R, 1 + k]  R generated samples, then their k nearest reference samples
     c2st/{source}/ids      int64   [R]         correctly classified test images of the source (pooled classifier)
     c2st/{source}/smoothgrad float32 [R, H, W] their SmoothGrad sensitivity maps
 """
@@ -266,6 +267,8 @@ def run_item(study: Study, root, item: str, scheduler) -> dict:
 
     results["images"] = image_statistics(study, root, partials, refs, others, resampling, estimates)
     arrays = picture_inputs(study, root, subsets, results["images"], sets)
+    results["memorisation"], nearest = nearest_real(study, compare, subsets, sets)
+    arrays.update(nearest)
     tasks = image_tasks(study, refs, others)
     results["ms_ssim"] = ms_ssim_differences(tasks["ms_ssim"], refs, others, resampling)
     if "c2st" in tasks:
@@ -484,6 +487,49 @@ def picture_inputs(study: Study, root, subsets: dict, image_stats: dict, sets: d
                 rows.append(np.argsort(-column, kind="stable")[:shown])
             arrays[f"{name}/spikes"] = np.stack(rows)
     return arrays
+
+
+def nearest_real(study: Study, compare: Comparisons, subsets: dict, sets: dict) -> tuple[dict, dict]:
+    """The memorisation check: each generated sample's distance to its nearest image of the first
+    reference, set against each reference image's distance to its nearest *other* reference image.
+    A generator that copies its training images sits much closer to them than real images sit to
+    each other; a share of generated samples closer than the 1st percentile of real-to-real distances
+    well above 1% says so. Also the sample ids of a few generated images and their nearest real ones."""
+    if not compare.references or not compare.others:
+        return {}, {}
+    ref = compare.references[0]
+    fs = "fid_pool3" if "fid_pool3" in sets else next(iter(sets))
+    real_ids, real = subsets[ref, fs]
+    _, real_to_real = fm.nearest_neighbours(real, real, 1, exclude_self=True)
+    real_to_real = real_to_real[:, 0]
+    low = float(np.quantile(real_to_real, 0.01))
+    quantiles = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95]
+    edges = np.linspace(0, float(real_to_real.max()) * 1.5, 41)
+
+    def histogram(distances):
+        return np.histogram(np.clip(distances, 0, edges[-1]), edges)[0].tolist()
+
+    results = {"reference": ref, "features": fs, "quantiles": quantiles, "bin_edges": edges.tolist(),
+               "real_to_real": {"n": int(len(real)), "values": np.quantile(real_to_real, quantiles).tolist(),
+                                "histogram": histogram(real_to_real)}, "generators": {}}
+    arrays = {}
+    shown = study.metrics.images_shown
+    k = min(NEIGHBOURS_K, len(real))
+    for g in compare.others:
+        ids, feats = subsets[g, fs]
+        neighbours, distances = fm.nearest_neighbours(feats, real, k)
+        nearest = distances[:, 0]
+        closer = float((nearest < low).mean())
+        results["generators"][g] = {
+            "n": int(len(feats)), "values": np.quantile(nearest, quantiles).tolist(), "histogram": histogram(nearest),
+            "share_below_real_1st_percentile": closer,
+            "median_ratio": float(np.median(nearest) / np.median(real_to_real)),
+            "reading": (f"{closer:.1%} of {g}'s samples are closer to a {ref} image than 99% of {ref} images are to "
+                        f"each other: " + ("possible copies, look at them" if closer > 0.05 else
+                                           "no sign of memorised images"))}
+        rows = np.random.default_rng(study.seed).choice(len(ids), min(shown, len(ids)), replace=False)
+        arrays[f"{g}/nearest_real"] = np.concatenate([ids[rows, None], real_ids[neighbours[rows]]], axis=1)
+    return results, arrays
 
 
 def write_results(root, results: dict, arrays: dict[str, np.ndarray]) -> None:

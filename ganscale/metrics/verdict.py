@@ -1,0 +1,210 @@
+"""The verdict at the top of the report (and summary.json["verdict"]): for each reference, every
+compared dataset's rank on every metric with its interval, which rankings are significant, and
+plain sentences, all generated from the metrics results (never written by hand).
+
+A ranking is significant when the paired bootstrap difference of the two datasets against the
+reference excludes 0 (metrics.stage.paired_differences); for the C2ST, whose classifiers are trained
+separately per generator, when their Wilson intervals do not overlap.
+"""
+
+from __future__ import annotations
+
+import html
+
+# metric key -> (label, lower is better, what it measures)
+METRICS = {
+    "frechet": ("FID", True, "distance between the feature distributions as a whole"),
+    "kid": ("KID", True, "distance between the feature distributions, unbiased at small n"),
+    "precision": ("precision", False, "share of generated images that fall among real ones (fidelity)"),
+    "recall": ("recall", False, "share of real images reached by generated ones (variety)"),
+    "coverage": ("coverage", False, "share of real images with a generated image close by (variety)"),
+    "c2st": ("C2ST", True, "how well a classifier tells them from real images (|accuracy - 0.5|)"),
+    "colour_kl": ("intensity KL", True, "difference of the pixel-intensity histograms"),
+}
+
+
+def _label(metric: str, fs: str, standard: str) -> str:
+    name = METRICS[metric][0]
+    if metric == "frechet" and fs != "fid_pool3":
+        name = "Fréchet"
+    return name if fs in (standard, "gray", "") else f"{name} ({fs})"
+
+
+def _entries(results: dict, reference: str, others: list[str], standard: str) -> list[dict]:
+    """Per metric: {metric, features, values: {dataset: (value, ci95)}} against one reference."""
+    out = []
+    frechet = {(r["a"], r["b"]): r for r in results["frechet"] if r["features"] == standard}
+    kid = {(r["a"], r["b"]): r for r in results["kid"] if r["features"] == standard}
+    prdc = {r["fake"]: r for r in results["prdc"] if r["features"] == standard and r["real"] == reference}
+    out.append({"metric": "frechet", "features": standard,
+                "values": {g: (frechet[reference, g]["value"], frechet[reference, g]["ci95"]) for g in others
+                           if (reference, g) in frechet}})
+    out.append({"metric": "kid", "features": standard,
+                "values": {g: (kid[reference, g]["mean"], kid[reference, g]["ci95"]) for g in others
+                           if (reference, g) in kid}})
+    for key in ("precision", "recall", "coverage"):
+        out.append({"metric": key, "features": standard,
+                    "values": {g: (prdc[g][key], prdc[g]["ci95"][key]) for g in others if g in prdc}})
+    c2st = results.get("c2st")
+    if c2st and c2st.get("real") == reference:
+        values = {}
+        for g in others:
+            table = c2st["classifiers"].get(g)
+            if table and "ci95" in table:
+                values[g] = (table["test_accuracy"], table["ci95"])
+        out.append({"metric": "c2st", "features": "", "values": values})
+    images = results.get("images", {})
+    channel = "gray" if all("gray" in images.get(g, {}).get("colour_kl", {}).get(reference, {}) for g in others) else None
+    if channel:
+        out.append({"metric": "colour_kl", "features": channel,
+                    "values": {g: (images[g]["colour_kl"][reference][channel]["value"],
+                                   images[g]["colour_kl"][reference][channel]["ci95"]) for g in others}})
+    return [e for e in out if len(e["values"]) >= 1]
+
+
+def _score(metric: str, value: float) -> float:
+    """Smaller is better."""
+    if metric == "c2st":
+        return abs(value - 0.5)
+    return value if METRICS[metric][1] else -value
+
+
+def _significant(results: dict, metric: str, fs: str, reference: str, a: str, b: str,
+                 values: dict) -> bool:
+    if metric == "c2st":
+        (_, (lo_a, hi_a)), (_, (lo_b, hi_b)) = values[a], values[b]
+        return hi_a < lo_b or hi_b < lo_a
+    for d in results.get("significance", []):
+        if d["metric"] == metric and d["features"] == fs and d["reference"] == reference and {d["a"], d["b"]} == {a, b}:
+            return d["significant"]
+    return False
+
+
+def _fmt(value: float, ci) -> str:
+    return f"{value:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
+
+
+def verdict(results: dict, datasets: dict | None = None, cells: dict | None = None) -> dict:
+    """The verdict of the metrics `results` (ganscale.metrics.stage). `datasets`: summary.json's
+    datasets (their `about`, when given); `cells`: {(a, b): [atlas cells with the largest KL terms
+    between a and b, each {layer, grid, cell, kl_term, counts, figure}]} for the pairs of compared
+    datasets, linked where metrics disagree."""
+    compare = results.get("comparisons", {})
+    refs, others = compare.get("reference", []), compare.get("others", [])
+    standard = "fid_pool3" if "fid_pool3" in results.get("feature_sets", {}) else next(iter(results["feature_sets"]))
+    out = {"features": standard, "references": {}}
+    for ref in refs:
+        rankings, favoured = [], {}
+        for entry in _entries(results, ref, others, standard):
+            metric, fs, values = entry["metric"], entry["features"], entry["values"]
+            order = sorted(values, key=lambda g: _score(metric, values[g][0]))
+            significant_pairs = [[a, b] for i, a in enumerate(order) for b in order[i + 1:]
+                                 if _significant(results, metric, fs, ref, a, b, values)]
+            best = order[0]
+            best_is_significant = len(order) > 1 and all([best, b] in significant_pairs for b in order[1:])
+            label = _label(metric, fs, standard)
+            comparator = " < " if METRICS[metric][1] or metric == "c2st" else " > "
+            ranked = comparator.join(f"{g} {_fmt(*values[g])}" for g in order)
+            if len(order) > 1:
+                favoured.setdefault(best, []).append((label, best_is_significant))
+                tail = ("significant" if best_is_significant else
+                        "not significant: the intervals of the paired difference include 0" if metric != "c2st"
+                        else "not significant: the Wilson intervals overlap")
+                sentence = f"{label}: {ranked} ({tail})."
+            else:
+                sentence = f"{label}: {ranked}."
+            rankings.append({"metric": metric, "label": label, "features": fs, "measures": METRICS[metric][2],
+                             "order": [{"dataset": g, "rank": i + 1, "value": values[g][0], "ci95": list(values[g][1])}
+                                       for i, g in enumerate(order)],
+                             "significant_pairs": significant_pairs, "best": best if len(order) > 1 else None,
+                             "best_is_significant": best_is_significant, "sentence": sentence})
+        sentences = _summary_sentences(results, ref, others, favoured, standard, datasets or {})
+        links = []
+        if len(favoured) > 1 and cells:
+            leaders = list(favoured)[:2]
+            key = tuple(leaders) if tuple(leaders) in cells else tuple(reversed(leaders))
+            links = cells.get(key, [])
+        out["references"][ref] = {"rankings": rankings, "sentences": sentences, "disagreement": len(favoured) > 1,
+                                  "cells": links}
+    return out
+
+
+def _summary_sentences(results: dict, ref: str, others: list[str], favoured: dict, standard: str,
+                       datasets: dict) -> list[str]:
+    sentences = []
+    if len(favoured) == 1:
+        (leader, metrics), = favoured.items()
+        strong = [m for m, sig in metrics if sig]
+        sentences.append(f"Against {ref}, every metric ranks {leader} first"
+                         + (f"; significantly on {', '.join(strong)}." if strong else
+                            ", but no ranking is significant at these sample sizes."))
+    elif len(favoured) > 1:
+        parts = []
+        for leader, metrics in favoured.items():
+            names = [m + ("" if sig else " (not significant)") for m, sig in metrics]
+            parts.append(f"{', '.join(names)} favour{'s' if len(names) == 1 else ''} {leader}")
+        sentences.append(f"The metrics disagree against {ref}: " + "; ".join(parts) + ". "
+                         + _reading(favoured) + " The atlas cells where the two differ most are linked below.")
+    floor = results.get("noise_floor", {}).get(ref, {}).get(standard)
+    frechet = {r["b"]: r for r in results["frechet"] if r["features"] == standard and r["a"] == ref}
+    if floor and "frechet" in floor:
+        f = floor["frechet"]
+        above = [g for g in others if g in frechet and frechet[g]["ci95"][0] > f["ci95"][1]]
+        sentences.append(f"Noise floor: two random halves of {ref} ({floor['n']} images each) are "
+                         f"{_fmt(f['value'], f['ci95'])} apart on {_label('frechet', standard, standard)}; "
+                         + (f"{', '.join(above)} lie{'s' if len(above) == 1 else ''} above it." if above else
+                            "no compared dataset lies clearly above it.")
+                         + " The distance grows as n shrinks, so the floor at n/2 is an upper bound on the noise.")
+    matched = [f"{g} {_fmt(r['matched']['value'], r['matched']['ci95'])} at n={r['matched']['n']}"
+               for g, r in frechet.items() if r.get("matched") and "value" in r["matched"]]
+    if matched:
+        sizes = ", ".join(f"{g} {frechet[g]['n'][1]}" for g in frechet)
+        sentences.append(f"Sample sizes differ ({ref} {next(iter(frechet.values()))['n'][0]}, {sizes}): "
+                         f"at matched n the distances are {'; '.join(matched)}.")
+    trained = [f"{g} on {datasets[g]['about']}" for g in others if datasets.get(g, {}).get("about")]
+    if trained:
+        sentences.append("What each network learned from: " + "; ".join(trained) + f". The comparison measures how "
+                         f"close each training set and its model come to {ref}, not the architectures alone.")
+    return sentences
+
+
+def _reading(favoured: dict) -> str:
+    """What a disagreement between fidelity, variety and whole-distribution metrics means."""
+    kinds = {}
+    for leader, metrics in favoured.items():
+        for label, _ in metrics:
+            base = label.split(" (")[0]
+            kind = ("fidelity" if base in ("precision", "density") else "variety" if base in ("recall", "coverage")
+                    else "separability" if base == "C2ST" else "pixels" if base == "intensity KL" else "distribution")
+            kinds.setdefault(leader, set()).add(kind)
+    words = {"fidelity": "its samples look more like real ones", "variety": "it reaches more of the real variety",
+             "distribution": "its feature distribution as a whole is closer",
+             "separability": "a classifier separates it less well from real images",
+             "pixels": "its intensity histogram is closer"}
+    return " ".join(f"For {leader}: {', '.join(words[k] for k in sorted(ks))}." for leader, ks in kinds.items())
+
+
+def verdict_html(v: dict) -> str:
+    """The verdict as the first section of index.html."""
+    esc = html.escape
+    parts = ["<section id='verdict'><h2>Verdict</h2><p style='color:#555'>Generated from the metrics below; "
+             "95% intervals in brackets. Ranks: best first.</p>"]
+    for ref, entry in v.get("references", {}).items():
+        parts.append(f"<h3>Against {esc(ref)}</h3><ul>" + "".join(f"<li>{esc(s)}</li>" for s in entry["sentences"])
+                     + "</ul>")
+        rows = "".join(
+            f"<tr><td style='text-align:left'>{esc(r['label'])}</td><td style='text-align:left'>{esc(r['measures'])}</td>"
+            + "".join(f"<td>{o['rank']}. {esc(o['dataset'])} {o['value']:.3g} [{o['ci95'][0]:.3g}, {o['ci95'][1]:.3g}]</td>"
+                      for o in r["order"])
+            + f"<td>{'yes' if r['best_is_significant'] else 'no'}</td></tr>" for r in entry["rankings"])
+        width = max((len(r["order"]) for r in entry["rankings"]), default=0)
+        parts.append(f"<table><tr><th>metric</th><th>measures</th>{''.join(f'<th>rank {i + 1}</th>' for i in range(width))}"
+                     f"<th>first place significant</th></tr>{rows}</table>")
+        if entry.get("cells"):
+            items = "".join(
+                f"<li>{esc(c['layer'])} {c['grid']}x{c['grid']}, cell (x {c['cell'][1]}, y {c['cell'][0]}): "
+                f"KL term {c['kl_term']:.3g}, counts {esc(', '.join(f'{k} {n}' for k, n in c['counts'].items()))}"
+                f" (<a href='{esc(c['figure'])}'>example images</a>)</li>" for c in entry["cells"])
+            parts.append(f"<p>Where they differ most (largest KL terms between the two in the atlas):</p><ul>{items}</ul>")
+    parts.append("</section>")
+    return "".join(parts)
