@@ -58,10 +58,8 @@ def metrics_section(study: Study, root, out: Path, images_of=None) -> tuple[str,
              f"density/coverage use a random subset of {results['subset']} samples per dataset. "
              f"Images: {html.escape(results['resize'])}</p>"]
     parts.append(measurement_html(study, results))
-    parts.append("<h3>Fréchet distance and KID</h3>" + render.html_table(
-        ["features", "a", "b", "Fréchet distance", "KID mean", "KID std"],
-        [[f["features"], f["a"], f["b"], f["value"], k["mean"], k["std"]]
-         for f, k in zip(results["frechet"], results["kid"])]))
+    results = {**results, **fid_stats_files(study, group, out)}
+    parts.append(frechet_html(results))
     parts.append("<h3>Precision, recall (k=%d), density, coverage (k=%d)</h3>" % (
         study.metrics.precision_k, study.metrics.density_k) + render.html_table(
         ["features", "reference", "compared", "precision", "recall", "density", "coverage"],
@@ -125,6 +123,45 @@ def metrics_section(study: Study, root, out: Path, images_of=None) -> tuple[str,
     if "sweep" in results:
         parts.append(sweep_html(results["sweep"], folder, out))
     return "\n".join(parts), results
+
+
+def frechet_html(results: dict) -> str:
+    """The Fréchet distance and KID table, the FID network's resize next to it, and the reference
+    statistics files the FID rows of `metrics.reference_stats` were measured against."""
+    kid = {(k["features"], k["a"], k["b"]): k for k in results["kid"]}
+    rows = [[f["features"], f["a"] + (" (statistics file)" if "reference_stats" in f else ""), f["b"], f["value"],
+             kid.get((f["features"], f["a"], f["b"]), {}).get("mean", "-"),
+             kid.get((f["features"], f["a"], f["b"]), {}).get("std", "-")] for f in results["frechet"]]
+    notes = ""
+    if results.get("fid_resize"):
+        notes += (f"<p><b>FID network (fid_pool3) resize:</b> {html.escape(results['fid_resize'])}. Reference "
+                  "statistics are comparable only when made with the same resize (pytorch-fid's torch bilinear, "
+                  "the TF FID graph's TensorFlow 1 bilinear, clean-fid's antialiased 'clean' mode differ by "
+                  "points of FID).</p>")
+    files = {f["a"]: f["reference_stats"] for f in results["frechet"] if "reference_stats" in f}
+    if files:
+        notes += "<p>Reference statistics (metrics.reference_stats): " + ", ".join(
+            f"{html.escape(n)} = {html.escape(p)}" for n, p in files.items()) + "; no KID (it needs features).</p>"
+    if results.get("fid_stats"):
+        notes += "<p>FID statistics of each dataset (pytorch-fid/clean-fid .npz: mu, sigma): " + ", ".join(
+            f"<a href='{html.escape(p)}'>{html.escape(n)}</a>" for n, p in results["fid_stats"].items()) + ".</p>"
+    return "<h3>Fréchet distance and KID</h3>" + notes + render.html_table(
+        ["features", "a", "b", "Fréchet distance", "KID mean", "KID std"], rows)
+
+
+def fid_stats_files(study: Study, group, out: Path) -> dict:
+    """fid_stats/{dataset}.npz (pytorch-fid's format: mu, sigma of the fid_pool3 features) for every
+    dataset the metrics stage stored them for; summary.json's metrics.fid_stats lists them."""
+    from ganscale.metrics.refstats import write_stats
+
+    written = {}
+    for name in study.datasets:
+        if f"{name}/fid_mu" in group:
+            (out / "fid_stats").mkdir(exist_ok=True)
+            path = write_stats(out / "fid_stats" / f"{name}.npz", group[f"{name}/fid_mu"][...],
+                               group[f"{name}/fid_sigma"][...])
+            written[name] = str(path.relative_to(out))
+    return {"fid_stats": written} if written else {}
 
 
 def measurement_html(study: Study, results: dict) -> str:
