@@ -35,9 +35,10 @@ def read_stats(path: str | Path, dims: int | None = None, field: str = "referenc
     """(mu [D], sigma [D, D]) in float64 from an .npz of FID statistics; D must equal `dims` if given."""
     where = f"{field}: {path}"
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not isinstance(f, np.lib.npyio.NpzFile):
-                raise GanscaleError(f"{where}: not an .npz file of FID statistics (mu, sigma)")
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):  # a plain .npy array
+            raise GanscaleError(f"{where}: not an .npz file of FID statistics (mu, sigma)")
+        with f:
             missing = [k for k in KEYS if k not in f.files]
             if missing:
                 raise GanscaleError(f"{where}: no array '{missing[0]}' (has: {', '.join(f.files) or 'none'}); "
