@@ -17,6 +17,11 @@ summary.json (schema "ganscale.summary/1"):
             "comparisons": {"reference": [dataset], "others": [dataset], "against_reference": [[ref, other]],
                             "pairs": [[a, b]], "note": str},   # which pairs got which metrics, and why
             "frechet": [{"features", "a", "b", "value"}], "kid": [{"features", "a", "b", "mean", "std"}],
+                # frechet also has a row {"features": "fid_pool3", "a": name, "b": dataset, "value", "reference_stats":
+                # path} per metrics.reference_stats file and non-reference dataset (no KID row: no features)
+            "fid_resize": str,    # with metrics.fid_inception: the FID network's resize (shown by the FID table)
+            "fid_stats": {dataset: "fid_stats/{dataset}.npz"},   # its FID statistics in the report folder (mu
+                                                                 # [2048], sigma [2048, 2048]: pytorch-fid's .npz)
             "inception_score": {dataset: {"mean", "std", "splits"}},   # {} when left out, then:
             "inception_score_left_out": str,                          # the reason ("probe has no class head")
             "prdc": [{"features", "real", "fake", "precision", "recall", "density", "coverage", ...}],

@@ -189,6 +189,11 @@ class WeightsSpec(_Strict):
     sha256: str | None = None
 
 
+class ReferenceStatsSpec(_Strict):
+    path: str  # an .npz of FID statistics (mu [2048], sigma [2048, 2048]): local, s3://, https://, pypi:
+    sha256: str | None = None
+
+
 class C2STSettings(_Strict):
     """Classifier two-sample test (Lopez-Paz & Oquab 2016) as in seed 000."""
     samples: PositiveInt = 2000  # images per dataset (real and each generator)
@@ -219,6 +224,8 @@ class MetricsSettings(_Strict):
     feature_layers: list[str] | None = None  # probe layers for pooled-feature Frechet distances; default: the last
     fid_inception: WeightsSpec | None = None  # pt_inception-2015-12-05-6726825d.pth: standard FID on pool3
     reference: list[str] | None = None  # datasets the others are measured against; default: every kind != generator
+    # named FID statistics files (pytorch-fid/clean-fid .npz), extra references of the standard FID only
+    reference_stats: dict[str, ReferenceStatsSpec] = {}
     kid_subsets: PositiveInt = 100
     kid_subset_size: PositiveInt = 1000
     is_splits: PositiveInt = 10
@@ -364,6 +371,17 @@ class Study(_Strict):
         for name in self.metrics.reference or []:
             if name not in self.datasets:
                 raise ValueError(f"metrics.reference: no dataset named '{name}'")
+        for name in self.metrics.reference_stats:
+            field = f"metrics.reference_stats.{name}"
+            if self.metrics.fid_inception is None:
+                raise ValueError(f"{field}: reference statistics are of the FID Inception network's features; "
+                                 "set metrics.fid_inception (its weights) to compare with them")
+            try:
+                check_name(name, "name")
+            except ValueError as e:
+                raise ValueError(f"{field}: {e}") from None
+            if name in self.datasets:
+                raise ValueError(f"{field}: '{name}' is also a dataset name; give the statistics another name")
         sweep = self.metrics.sweep
         if sweep is not None and sweep.against not in self.datasets:
             raise ValueError(f"metrics.sweep.against: no dataset named '{sweep.against}'")
@@ -536,6 +554,9 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     metrics = raw.get("metrics") if isinstance(raw.get("metrics"), dict) else {}
     if isinstance(metrics.get("fid_inception"), dict):
         fix(metrics["fid_inception"], ("weights",))
+    for entry in metrics["reference_stats"].values() if isinstance(metrics.get("reference_stats"), dict) else []:
+        if isinstance(entry, dict):
+            fix(entry, ("path",))
     sweep = metrics.get("sweep") if isinstance(metrics.get("sweep"), dict) else {}
     for checkpoint in (sweep.get("checkpoints") or {}).values() if isinstance(sweep.get("checkpoints"), dict) else []:
         if isinstance(checkpoint, dict):
@@ -691,6 +712,8 @@ def check_local_inputs(study: Study, source: str = "study") -> None:
                 _check(weights, ds.options["mapping"], f"{field}.options.mapping")
     if study.metrics.fid_inception:
         _check(weights, study.metrics.fid_inception.weights, f"{source}: metrics.fid_inception.weights")
+    for name, entry in study.metrics.reference_stats.items():
+        _check(weights, entry.path, f"{source}: metrics.reference_stats.{name}.path")
     if study.metrics.sweep:
         for label, checkpoint in study.metrics.sweep.checkpoints.items():
             _check(weights, checkpoint.weights, f"{source}: metrics.sweep.checkpoints.{label}.weights")

@@ -110,3 +110,13 @@ def test_large_sets_are_bootstrapped_on_a_subset_with_scaled_width():
     assert large.value == value
     width = lambda e: e.ci95[1] - e.ci95[0]  # noqa: E731
     assert width(large) == pytest.approx(width(small) / np.sqrt(3))
+
+
+def test_frechet_to_fixed_statistics_matches_the_formula():
+    rng = np.random.default_rng(6)
+    x, ref = rng.normal(size=(300, 10)), rng.normal(size=(500, 10)) * 1.1 + 0.2
+    mu, sigma = ref.mean(0), np.cov(ref, rowvar=False)
+    estimate = un.frechet_to_stats_bootstrap(x, mu, sigma, un.Resampling(resamples=50))
+    plain = fm.frechet_distance_from_stats(x.mean(0), np.cov(x, rowvar=False), mu, sigma)
+    assert estimate.value == pytest.approx(plain, rel=1e-6)
+    assert estimate.ci95[0] < estimate.value < estimate.ci95[1]

@@ -59,6 +59,7 @@ def metrics_section(study: Study, root, out: Path, images_of=None) -> tuple[str,
              f"density/coverage use a random subset of {results['subset']} samples per dataset. "
              f"Images: {html.escape(results['resize'])}</p>"]
     parts.append(measurement_html(study, results))
+    results = {**results, **fid_stats_files(study, group, out)}
     parts.append(uncertainty_html(results))
     images = results["images"]
     left_out = results.get("inception_score_left_out")
@@ -154,14 +155,31 @@ def uncertainty_html(results: dict) -> str:
              f" ({note.get('resamples', '?')} resamples, seed {note.get('seed', '?')}). The Fréchet distance grows as "
              "the sample size shrinks: compare rows at the matched n (the larger set cut to the smaller one's size, "
              "mean of 20 draws). FID-infinity extrapolates to infinitely many samples (Chong and Forsyth 2020).</p>"]
+    if results.get("fid_resize"):
+        parts.append(f"<p><b>FID network (fid_pool3) resize:</b> {html.escape(results['fid_resize'])}. Reference "
+                     "statistics are comparable only when made with the same resize (pytorch-fid's torch bilinear, "
+                     "the TF FID graph's TensorFlow 1 bilinear, clean-fid's antialiased 'clean' mode differ by "
+                     "points of FID).</p>")
+    files = {f["a"]: f["reference_stats"] for f in results["frechet"] if "reference_stats" in f}
+    if files:
+        parts.append("<p>Reference statistics (metrics.reference_stats): " + ", ".join(
+            f"{html.escape(n)} = {html.escape(p)}" for n, p in files.items()) + "; no KID (it needs features), "
+            "and the interval resamples the compared dataset only.</p>")
+    if results.get("fid_stats"):
+        parts.append("<p>FID statistics of each dataset (pytorch-fid/clean-fid .npz: mu, sigma): " + ", ".join(
+            f"<a href='{html.escape(p)}'>{html.escape(n)}</a>" for n, p in results["fid_stats"].items()) + ".</p>")
+    kid = {(k["features"], k["a"], k["b"]): k for k in results["kid"]}
     rows = []
-    for f, k in zip(results["frechet"], results["kid"]):
+    for f in results["frechet"]:
+        k = kid.get((f["features"], f["a"], f["b"]))
         matched = f.get("matched")
         infinity = f.get("infinity", {})
-        rows.append([f["features"], f["a"], f["b"], "/".join(map(str, f.get("n", []))), with_ci(f),
+        rows.append([f["features"], f["a"] + (" (statistics file)" if "reference_stats" in f else ""), f["b"],
+                     "/".join("-" if n is None else str(n) for n in f.get("n", [])), with_ci(f),
                      "-" if not matched else matched.get("reason") or f"{with_ci(matched)} at n={matched['n']}",
-                     infinity.get("reason") or f"{infinity['value']:.4g}" if infinity else "-",
-                     with_ci({"value": k["mean"], "ci95": k["ci95"]}) if "ci95" in k else k["mean"], k["std"]])
+                     (infinity.get("reason") or f"{infinity['value']:.4g}") if infinity else "-",
+                     "-" if k is None else with_ci({"value": k["mean"], "ci95": k["ci95"]}),
+                     "-" if k is None else k["std"]])
     parts.append(render.html_table(["features", "a", "b", "n (a/b)", "Fréchet [95% CI]", "Fréchet at matched n",
                                     "FID-infinity", "KID [95% CI]", "KID std over subsets"], rows))
     floors = results.get("noise_floor", {})
@@ -241,6 +259,21 @@ def memorisation_html(memo: dict, group, pictures, folder: Path, out: Path) -> s
                                  folder / f"nearest_real_{g}.png")
         parts.append(_img(path, out))
     return "\n".join(parts)
+
+
+def fid_stats_files(study: Study, group, out: Path) -> dict:
+    """fid_stats/{dataset}.npz (pytorch-fid's format: mu, sigma of the fid_pool3 features) for every
+    dataset the metrics stage stored them for; summary.json's metrics.fid_stats lists them."""
+    from ganscale.metrics.refstats import write_stats
+
+    written = {}
+    for name in study.datasets:
+        if f"{name}/fid_mu" in group:
+            (out / "fid_stats").mkdir(exist_ok=True)
+            path = write_stats(out / "fid_stats" / f"{name}.npz", group[f"{name}/fid_mu"][...],
+                               group[f"{name}/fid_sigma"][...])
+            written[name] = str(path.relative_to(out))
+    return {"fid_stats": written} if written else {}
 
 
 def measurement_html(study: Study, results: dict) -> str:

@@ -17,8 +17,12 @@ image folders get numbers whatever they hold. A study without a reference compar
 
 Feature sets: `pooled:{layer}` (the study probe's featuremap averaged over space, for each of
 `metrics.feature_layers`, default the last study layer) and `fid_pool3` (the FID Inception network,
-when `metrics.fid_inception` is given: that one is the standard FID). The Inception Score uses the
-study probe's logits; it is left out, with IS_LEFT_OUT as the reason, for a probe without a class head.
+when `metrics.fid_inception` is given: that one is the standard FID). Each named statistics file of
+`metrics.reference_stats` (pytorch-fid/clean-fid .npz: mu, sigma) is an extra reference of the
+standard FID only: `results["frechet"]` rows {"features": "fid_pool3", "a": name, "b": dataset,
+"value", "reference_stats": path} for every non-reference dataset (every dataset when all are
+references). The Inception Score uses the study probe's logits; it is left out, with IS_LEFT_OUT
+as the reason, for a probe without a class head.
 
 Written to the store under metrics/ (recreated whenever its inputs change):
 
@@ -27,6 +31,8 @@ Written to the store under metrics/ (recreated whenever its inputs change):
     {dataset}/sharpest     int64   [R]         the sharpest images
     {dataset}/spikes       int64   [S, R]      per colour spike of the dataset, the images with most mass in it
     {generator}/nearest_real int64 [R, 1 + k]  R generated samples, then their k nearest reference samples
+    {dataset}/fid_mu       float64 [2048]      mean of its fid_pool3 features (with metrics.fid_inception; the
+    {dataset}/fid_sigma    float64 [2048, 2048]  covariance, ddof=1): the report writes them as fid_stats/{dataset}.npz
     c2st/{source}/ids      int64   [R]         correctly classified test images of the source (pooled classifier)
     c2st/{source}/smoothgrad float32 [R, H, W] their SmoothGrad sensitivity maps
 """
@@ -48,10 +54,12 @@ from ganscale.metrics import features as fm
 from ganscale.metrics import images as im
 from ganscale.metrics import uncertainty as un
 from ganscale.metrics.images import CHANNELS
+from ganscale.metrics.refstats import read_stats
 from ganscale.partials import reduce_stored, tree_reduce
 from ganscale import runtime
 from ganscale.runtime import dask_scheduler, init_ray
-from ganscale.study import Study
+from ganscale.study import Study, scrub_url
+from ganscale.weights import resolve
 
 log = logging.getLogger("ganscale.metrics")
 
@@ -103,7 +111,6 @@ def feature_sets(study: Study) -> dict[str, str]:
 
 def fid_resize_note(study: Study) -> str:
     from ganscale.models.fid_inception import resize_note
-    from ganscale.weights import resolve
 
     spec = study.metrics.fid_inception
     return resize_note(resolve(spec.weights, spec.sha256, field="metrics.fid_inception.weights",
@@ -235,11 +242,12 @@ def run_item(study: Study, root, item: str, scheduler) -> dict:
                                                       scheduler=scheduler)))
     compared = compare.pairs
     first = next(iter(study.datasets))
+    fid_note = fid_resize_note(study) if "fid_pool3" in sets else ""
     results: dict = {"feature_sets": {name: {"dims": int(p.moments[name].sum.shape[0])}
                                       for name, p in [(n, partials[first]) for n in sets]},
                      "resize": (sources.preprocess_note(study.preprocess.grayscale, study.preprocess.size) + "; "
                                 if study.preprocess.size or study.preprocess.grayscale else "")
-                     + sources.RESIZE_NOTE + ("; " + fid_resize_note(study) if "fid_pool3" in sets else ""),
+                     + sources.RESIZE_NOTE + ("; " + fid_note if fid_note else ""),
                      "sizes": measured_sizes(study, root, "fid_pool3" in sets),
                      "comparisons": compare.to_dict(),
                      "subset": study.metrics.prdc_samples}
@@ -254,6 +262,12 @@ def run_item(study: Study, root, item: str, scheduler) -> dict:
             value = fm.frechet_distance_from_moments(partials[a].moments[fs], partials[b].moments[fs])
             results["frechet"].append(frechet_row(fs, a, b, value, boot[a, fs], boot[b, fs], resampling, estimates))
     results["noise_floor"] = {r: {fs: un.noise_floor(boot[r, fs][1], resampling, r) for fs in sets} for r in refs}
+    fid_arrays = {}
+    if "fid_pool3" in sets:
+        results["fid_resize"] = fid_note  # the FID network's resize: shown next to the FID table
+        stats = {n: (p.moments["fid_pool3"].mean, p.moments["fid_pool3"].cov) for n, p in partials.items()}
+        fid_arrays = {f"{n}/fid_{k}": v for n, (mu, sigma) in stats.items() for k, v in (("mu", mu), ("sigma", sigma))}
+        results["frechet"] += reference_stats_rows(study, compare, stats, boot, resampling)
     results["inception_score"] = {}
     if not partials[first].is_p_sum.shape[1]:  # no logits: a probe without a class head
         results["inception_score_left_out"] = IS_LEFT_OUT
@@ -266,7 +280,7 @@ def run_item(study: Study, root, item: str, scheduler) -> dict:
     results["kid"], results["prdc"] = subset_tables(study, compare, sets, subsets, resampling, estimates)
 
     results["images"] = image_statistics(study, root, partials, refs, others, resampling, estimates)
-    arrays = picture_inputs(study, root, subsets, results["images"], sets)
+    arrays = {**picture_inputs(study, root, subsets, results["images"], sets), **fid_arrays}
     results["memorisation"], nearest = nearest_real(study, compare, subsets, sets)
     arrays.update(nearest)
     tasks = image_tasks(study, refs, others)
@@ -315,6 +329,26 @@ def frechet_row(fs: str, a: str, b: str, value: float, boot_a, boot_b, resamplin
     if "reason" in row["infinity"]:
         row["infinity"]["reason"] = row["infinity"]["reason"].replace("the dataset", b)
     return row
+
+
+def reference_stats_rows(study: Study, compare: Comparisons, stats: dict[str, tuple], boot: dict,
+                         resampling: un.Resampling) -> list[dict]:
+    """The standard FID of every non-reference dataset (every dataset when all are references) to
+    each named statistics file of `metrics.reference_stats` (pytorch-fid/clean-fid .npz), with an
+    interval from resampling the dataset only (a statistics file has no samples to resample)."""
+    rows = []
+    dims = next(iter(stats.values()))[0].shape[0]
+    for name, spec in study.metrics.reference_stats.items():
+        field = f"metrics.reference_stats.{name}.path"
+        path = resolve(spec.path, spec.sha256, field=field, storage_options=study.storage_options)
+        mu, sigma = read_stats(path, dims=dims, field=field)
+        for n in compare.others or list(study.datasets):
+            total, rows_n = boot[n, "fid_pool3"]
+            value = fm.frechet_distance_from_stats(mu, sigma, *stats[n])
+            estimate = un.frechet_to_stats_bootstrap(rows_n, mu, sigma, resampling, n, value, total)
+            rows.append({"features": "fid_pool3", "a": name, "b": n, "reference_stats": scrub_url(spec.path),
+                         **estimate.to_dict(), "n": [None, total]})
+    return rows
 
 
 def subset_tables(study: Study, compare: Comparisons, sets: dict, subsets: dict, resampling: un.Resampling,

@@ -173,6 +173,41 @@ def frechet_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[
     return Estimate(full, (max(lo, 0.0), hi), samples, "basic")
 
 
+def frechet_to_stats_bootstrap(x, mu, sigma, resampling: Resampling = Resampling(), name: str = "a",
+                               value: float | None = None, size: int | None = None) -> Estimate:
+    """The Fréchet distance of feature rows `x` [n, D] to fixed statistics (mu, sigma) (a reference
+    statistics file: it has no rows to resample), with its basic interval from resamples of x alone.
+    tr sqrt(S_x sigma) is the sum of the square roots of the eigenvalues of the [u, u] matrix
+    W^1/2 Xc sigma Xc^T W^1/2 / (n - 1), formed from X sigma X^T once. `value`, `size`: the distance
+    on all rows and their number when x is a bootstrap subset."""
+    x = fm._as_array(x, "x")
+    mu, sigma = fm._as_array(mu, "mu", 1), fm._as_array(sigma, "sigma")
+    gram, through, towards = x @ x.T, x @ sigma @ x.T, x @ mu
+    trace_sigma = float(np.trace(sigma))
+
+    def distance(w):
+        i = np.flatnonzero(w)
+        w, g, h, t = w[i], gram[np.ix_(i, i)], through[np.ix_(i, i)], towards[i]
+        n = w.sum()
+        g_w, h_w = g @ w, h @ w
+        mean_sq = w @ g_w / n ** 2
+        trace_x = (w * (np.diag(g) - 2 * g_w / n + mean_sq)).sum() / (n - 1)
+        centred = h - h_w[None, :] / n - h_w[:, None] / n + w @ h_w / n ** 2
+        inner = np.sqrt(w)[:, None] * centred * np.sqrt(w)[None, :] / (n - 1)
+        eig = np.linalg.eigvalsh(inner)
+        eig[eig < eig[-1] * len(eig) * np.finfo(float).eps] = 0  # round-off of the zero eigenvalues (n > D)
+        trace_sqrt = np.sqrt(eig).sum()
+        mean_term = mean_sq - 2 * (w @ t) / n + mu @ mu
+        return float(mean_term + trace_x + trace_sigma - 2 * trace_sqrt)
+
+    centre = distance(np.ones(len(x)))
+    full = centre if value is None else value
+    samples = np.array([distance(w.astype(np.float64)) for w in resampling.counts(name, len(x))])
+    scale = 1.0 if size is None else float(np.sqrt(len(x) / size))
+    lo, hi = interval(samples, full, "basic", scale, centre)
+    return Estimate(full, (max(lo, 0.0), hi), samples, "basic")
+
+
 def frechet_matched(a, b, resampling: Resampling = Resampling(), names: tuple[str, str] = ("a", "b"),
                     draws: int = 20) -> dict | None:
     """The Fréchet distance with the larger set cut to the smaller one's size n (the distance grows
