@@ -3,8 +3,9 @@ study's own dissect settings (examples/faces/faces.yaml): the tutorial DCGAN at 
 MobileStyleGAN at four synthesis blocks of the same resolutions, against the face_parts segmenter.
 The sample stage runs first with a few images per dataset (dissect needs it only as its upstream).
 Prints and writes (bench/results/dissect_faces.json) per generator and layer the units, the
-interpretable units and their share, classes covered and mean IoU; for the DCGAN the share of each
-part removed by ablating its top units against as many random units; and the stage's seconds.
+interpretable units and their share, classes covered and mean IoU; the DCGAN's table again at
+MobileStyleGAN's sample count; for the DCGAN the share of each part removed by ablating its top
+units against as many random units; and the stage's seconds.
 
     python bench/dissect_faces.py          # ~3-5 min on 2 cores
 """
@@ -56,6 +57,20 @@ def main() -> None:
                                      "random_removed_ci95": e["random"]["removed_ci95"],
                                      "images_with_class": e["images_with_class"]}
                                for cls, e in results["interventions"].items()}
+        # The architectures at one sample count: the DCGAN again on as many images as MobileStyleGAN's
+        # (fewer images leave more units above the IoU bar by chance), interventions cut to a minimum.
+        matched_n = study.dissect_for("stylegan").samples
+        raw["dissect"]["per_generator"]["dcgan"] = {"samples": matched_n}
+        raw["dissect"]["intervention_samples"] = 8
+        raw["dissect"]["generators"] = ["dcgan"]
+        path.write_text(yaml.safe_dump(raw))
+        matched_study = load_study(path)
+        run_stage(matched_study, "dissect")
+        matched = [r for r in architecture_table(matched_study, zarr.open_group(study.store, mode="r"))
+                   if r["generator"] == "dcgan"]
+    for row in matched:
+        print(f"dcgan at {matched_n} samples {row['layer']:>8}: {row['interpretable']:>3}/{row['units']:<4} "
+              f"interpretable ({100 * row['share']:.1f}%), classes {row['classes']}, mean IoU {row['mean_iou']:.3f}")
     for row in rows:
         print(f"{row['architecture']:>9} {row['layer']:>14} {row['featuremap']:>6}: {row['interpretable']:>3}/"
               f"{row['units']:<4} interpretable ({100 * row['share']:.1f}%), classes {row['classes']}, "
@@ -68,6 +83,7 @@ def main() -> None:
     print(f"dissect stage: {seconds:.0f} s (both generators)")
     out = ROOT / "bench" / "results" / "dissect_faces.json"
     out.write_text(json.dumps({"architecture_table": rows, "ablation": ablation, "dissect_seconds": round(seconds, 1),
+                               "dcgan_at_matched_samples": {"samples": matched_n, "rows": matched},
                                "cpus": os.cpu_count()}, indent=1))
     print(f"wrote {out}")
 

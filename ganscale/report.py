@@ -16,21 +16,35 @@ summary.json (schema "ganscale.summary/1"):
             "sizes": {dataset: {"source": [H, W], "probe": int, "fid": 299 | None}},   # what each measurement saw
             "comparisons": {"reference": [dataset], "others": [dataset], "against_reference": [[ref, other]],
                             "pairs": [[a, b]], "note": str},   # which pairs got which metrics, and why
-            "frechet": [{"features", "a", "b", "value"}], "kid": [{"features", "a", "b", "mean", "std"}],
-                # frechet also has a row {"features": "fid_pool3", "a": name, "b": dataset, "value", "reference_stats":
-                # path} per metrics.reference_stats file and non-reference dataset (no KID row: no features)
-            "fid_resize": str,    # with metrics.fid_inception: the FID network's resize (shown by the FID table)
-            "fid_stats": {dataset: "fid_stats/{dataset}.npz"},   # its FID statistics in the report folder (mu
-                                                                 # [2048], sigma [2048, 2048]: pytorch-fid's .npz)
+            "uncertainty": {"resamples", "rows", "seed", "method", "significance"},   # how the intervals were made
+            "frechet": [{"features", "a", "b", "value", "ci95": [lo, hi], "resamples", "interval", "n": [n_a, n_b],
+                         "matched": {"n", "value", "ci95", "draws"} | {"reason"},   # at the smaller set's n
+                         "infinity": {"value", "slope", "sizes", "values"} | {"reason"},   # FID-infinity
+                         "reference_stats": path}],    # only rows against a metrics.reference_stats file
+            "kid": [{"features", "a", "b", "mean", "std", "ci95", "resamples", "interval", "n"}],
+            "noise_floor": {reference: {features: {"n", "frechet": {"value", "ci95"}, "kid": {...}}}},  # two halves
+            "significance": [{"metric", "features", "reference", "a", "b", "value", "ci95", "significant", "better"}],
             "inception_score": {dataset: {"mean", "std", "splits"}},   # {} when left out, then:
             "inception_score_left_out": str,                          # the reason ("probe has no class head")
-            "prdc": [{"features", "real", "fake", "precision", "recall", "density", "coverage", ...}],
-            "images": {dataset: {"sharpness_mean", "sharpness_std", "histogram" [4][25], "colour_kl": {real: {channel: kl}},
+            "prdc": [{"features", "real", "fake", "precision", "recall", "density", "coverage",
+                      "ci95": {key: [lo, hi]}, ...}],
+            "images": {dataset: {"sharpness_mean", "sharpness_std", "histogram" [4][25], "channels",
+                                 "colour_kl": {real: {channel: {"value", "ci95"}}},   # gray only for grey studies
+                                 "sharpness_difference": {real: {"value", "ci95"}},
                                  "spikes": [{"channel", "bin", "low", "high", "fake_share", "real_share", "ratio"}]}},
-            "ms_ssim": {dataset: {"mean", "std", "pairs"}},
-            "c2st": {"classifiers": {name: {"train_accuracy", "validation_accuracy", "test_accuracy", "n_test",
-                                            "p_value", "epochs", "per_source": {source: {"accuracy", "n"}}}}},
+            "memorisation": {"reference", "features", "real_to_real": {...}, "generators": {g: {"n", "values",
+                             "share_below_real_1st_percentile", "median_ratio", "reading"}}},
+            "ms_ssim": {dataset: {"mean", "std", "pairs", "difference": {real: {"value", "ci95"}}}},
+            "c2st": {"classifiers": {name: {"train_accuracy", "validation_accuracy", "test_accuracy", "ci95", "n_test",
+                                            "p_value", "epochs", "per_source": {source: {"accuracy", "n", "ci95"}}}}},
+            "fid_stats": {dataset: "fid_stats/{dataset}.npz"},   # pytorch-fid's format (mu, sigma)
             "sweep": {"generator", "against", "samples", "checkpoints": [{"label", "frechet", "kid_mean", ...}]}}
+
+"verdict": {"features", "references": {reference: {
+               "rankings": [{"metric", "label", "measures", "order": [{"dataset", "rank", "value", "ci95"}],
+                             "significant_pairs", "best", "best_is_significant", "sentence"}],
+               "sentences": [str],      # generated from the numbers, shown at the top of index.html
+               "disagreement": bool, "cells": [{"layer", "grid", "cell", "kl_term", "counts", "figure"}]}}}
 """
 
 from __future__ import annotations

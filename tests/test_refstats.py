@@ -226,7 +226,7 @@ def test_a_study_is_measured_against_reference_stats_and_the_report_writes_its_o
     assert rows[0]["value"] == pytest.approx(fm.frechet_distance_from_stats(ref_mu, ref_sigma, *_stats(full)),
                                              rel=1e-9)
     assert results["fid_resize"] == RESIZE_NOTE
-    assert rows[0]["ci95"][0] < rows[0]["ci95"][1] and rows[0]["interval"] == "basic"  # resampling the dataset only
+    assert rows[0]["ci95"][0] < rows[0]["ci95"][1] and rows[0]["interval"] == "basic bootstrap"  # resampling the dataset only
 
     out = tmp_path / "report"
     out.mkdir()

@@ -140,7 +140,11 @@ def with_ci(entry, digits: int = 4) -> str:
     if not isinstance(entry, dict):
         return f"{entry:.{digits}g}" if isinstance(entry, float) else str(entry)
     lo, hi = entry["ci95"]
-    return f"{entry['value']:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
+    text = f"{entry['value']:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
+    corrected = entry.get("bias_corrected")
+    if corrected is not None and not lo <= entry["value"] <= hi:
+        text += f" (bias-corrected {corrected:.{digits}g})"
+    return text
 
 
 def _against(differences: dict) -> str:

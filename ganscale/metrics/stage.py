@@ -299,10 +299,12 @@ def uncertainty_note(study: Study) -> dict:
     b = study.metrics.bootstrap
     return {"resamples": b.resamples, "rows": b.rows, "seed": study.seed,
             "method": ("seeded bootstrap over both sets (each set resampled with replacement from its own stream, "
-                       "the same for a reference in every comparison); basic intervals for the Fréchet distance, KID "
-                       "and precision/recall/density/coverage, percentile intervals for histogram KL and mean "
-                       f"differences, Wilson intervals for C2ST accuracies; datasets above {b.rows} samples are "
-                       "bootstrapped on a seeded subset of that many and the width scaled to the full size"),
+                       "the same for a reference in every comparison); basic 95% intervals [2v - q97.5, 2v - q2.5], "
+                       "intervals for the large-sample value: where repeated rows shift the resampled values (the "
+                       "Fréchet distance of few samples in many dimensions), the interval sits below the value, "
+                       "around the bias-corrected value (also given); Wilson intervals for C2ST accuracies; "
+                       f"datasets above {b.rows} samples are bootstrapped on a seeded subset of that many and the "
+                       "width scaled to the full size"),
             "significance": ("a difference between two datasets against one reference is significant when the 95% "
                              "interval of its paired bootstrap (the reference's resamples shared) excludes 0; C2ST "
                              "accuracies of two classifiers are compared by non-overlapping Wilson intervals")}

@@ -9,14 +9,16 @@ distance matrix. Because a reference gets the same resamples whichever set it is
 the difference of two generators' values against one reference is a *paired* bootstrap
 (`difference`): its interval says whether their ranking is significant.
 
-Intervals:
+Intervals: the basic bootstrap interval [2v - q97.5, 2v - q2.5] (v: the value on the data, q: the
+quantiles of the resampled values), an interval for the large-sample value. Resampling repeats
+rows, and repeated rows shift these statistics the way drawing few samples shifts them in the first
+place: with 100 rows of 2048-d features a resample's Fréchet distance is ~15% above the data's,
+as the data's is above the distance of the distributions. The basic interval reflects that shift, so
+it sits below the value where the bias is large: `bias_corrected` (v - the mean shift) is its
+centre, and both are reported. (A percentile interval centred on v covers the large-sample Fréchet
+distance of two 8-d Gaussians in only 37 of 50 trials at n = 300-400; the basic one in at least 45.)
+The C2ST accuracy: the Wilson score interval over its test images.
 
-* Fréchet distance and KID: the "basic" bootstrap interval [2v - q97.5, 2v - q2.5] (v: the value
-  on the data, q: quantiles of the resampled values). Resampling with replacement repeats rows,
-  which inflates both distances; the basic interval reflects that shift instead of copying it.
-* Precision, recall, density and coverage: basic intervals too (their k-nearest-neighbour balls
-  shrink with fewer distinct rows). KL of histograms and mean differences: percentile intervals.
-  The C2ST accuracy: the Wilson score interval over its test images.
 * A set larger than `rows` is bootstrapped on a seeded subset of `rows` rows and the interval's
   width is scaled to the full sizes by sqrt((1/n_a + 1/n_b) / (1/m_a + 1/m_b)) (the m-out-of-n
   bootstrap; the sampling variance of these distances shrinks as 1/n).
@@ -33,6 +35,7 @@ from ganscale.metrics import features as fm
 from ganscale.metrics import images as im
 
 LEVEL = 0.95
+BASIC = "basic bootstrap"
 FID_INFINITY_MIN = 500  # FID-infinity needs this many rows of the varied set (Chong and Forsyth use 5k-50k)
 FID_INFINITY_POINTS = 15
 
@@ -65,25 +68,32 @@ class Estimate:
     value: float
     ci95: tuple[float, float]
     samples: np.ndarray
-    interval: str  # "basic", "percentile" or "wilson"
+    interval: str  # how it was made: BASIC
+    corrected: float | None = None  # the bias-corrected value (the interval's centre)
 
     def to_dict(self) -> dict:
-        return {"value": float(self.value), "ci95": [float(self.ci95[0]), float(self.ci95[1])],
-                "resamples": int(len(self.samples)), "interval": self.interval}
+        out = {"value": float(self.value), "ci95": [float(self.ci95[0]), float(self.ci95[1])],
+               "resamples": int(len(self.samples)), "interval": self.interval}
+        if self.corrected is not None:
+            out["bias_corrected"] = self.corrected
+        return out
 
 
-def interval(samples: np.ndarray, value: float, method: str = "percentile", scale: float = 1.0,
-             centre: float | None = None) -> tuple[float, float]:
-    """The 95% bootstrap interval of `value` from resampled `samples`: "percentile" (their 2.5% and
-    97.5% quantiles) or "basic" (reflected about the value). `scale` < 1 shrinks the width about
-    the value (m-out-of-n); `centre` is then the value on the subset the samples came from."""
+def interval(samples: np.ndarray, value: float, scale: float = 1.0, centre: float | None = None
+             ) -> tuple[float, float]:
+    """The basic 95% bootstrap interval [2v - q97.5, 2v - q2.5] of `value` v from its resampled
+    values (q: their quantiles). When the samples come from a subset of the rows, `centre` is the
+    value on that subset and `scale` < 1 shrinks the deviations to the full size (m-out-of-n)."""
     lo, hi = np.quantile(samples, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
     centre = value if centre is None else centre
-    if method == "basic":
-        lo, hi = 2 * centre - hi, 2 * centre - lo
-    elif method != "percentile":
-        raise ValueError(f"interval: unknown method {method!r}")
-    return float(value + scale * (lo - centre)), float(value + scale * (hi - centre))
+    return float(value - scale * (hi - centre)), float(value - scale * (lo - centre))
+
+
+def bias_corrected(samples: np.ndarray, value: float, scale: float = 1.0, centre: float | None = None) -> float:
+    """The value less the bootstrap's estimate of its bias, v - (mean(samples) - v): where the basic
+    interval is centred."""
+    centre = value if centre is None else centre
+    return float(value - scale * (np.mean(samples) - centre))
 
 
 def _scale(n: tuple[int, int], m: tuple[int, int]) -> float:
@@ -160,7 +170,7 @@ def _width_scale(sizes: tuple[int, int] | None, rows: tuple[int, int]) -> float:
 
 def frechet_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[str, str] = ("a", "b"),
                       value: float | None = None, sizes: tuple[int, int] | None = None) -> Estimate:
-    """The Fréchet distance of two feature sets with its basic bootstrap interval. When `a` and `b`
+    """The Fréchet distance of two feature sets with its bootstrap interval. When `a` and `b`
     are the bootstrap subsets (`Resampling.subset`) of larger sets, pass the distance on all rows
     as `value` (from the merged moments) and the full sizes as `sizes`."""
     a, b = fm._as_array(a, "a"), fm._as_array(b, "b")
@@ -169,14 +179,15 @@ def frechet_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[
     full = centre if value is None else value
     samples = np.array([distance(wa, wb) for wa, wb in zip(resampling.counts(names[0], len(a)),
                                                            resampling.counts(names[1], len(b)))])
-    lo, hi = interval(samples, full, "basic", _width_scale(sizes, (len(a), len(b))), centre)
-    return Estimate(full, (max(lo, 0.0), hi), samples, "basic")
+    scale = _width_scale(sizes, (len(a), len(b)))
+    lo, hi = interval(samples, full, scale, centre)
+    return Estimate(full, (max(lo, 0.0), hi), samples, BASIC, bias_corrected(samples, full, scale, centre))
 
 
 def frechet_to_stats_bootstrap(x, mu, sigma, resampling: Resampling = Resampling(), name: str = "a",
                                value: float | None = None, size: int | None = None) -> Estimate:
     """The Fréchet distance of feature rows `x` [n, D] to fixed statistics (mu, sigma) (a reference
-    statistics file: it has no rows to resample), with its basic interval from resamples of x alone.
+    statistics file: it has no rows to resample), with its interval from resamples of x alone.
     tr sqrt(S_x sigma) is the sum of the square roots of the eigenvalues of the [u, u] matrix
     W^1/2 Xc sigma Xc^T W^1/2 / (n - 1), formed from X sigma X^T once. `value`, `size`: the distance
     on all rows and their number when x is a bootstrap subset."""
@@ -204,8 +215,8 @@ def frechet_to_stats_bootstrap(x, mu, sigma, resampling: Resampling = Resampling
     full = centre if value is None else value
     samples = np.array([distance(w.astype(np.float64)) for w in resampling.counts(name, len(x))])
     scale = 1.0 if size is None else float(np.sqrt(len(x) / size))
-    lo, hi = interval(samples, full, "basic", scale, centre)
-    return Estimate(full, (max(lo, 0.0), hi), samples, "basic")
+    lo, hi = interval(samples, full, scale, centre)
+    return Estimate(full, (max(lo, 0.0), hi), samples, BASIC, bias_corrected(samples, full, scale, centre))
 
 
 def frechet_matched(a, b, resampling: Resampling = Resampling(), names: tuple[str, str] = ("a", "b"),
@@ -222,16 +233,21 @@ def frechet_matched(a, b, resampling: Resampling = Resampling(), names: tuple[st
     small_name, large_name = (names[0], names[1]) if swap else (names[1], names[0])
     n = len(small)
     rng = resampling._rng(large_name, len(large), 2)
-    values = [fm.frechet_distance(small, large[rng.choice(len(large), n, replace=False)]) for _ in range(draws)]
-    value = float(np.mean(values))
     distance = FrechetResampler(small, large)
+    values = []
+    for _ in range(draws):
+        chosen = np.zeros(len(large))
+        chosen[rng.choice(len(large), n, replace=False)] = 1
+        values.append(distance(None, chosen))
+    value = float(np.mean(values))
     small_counts = resampling.counts(small_name, n)
     large_counts = resampling._rng(large_name, len(large), 3).multinomial(
         n, np.full(len(large), 1.0 / len(large)), size=resampling.resamples)
     samples = np.array([distance(ws, wl) for ws, wl in zip(small_counts, large_counts)])
-    lo, hi = interval(samples, value, "basic")
+    lo, hi = interval(samples, value)
     return {"n": int(n), "value": value, "ci95": [max(lo, 0.0), hi], "draws": draws,
-            "resamples": resampling.resamples, "interval": "basic"}
+            "bias_corrected": bias_corrected(samples, value),
+            "resamples": resampling.resamples, "interval": BASIC}
 
 
 def frechet_infinity(reference, other, resampling: Resampling = Resampling(), name: str = "b",
@@ -285,8 +301,9 @@ def kid_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[str,
     centre = mmd(np.ones(len(x)), np.ones(len(y)))
     samples = np.array([mmd(wa.astype(np.float64), wb.astype(np.float64)) for wa, wb in zip(ca, cb)])
     full = centre if value is None else value
-    return Estimate(full, interval(samples, full, "basic", _width_scale(sizes, (len(x), len(y))), centre),
-                    samples, "basic")
+    scale = _width_scale(sizes, (len(x), len(y)))
+    return Estimate(full, interval(samples, full, scale, centre), samples, BASIC,
+                    bias_corrected(samples, full, scale, centre))
 
 
 def _radii(d: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
@@ -303,10 +320,9 @@ def prdc_bootstrap(real, fake, resampling: Resampling = Resampling(), names: tup
                    k_precision: int = 3, k_density: int = 5, values: dict | None = None,
                    sizes: tuple[int, int] | None = None) -> dict[str, Estimate]:
     """Precision and recall (k_precision) and density and coverage (k_density), as `fm.prdc`
-    computes them, with basic intervals from resamples of both sets: the k-nearest-neighbour balls
-    are rebuilt in every resample, from one set of distance matrices (a row drawn c times is c
-    neighbours of the others, never of itself). Fewer distinct rows shift the resampled values, and
-    the basic interval reflects that shift (the shares' intervals are clipped to [0, 1]). `values` and `sizes`:
+    computes them, with intervals from resamples of both sets: the k-nearest-neighbour balls are
+    rebuilt in every resample, from one set of distance matrices (a row drawn c times is c
+    neighbours of the others, never of itself). The shares' intervals are clipped to [0, 1]. `values` and `sizes`:
     as `value` and `sizes` of `frechet_bootstrap`."""
     x, y = fm._as_array(real, "real"), fm._as_array(fake, "fake")
     cr, cf = resampling.counts(names[0], len(x)), resampling.counts(names[1], len(y))
@@ -334,10 +350,11 @@ def prdc_bootstrap(real, fake, resampling: Resampling = Resampling(), names: tup
     out = {}
     for key in centre:
         samples = np.array([r[key] for r in resampled])
-        lo, hi = interval(samples, values[key], "basic", scale, centre[key])
+        lo, hi = interval(samples, values[key], scale, centre[key])
         if key != "density":  # shares
             lo, hi = max(lo, 0.0), min(hi, 1.0)
-        out[key] = Estimate(float(values[key]), (lo, hi), samples, "basic")
+        out[key] = Estimate(float(values[key]), (lo, hi), samples, BASIC,
+                            bias_corrected(samples, values[key], scale, centre[key]))
     return out
 
 
@@ -347,7 +364,7 @@ def histogram_kl_bootstrap(hists, reference_hists, resampling: Resampling = Resa
                            names: tuple[str, str] = ("a", "reference"), values=None,
                            sizes: tuple[int, int] | None = None) -> list[Estimate]:
     """KL(a || reference) of summed per-image histograms [N, C, bins] per channel C, with
-    percentile intervals from resampled images of both sets. `values` and `sizes`: as `value` and
+    intervals from resampled images of both sets. `values` and `sizes`: as `value` and
     `sizes` of `frechet_bootstrap` (per channel)."""
     h = np.asarray(hists, np.float64)
     g = np.asarray(reference_hists, np.float64)
@@ -357,17 +374,18 @@ def histogram_kl_bootstrap(hists, reference_hists, resampling: Resampling = Resa
     resampled = np.stack([im.histogram_kl(np.tensordot(wa, h, 1), np.tensordot(wb, g, 1))
                           for wa, wb in zip(ca, cb)])  # [R, C]
     scale = _width_scale(sizes, (len(h), len(g)))
-    return [Estimate(float(values[c]), interval(resampled[:, c], values[c], "percentile", scale, centre[c]),
-                     resampled[:, c], "percentile") for c in range(len(centre))]
+    return [Estimate(float(values[c]), interval(resampled[:, c], values[c], scale, centre[c]), resampled[:, c], BASIC,
+                     bias_corrected(resampled[:, c], values[c], scale, centre[c]))
+            for c in range(len(centre))]
 
 
 def mean_difference(x, y, resampling: Resampling = Resampling(), names: tuple[str, str] = ("a", "b")) -> Estimate:
-    """mean(x) - mean(y) of two independent samples, with a percentile bootstrap interval."""
+    """mean(x) - mean(y) of two independent samples, with a bootstrap interval."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     ca, cb = resampling.counts(names[0], len(x)), resampling.counts(names[1], len(y))
     samples = ca @ x / len(x) - cb @ y / len(y)
     value = float(x.mean() - y.mean())
-    return Estimate(value, interval(samples, value), samples, "percentile")
+    return Estimate(value, interval(samples, value), samples, BASIC)
 
 
 def accuracy_interval(correct: int, n: int) -> tuple[float, float]:
@@ -378,15 +396,13 @@ def accuracy_interval(correct: int, n: int) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
-def difference(first: Estimate, second: Estimate, method: str | None = None) -> dict:
+def difference(first: Estimate, second: Estimate) -> dict:
     """first - second with the interval of the paired resampled differences (both estimated
     against one reference with the same resamples): significant when it excludes 0."""
-    method = method or first.interval
-    samples = first.samples - second.samples
     value = first.value - second.value
-    lo, hi = interval(samples, value, "percentile" if method == "wilson" else method)
+    lo, hi = interval(first.samples - second.samples, value)
     return {"value": float(value), "ci95": [lo, hi], "significant": bool(lo > 0 or hi < 0),
-            "interval": f"paired bootstrap ({method})"}
+            "interval": f"paired bootstrap, {BASIC}"}
 
 
 def noise_floor(reference, resampling: Resampling = Resampling(), name: str = "reference") -> dict:

@@ -84,6 +84,19 @@ def _fmt(value: float, ci) -> str:
     return f"{value:.3g} [{ci[0]:.3g}, {ci[1]:.3g}]"
 
 
+def _bias_sentence(results: dict, ref: str, standard: str) -> str | None:
+    """Said when the Fréchet intervals lie below their values: the sample-size bias dominates."""
+    rows = [r for r in results["frechet"] if r["features"] == standard and r["a"] == ref and "ci95" in r]
+    below = [r for r in rows if r["ci95"][1] < r["value"]]
+    if not below:
+        return None
+    shifts = ", ".join(f"{r['b']} {r['value']:.3g} to {r['bias_corrected']:.3g}" for r in below
+                       if "bias_corrected" in r)
+    return (f"At these sample sizes the Fréchet distances carry a large small-sample bias: their intervals, for the "
+            f"large-sample value, lie below the values, around the bias-corrected values ({shifts}). Compare the "
+            "datasets by the paired differences, not by the absolute numbers.")
+
+
 def verdict(results: dict, datasets: dict | None = None, cells: dict | None = None) -> dict:
     """The verdict of the metrics `results` (ganscale.metrics.stage). `datasets`: summary.json's
     datasets (their `about`, when given); `cells`: {(a, b): [atlas cells with the largest KL terms
@@ -145,6 +158,9 @@ def _summary_sentences(results: dict, ref: str, others: list[str], favoured: dic
             parts.append(f"{', '.join(names)} favour{'s' if len(names) == 1 else ''} {leader}")
         sentences.append(f"The metrics disagree against {ref}: " + "; ".join(parts) + ". "
                          + _reading(favoured) + " The atlas cells where the two differ most are linked below.")
+    bias = _bias_sentence(results, ref, standard)
+    if bias:
+        sentences.append(bias)
     floor = results.get("noise_floor", {}).get(ref, {}).get(standard)
     frechet = {r["b"]: r for r in results["frechet"] if r["features"] == standard and r["a"] == ref}
     if floor and "frechet" in floor:
