@@ -396,6 +396,15 @@ def accuracy_interval(correct: int, n: int) -> tuple[float, float]:
     return float(ci.low), float(ci.high)
 
 
+def proportion_difference(correct_a: int, n_a: int, correct_b: int, n_b: int) -> tuple[float, float]:
+    """The 95% interval of the difference of two independent shares (two C2ST accuracies on their own
+    test sets): Newcombe's hybrid score interval, built from the two Wilson intervals."""
+    p_a, p_b = correct_a / n_a, correct_b / n_b
+    (lo_a, hi_a), (lo_b, hi_b) = accuracy_interval(correct_a, n_a), accuracy_interval(correct_b, n_b)
+    d = p_a - p_b
+    return (float(d - np.hypot(p_a - lo_a, hi_b - p_b)), float(d + np.hypot(hi_a - p_a, p_b - lo_b)))
+
+
 def difference(first: Estimate, second: Estimate) -> dict:
     """first - second with the interval of the paired resampled differences (both estimated
     against one reference with the same resamples): significant when it excludes 0."""

@@ -4,7 +4,8 @@ plain sentences, all generated from the metrics results (never written by hand).
 
 A ranking is significant when the paired bootstrap difference of the two datasets against the
 reference excludes 0 (metrics.stage.paired_differences); for the C2ST, whose classifiers are trained
-separately per generator, when their Wilson intervals do not overlap.
+and tested separately per generator, when Newcombe's interval of the difference of the two test
+accuracies excludes 0 (both on the same side of 1/2).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _entries(results: dict, reference: str, others: list[str], standard: str) ->
         for g in others:
             table = c2st["classifiers"].get(g)
             if table and "ci95" in table:
-                values[g] = (table["test_accuracy"], table["ci95"])
+                values[g] = (table["test_accuracy"], table["ci95"], table["n_test"])
         out.append({"metric": "c2st", "features": "", "values": values})
     images = results.get("images", {})
     channel = "gray" if all("gray" in images.get(g, {}).get("colour_kl", {}).get(reference, {}) for g in others) else None
@@ -72,8 +73,13 @@ def _score(metric: str, value: float) -> float:
 def _significant(results: dict, metric: str, fs: str, reference: str, a: str, b: str,
                  values: dict) -> bool:
     if metric == "c2st":
-        (_, (lo_a, hi_a)), (_, (lo_b, hi_b)) = values[a], values[b]
-        return hi_a < lo_b or hi_b < lo_a
+        from ganscale.metrics.uncertainty import proportion_difference
+
+        (acc_a, _, n_a), (acc_b, _, n_b) = values[a], values[b]
+        if (acc_a - 0.5) * (acc_b - 0.5) < 0:
+            return False
+        lo, hi = proportion_difference(round(acc_a * n_a), n_a, round(acc_b * n_b), n_b)
+        return lo > 0 or hi < 0
     for d in results.get("significance", []):
         if d["metric"] == metric and d["features"] == fs and d["reference"] == reference and {d["a"], d["b"]} == {a, b}:
             return d["significant"]
@@ -93,8 +99,9 @@ def _bias_sentence(results: dict, ref: str, standard: str) -> str | None:
     shifts = ", ".join(f"{r['b']} {r['value']:.3g} to {r['bias_corrected']:.3g}" for r in below
                        if "bias_corrected" in r)
     return (f"At these sample sizes the Fréchet distances carry a large small-sample bias: their intervals, for the "
-            f"large-sample value, lie below the values, around the bias-corrected values ({shifts}). Compare the "
-            "datasets by the paired differences, not by the absolute numbers.")
+            f"large-sample value, lie below the values, around the bias-corrected values"
+            + (f" ({shifts})" if shifts else "") + ". Compare the datasets by the paired differences, not by the "
+            "absolute numbers.")
 
 
 def verdict(results: dict, datasets: dict | None = None, cells: dict | None = None) -> dict:
@@ -117,12 +124,12 @@ def verdict(results: dict, datasets: dict | None = None, cells: dict | None = No
             best_is_significant = len(order) > 1 and all([best, b] in significant_pairs for b in order[1:])
             label = _label(metric, fs, standard)
             comparator = " < " if METRICS[metric][1] or metric == "c2st" else " > "
-            ranked = comparator.join(f"{g} {_fmt(*values[g])}" for g in order)
+            ranked = comparator.join(f"{g} {_fmt(*values[g][:2])}" for g in order)
             if len(order) > 1:
                 favoured.setdefault(best, []).append((label, best_is_significant))
                 tail = ("significant" if best_is_significant else
-                        "not significant: the intervals of the paired difference include 0" if metric != "c2st"
-                        else "not significant: the Wilson intervals overlap")
+                        "not significant: the interval of the paired difference includes 0" if metric != "c2st"
+                        else "not significant: the interval of the difference of accuracies includes 0")
                 sentence = f"{label}: {ranked} ({tail})."
             else:
                 sentence = f"{label}: {ranked}."
@@ -145,19 +152,27 @@ def verdict(results: dict, datasets: dict | None = None, cells: dict | None = No
 def _summary_sentences(results: dict, ref: str, others: list[str], favoured: dict, standard: str,
                        datasets: dict) -> list[str]:
     sentences = []
-    if len(favoured) == 1:
-        (leader, metrics), = favoured.items()
-        strong = [m for m, sig in metrics if sig]
-        sentences.append(f"Against {ref}, every metric ranks {leader} first"
-                         + (f"; significantly on {', '.join(strong)}." if strong else
-                            ", but no ranking is significant at these sample sizes."))
-    elif len(favoured) > 1:
-        parts = []
-        for leader, metrics in favoured.items():
-            names = [m + ("" if sig else " (not significant)") for m, sig in metrics]
-            parts.append(f"{', '.join(names)} favour{'s' if len(names) == 1 else ''} {leader}")
-        sentences.append(f"The metrics disagree against {ref}: " + "; ".join(parts) + ". "
-                         + _reading(favoured) + " The atlas cells where the two differ most are linked below.")
+    strong = {leader: [m for m, sig in metrics if sig] for leader, metrics in favoured.items()}
+    strong = {leader: metrics for leader, metrics in strong.items() if metrics}
+    weak = {leader: [m for m, sig in metrics if not sig] for leader, metrics in favoured.items()}
+    weak = {leader: metrics for leader, metrics in weak.items() if metrics}
+
+    def listing(groups: dict) -> str:
+        return "; ".join(f"{', '.join(metrics)} favour{'s' if len(metrics) == 1 else ''} {leader}"
+                         for leader, metrics in groups.items())
+
+    if len(strong) > 1:
+        sentences.append(f"The significant metrics disagree against {ref}: {listing(strong)}. "
+                         + _reading(strong) + " The atlas cells where they differ most are linked below.")
+    elif strong:
+        (leader, metrics), = strong.items()
+        sentences.append(f"Against {ref}, {leader} is significantly closer on {', '.join(metrics)}.")
+    elif favoured:
+        sentences.append(f"Against {ref}, no ranking is significant at these sample sizes.")
+    if weak:
+        sentences.append(f"Not significant at these sample sizes: {listing(weak)}."
+                         + (" The atlas cells where they differ most are linked below." if len(favoured) > 1
+                            and len(strong) <= 1 else ""))
     bias = _bias_sentence(results, ref, standard)
     if bias:
         sentences.append(bias)
@@ -177,18 +192,19 @@ def _summary_sentences(results: dict, ref: str, others: list[str], favoured: dic
         sizes = ", ".join(f"{g} {frechet[g]['n'][1]}" for g in frechet)
         sentences.append(f"Sample sizes differ ({ref} {next(iter(frechet.values()))['n'][0]}, {sizes}): "
                          f"at matched n the distances are {'; '.join(matched)}.")
-    trained = [f"{g} on {datasets[g]['about']}" for g in others if datasets.get(g, {}).get("about")]
-    if trained:
-        sentences.append("What each network learned from: " + "; ".join(trained) + f". The comparison measures how "
-                         f"close each training set and its model come to {ref}, not the architectures alone.")
+    about = [f"{g}: {datasets[g]['about']}" for g in [ref, *others] if datasets.get(g, {}).get("about")]
+    if about:
+        sentences.append("What each dataset is: " + "; ".join(about) + f". The comparison measures how close "
+                         f"each training set and its model come to {ref}, not the architectures alone.")
     return sentences
 
 
 def _reading(favoured: dict) -> str:
-    """What a disagreement between fidelity, variety and whole-distribution metrics means."""
+    """What a disagreement between fidelity, variety and whole-distribution metrics means
+    (`favoured`: {dataset: [metric labels that rank it first]})."""
     kinds = {}
     for leader, metrics in favoured.items():
-        for label, _ in metrics:
+        for label in metrics:
             base = label.split(" (")[0]
             kind = ("fidelity" if base in ("precision", "density") else "variety" if base in ("recall", "coverage")
                     else "separability" if base == "C2ST" else "pixels" if base == "intensity KL" else "distribution")
