@@ -317,6 +317,23 @@ def line_panels(panels: list[tuple[str, dict[str, tuple[np.ndarray, np.ndarray]]
     return path
 
 
+def distributions(series: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path, xlabel: str = "",
+                  ylabel: str = "") -> Path:
+    """Histograms (bin centres, shares) drawn as steps on one axis, the legend below it."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for label, (x, y) in series.items():
+        ax.step(x, y, where="mid", label=label, linewidth=1.6)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=1, frameon=False)
+    ax.set_title(_wrap(title, 7.3, 10), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def img_link(src, width: int | None = None, alt: str = "") -> str:
     """An image shown at `width` (or at most the page's width) that links to its full size."""
     src = html.escape(str(src), quote=True)

@@ -111,11 +111,11 @@ def examples_figure(study: Study, root, probe, layer: str, grid: int, pair: tupl
     rows = []
     for d, iy, ix, ids in _example_cells(root, layer, grid, pair):
         if len(ids) == 0:
-            rows.append((f"cell ({iy},{ix})\n{names[d]}: 0", [], []))
+            rows.append((f"cell (x {ix}, y {iy})\n{names[d]}: 0", [], []))
             continue
         pictures, boxes = _cell_images(study, root, probe, names[d], layer, ids, fields[layer], fmap_sizes[layer],
                                        images)
-        rows.append((f"cell ({iy},{ix})\n{names[d]}: {counts[d, iy, ix]}", pictures, boxes))
+        rows.append((f"cell (x {ix}, y {iy})\n{names[d]}: {counts[d, iy, ix]}", pictures, boxes))
     if not rows:
         return None
     title = (f"{layer}, {grid}x{grid}: cells most over-represented in {names[a]} vs {names[b]} (top) "

@@ -342,12 +342,53 @@ def segmenter_html(study: Study, root, folder: Path, out: Path) -> tuple[str, di
                      maps.reshape(len(maps), -1).any(1)))  # no face: all background
     if not rows or study.dissect.segmenter.name != "face_parts":
         return "", found
+    real_rows, real_found = face_parts_on_real_images(study, root)
+    rows, found = real_rows + rows, {**real_found, **found}
     sheet = folder / "segmenter_sheet.png"
     contact_sheet(rows, sheet)
     text = "; ".join(f"{n}: {c['found']} of {c['images']}" for n, c in found.items())
-    return (f"<h3>The segmenter on the dissected images</h3><p>Faces found ({text}); an image with no face "
-            f"is labelled all background.</p><a href='{sheet.relative_to(out)}'><img src='{sheet.relative_to(out)}' "
-            "width='700'></a>", found)
+    return (f"<h3>The segmenter on real and dissected images</h3><p>Faces found ({text}); an image with no face "
+            f"is labelled all background. The real datasets are shown as measured; the portraits are the colour "
+            f"photographs that ship in installed packages (scikit-image's astronaut, matplotlib's "
+            f"grace_hopper).</p>{render.img_link(sheet.relative_to(out), 700)}", found)
+
+
+ASTRONAUT = ("pypi:scikit-image==0.26.0/skimage/data/astronaut.png",
+             "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5")
+REAL_CHECKED = 64
+
+
+def face_parts_on_real_images(study: Study, root) -> tuple[list, dict]:
+    """face_parts on the first REAL_CHECKED images of each real dataset and on two packaged colour
+    portraits: contact-sheet rows and faces-found counts (the segmenter's quality on real faces)."""
+    import matplotlib.cbook
+    import matplotlib.image
+    import torch
+
+    from ganscale import assets, sources
+    from ganscale.images import images_by_id
+    from ganscale.models import registry
+
+    segmenter = registry.build_segmenter("face_parts")
+    rows, found = [], {}
+
+    def segment(name, images):
+        maps = segmenter(images).cpu().numpy()
+        hits = segmenter.last_found
+        found[name] = {"found": int(hits.sum()), "images": int(len(hits))}
+        pictures = images.float().permute(0, 2, 3, 1).cpu().numpy()
+        rows.append((f"{name}: face found in {hits.sum()} of {len(hits)}", pictures[:8], maps[:8], hits[:8]))
+
+    for name in study.real_datasets():
+        n = min(REAL_CHECKED, study.datasets[name].samples)
+        segment(name, images_by_id(study, root, name, np.arange(n)))
+    photos = [matplotlib.image.imread(assets.fetch(*ASTRONAUT, field="dissect.segmenter (astronaut)")),
+              matplotlib.image.imread(matplotlib.cbook.get_sample_data("grace_hopper.jpg"))]
+    portraits = [sources.resize_square(torch.from_numpy(np.asarray(p[..., :3], np.float32)
+                                                       / (255 if p.dtype == np.uint8 else 1)).permute(2, 0, 1)[None], 256)
+                 for p in photos]
+    segment("portraits", torch.cat(portraits))
+    return rows, found
 
 
 def significance_sentence(sig: dict, what: str) -> str:

@@ -242,9 +242,9 @@ def memorisation_html(memo: dict, group, pictures, folder: Path, out: Path) -> s
               (centres, np.asarray(memo["real_to_real"]["histogram"]) / memo["real_to_real"]["n"])}
     for g, entry in memo["generators"].items():
         series[f"{g} to nearest {ref} (n={entry['n']})"] = (centres, np.asarray(entry["histogram"]) / entry["n"])
-    plot = render.line_panels([(f"nearest-neighbour distance ({fs} features)", series)],
-                              f"Memorisation check: how close generated samples come to {ref} images", folder /
-                              "nearest_real_distances.png", xlabel="distance")
+    plot = render.distributions(series, f"Memorisation check: distance to the nearest {ref} image ({fs} features)",
+                                folder / "nearest_real_distances.png", xlabel="distance to the nearest image",
+                                ylabel="share of samples")
     parts = [f"<h3>Nearest real neighbour (memorisation check)</h3><p>Each generated sample's distance to its "
              f"nearest {html.escape(ref)} image ({html.escape(fs)} features), against each {html.escape(ref)} "
              "image's distance to its nearest other one. Copies of training images would sit far to the left of "
