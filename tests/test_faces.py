@@ -75,6 +75,9 @@ def test_the_faces_study_runs_end_to_end(faces_run):
     assert {p["fake"] for p in metrics["prdc"]} == {"dcgan", "stylegan"}
     assert "grey" in summary["preprocess"] and "25x25" in summary["preprocess"]
     assert summary["icons"]["grids"] == [4] and summary["icons"]["pictures"]
+    assert all(len(r["ci95"]) == 2 for r in metrics["frechet"] + metrics["kid"])
+    assert "fid_pool3" in metrics["noise_floor"]["lfw"] and "lfw" in summary["verdict"]["references"]
+    assert summary["datasets"]["dcgan"]["about"].startswith("trained on DigiFace-1M")
 
 
 def test_every_dataset_is_measured_at_the_preprocessed_size(faces_run):

@@ -120,3 +120,11 @@ def test_frechet_to_fixed_statistics_matches_the_formula():
     plain = fm.frechet_distance_from_stats(x.mean(0), np.cov(x, rowvar=False), mu, sigma)
     assert estimate.value == pytest.approx(plain, rel=1e-6)
     assert estimate.ci95[0] < estimate.value < estimate.ci95[1]
+
+
+def test_tiny_sets_give_no_interval_instead_of_failing():
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    kid = un.kid_bootstrap(a, b, un.Resampling(resamples=50))
+    assert np.isfinite(kid.value) and (np.isnan(kid.ci95[0]) or kid.ci95[0] <= kid.ci95[1])
+    assert all(np.isnan(un.interval(np.array([np.nan, np.nan]), 1.0)))  # no defined resample: no interval

@@ -140,6 +140,8 @@ def with_ci(entry, digits: int = 4) -> str:
     if not isinstance(entry, dict):
         return f"{entry:.{digits}g}" if isinstance(entry, float) else str(entry)
     lo, hi = entry["ci95"]
+    if lo is None or hi is None:  # NaN in JSON: too few samples for an interval
+        return f"{entry['value']:.{digits}g} [no interval: too few samples]"
     text = f"{entry['value']:.{digits}g} [{lo:.{digits}g}, {hi:.{digits}g}]"
     corrected = entry.get("bias_corrected")
     if corrected is not None and not lo <= entry["value"] <= hi:

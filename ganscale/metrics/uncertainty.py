@@ -84,6 +84,10 @@ def interval(samples: np.ndarray, value: float, scale: float = 1.0, centre: floa
     """The basic 95% bootstrap interval [2v - q97.5, 2v - q2.5] of `value` v from its resampled
     values (q: their quantiles). When the samples come from a subset of the rows, `centre` is the
     value on that subset and `scale` < 1 shrinks the deviations to the full size (m-out-of-n)."""
+    samples = np.asarray(samples, np.float64)
+    samples = samples[np.isfinite(samples)]  # a resample of a tiny set can leave a statistic undefined
+    if not len(samples):
+        return float("nan"), float("nan")
     lo, hi = np.quantile(samples, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
     centre = value if centre is None else centre
     return float(value - scale * (hi - centre)), float(value - scale * (lo - centre))
@@ -93,7 +97,9 @@ def bias_corrected(samples: np.ndarray, value: float, scale: float = 1.0, centre
     """The value less the bootstrap's estimate of its bias, v - (mean(samples) - v): where the basic
     interval is centred."""
     centre = value if centre is None else centre
-    return float(value - scale * (np.mean(samples) - centre))
+    samples = np.asarray(samples, np.float64)
+    return float(value - scale * (np.mean(samples[np.isfinite(samples)]) - centre)) if np.isfinite(samples).any() \
+        else float("nan")
 
 
 def _scale(n: tuple[int, int], m: tuple[int, int]) -> float:
@@ -294,6 +300,8 @@ def kid_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[str,
 
     def mmd(wa, wb):  # within a set, pairs of copies of one row are left out with the row's pair with itself
         na, nb = wa.sum(), wb.sum()
+        if na ** 2 == wa @ wa or nb ** 2 == wb @ wb:  # one distinct row drawn: no pair to average
+            return float("nan")
         within_a = (wa @ k_aa @ wa - wa ** 2 @ da) / (na ** 2 - wa @ wa)
         within_b = (wb @ k_bb @ wb - wb ** 2 @ db) / (nb ** 2 - wb @ wb)
         return within_a + within_b - 2 * (wa @ k_ab @ wb) / (na * nb)
