@@ -302,7 +302,9 @@ def uncertainty_note(study: Study) -> dict:
                        "the same for a reference in every comparison); basic 95% intervals [2v - q97.5, 2v - q2.5], "
                        "intervals for the large-sample value: where repeated rows shift the resampled values (the "
                        "Fréchet distance of few samples in many dimensions), the interval sits below the value, "
-                       "around the bias-corrected value (also given); Wilson intervals for C2ST accuracies; "
+                       "around the bias-corrected value (also given); precision/recall/density/coverage: the "
+                       "resampled values' percentiles centred on the value (their shift under resampling is not "
+                       "their bias); Wilson intervals for C2ST accuracies; "
                        f"datasets above {b.rows} samples are bootstrapped on a seeded subset of that many and the "
                        "width scaled to the full size"),
             "significance": ("a difference between two datasets against one reference is significant when the 95% "

@@ -17,7 +17,11 @@ as the data's is above the distance of the distributions. The basic interval ref
 it sits below the value where the bias is large: `bias_corrected` (v - the mean shift) is its
 centre, and both are reported. (A percentile interval centred on v covers the large-sample Fréchet
 distance of two 8-d Gaussians in only 37 of 50 trials at n = 300-400; the basic one in at least 45.)
-The C2ST accuracy: the Wilson score interval over its test images.
+Precision, recall, density and coverage are different: a resample's k-nearest-neighbour balls are
+built on ~63% distinct rows, a shift that says nothing about these statistics' own bias, so their
+intervals keep the spread of the resampled values and drop the shift (`centred_interval`: the
+quantiles moved so their median sits on the value). The C2ST accuracy: the Wilson score interval
+over its test images.
 
 * A set larger than `rows` is bootstrapped on a seeded subset of `rows` rows and the interval's
   width is scaled to the full sizes by sqrt((1/n_a + 1/n_b) / (1/m_a + 1/m_b)) (the m-out-of-n
@@ -36,6 +40,7 @@ from ganscale.metrics import images as im
 
 LEVEL = 0.95
 BASIC = "basic bootstrap"
+CENTRED = "bootstrap percentiles centred on the value"
 FID_INFINITY_MIN = 500  # FID-infinity needs this many rows of the varied set (Chong and Forsyth use 5k-50k)
 FID_INFINITY_POINTS = 15
 
@@ -91,6 +96,19 @@ def interval(samples: np.ndarray, value: float, scale: float = 1.0, centre: floa
     lo, hi = np.quantile(samples, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
     centre = value if centre is None else centre
     return float(value - scale * (hi - centre)), float(value - scale * (lo - centre))
+
+
+def centred_interval(samples: np.ndarray, value: float, scale: float = 1.0) -> tuple[float, float]:
+    """The 2.5% and 97.5% quantiles of the resampled values moved so that their median sits on the
+    value: their spread without their shift (for statistics whose shift under resampling is not
+    an estimate of their bias: precision, recall, density, coverage)."""
+    samples = np.asarray(samples, np.float64)
+    samples = samples[np.isfinite(samples)]
+    if not len(samples):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(samples, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    median = float(np.median(samples))
+    return float(value + scale * (lo - median)), float(value + scale * (hi - median))
 
 
 def bias_corrected(samples: np.ndarray, value: float, scale: float = 1.0, centre: float | None = None) -> float:
@@ -330,7 +348,8 @@ def prdc_bootstrap(real, fake, resampling: Resampling = Resampling(), names: tup
     """Precision and recall (k_precision) and density and coverage (k_density), as `fm.prdc`
     computes them, with intervals from resamples of both sets: the k-nearest-neighbour balls are
     rebuilt in every resample, from one set of distance matrices (a row drawn c times is c
-    neighbours of the others, never of itself). The shares' intervals are clipped to [0, 1]. `values` and `sizes`:
+    neighbours of the others, never of itself). Centred intervals (see the module docstring); the
+    shares' intervals are clipped to [0, 1]. `values` and `sizes`:
     as `value` and `sizes` of `frechet_bootstrap`."""
     x, y = fm._as_array(real, "real"), fm._as_array(fake, "fake")
     cr, cf = resampling.counts(names[0], len(x)), resampling.counts(names[1], len(y))
@@ -358,11 +377,10 @@ def prdc_bootstrap(real, fake, resampling: Resampling = Resampling(), names: tup
     out = {}
     for key in centre:
         samples = np.array([r[key] for r in resampled])
-        lo, hi = interval(samples, values[key], scale, centre[key])
+        lo, hi = centred_interval(samples, values[key], scale)
         if key != "density":  # shares
             lo, hi = max(lo, 0.0), min(hi, 1.0)
-        out[key] = Estimate(float(values[key]), (lo, hi), samples, BASIC,
-                            bias_corrected(samples, values[key], scale, centre[key]))
+        out[key] = Estimate(float(values[key]), (lo, hi), samples, CENTRED)
     return out
 
 
