@@ -308,8 +308,9 @@ def uncertainty_note(study: Study) -> dict:
                        f"datasets above {b.rows} samples are bootstrapped on a seeded subset of that many and the "
                        "width scaled to the full size"),
             "significance": ("a difference between two datasets against one reference is significant when the 95% "
-                             "interval of its paired bootstrap (the reference's resamples shared) excludes 0; C2ST "
-                             "accuracies of two classifiers are compared by non-overlapping Wilson intervals")}
+                             "interval of its paired bootstrap (the reference's resamples shared) excludes 0; the C2ST "
+                             "accuracies of two classifiers (separate test sets) by Newcombe's interval of their "
+                             "difference")}
 
 
 def bootstrap_features(root, dataset: str, path: str, resampling: un.Resampling) -> tuple[int, np.ndarray]:
