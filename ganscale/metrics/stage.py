@@ -53,6 +53,7 @@ from ganscale.images import measured
 from ganscale.metrics import features as fm
 from ganscale.metrics import images as im
 from ganscale.metrics import uncertainty as un
+from ganscale.metrics.verdict import LOWER_IS_BETTER
 from ganscale.metrics.images import CHANNELS
 from ganscale.metrics.refstats import read_stats
 from ganscale.partials import reduce_stored, tree_reduce
@@ -391,12 +392,6 @@ def subset_tables(study: Study, compare: Comparisons, sets: dict, subsets: dict,
                          "resamples": resampling.resamples, "n": [nr, ng],
                          "k_precision_recall": m.precision_k, "k_density_coverage": m.density_k})
     return kid, prdc
-
-
-# What a paired difference ranks: lower is better for distances, higher for the shares of precision,
-# recall and coverage; density has no better side (1 is a match, above 1 denser than the reference).
-LOWER_IS_BETTER = {"frechet": True, "kid": True, "colour_kl": True, "precision": False, "recall": False,
-                   "coverage": False}
 
 
 def paired_differences(compare: Comparisons, estimates: dict) -> list[dict]:

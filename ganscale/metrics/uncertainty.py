@@ -84,13 +84,18 @@ class Estimate:
         return out
 
 
+def _finite(samples) -> np.ndarray:
+    """The resampled values that are defined (a resample of a tiny set can leave a statistic undefined)."""
+    samples = np.asarray(samples, np.float64)
+    return samples[np.isfinite(samples)]
+
+
 def interval(samples: np.ndarray, value: float, scale: float = 1.0, centre: float | None = None
              ) -> tuple[float, float]:
     """The basic 95% bootstrap interval [2v - q97.5, 2v - q2.5] of `value` v from its resampled
     values (q: their quantiles). When the samples come from a subset of the rows, `centre` is the
     value on that subset and `scale` < 1 shrinks the deviations to the full size (m-out-of-n)."""
-    samples = np.asarray(samples, np.float64)
-    samples = samples[np.isfinite(samples)]  # a resample of a tiny set can leave a statistic undefined
+    samples = _finite(samples)
     if not len(samples):
         return float("nan"), float("nan")
     lo, hi = np.quantile(samples, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
@@ -102,8 +107,7 @@ def centred_interval(samples: np.ndarray, value: float, scale: float = 1.0) -> t
     """The 2.5% and 97.5% quantiles of the resampled values moved so that their median sits on the
     value: their spread without their shift (for statistics whose shift under resampling is not
     an estimate of their bias: precision, recall, density, coverage)."""
-    samples = np.asarray(samples, np.float64)
-    samples = samples[np.isfinite(samples)]
+    samples = _finite(samples)
     if not len(samples):
         return float("nan"), float("nan")
     lo, hi = np.quantile(samples, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
@@ -115,9 +119,8 @@ def bias_corrected(samples: np.ndarray, value: float, scale: float = 1.0, centre
     """The value less the bootstrap's estimate of its bias, v - (mean(samples) - v): where the basic
     interval is centred."""
     centre = value if centre is None else centre
-    samples = np.asarray(samples, np.float64)
-    return float(value - scale * (np.mean(samples[np.isfinite(samples)]) - centre)) if np.isfinite(samples).any() \
-        else float("nan")
+    samples = _finite(samples)
+    return float(value - scale * (samples.mean() - centre)) if len(samples) else float("nan")
 
 
 def _scale(n: tuple[int, int], m: tuple[int, int]) -> float:

@@ -24,6 +24,11 @@ METRICS = {
 }
 
 
+# What a paired bootstrap difference ranks (the C2ST is compared otherwise); density has no better
+# side (1 is a match, above 1 denser than the reference), so it is not ranked.
+LOWER_IS_BETTER = {key: lower for key, (_, lower, _) in METRICS.items() if key != "c2st"}
+
+
 def _label(metric: str, fs: str, standard: str) -> str:
     name = METRICS[metric][0]
     if metric == "frechet" and fs != "fid_pool3":
