@@ -79,18 +79,21 @@ def report_location(study: Study) -> str:
     return study.store.rstrip("/").rsplit("/", 1)[0] + "/report"
 
 
+def top_kl_cells(kl_cells: np.ndarray, pair: tuple[int, int], n_cells: int = 3) -> list[tuple[int, int, int, int]]:
+    """The n_cells cells with the largest KL terms of the pair, each way: (p, q, iy, ix) for KL(p || q)."""
+    grid = kl_cells.shape[-1]
+    a, b = pair
+    return [(p, q, *divmod(int(cell), grid)) for p, q in ((a, b), (b, a))
+            for cell in np.argsort(-kl_cells[p, q].ravel())[:n_cells]]
+
+
 def _example_cells(root, layer: str, grid: int, pair: tuple[int, int], n_cells: int = 3, per_row: int = 4):
     """The cells that most separate the pair (each way), and for each its examples of both datasets:
     rows (dataset index, iy, ix, sample ids)."""
     group = root[schema.atlas_path(layer, grid)]
     kl_cells, examples = group["kl_cells"][...], group["examples"][...]
-    a, b = pair
-    rows = []
-    for p, q in ((a, b), (b, a)):
-        for cell in np.argsort(-kl_cells[p, q].ravel())[:n_cells]:
-            iy, ix = divmod(int(cell), grid)
-            rows += [(d, iy, ix, examples[d, iy, ix][examples[d, iy, ix] >= 0][:per_row]) for d in (p, q)]
-    return rows
+    return [(d, iy, ix, examples[d, iy, ix][examples[d, iy, ix] >= 0][:per_row])
+            for p, q, iy, ix in top_kl_cells(kl_cells, pair, n_cells) for d in (p, q)]
 
 
 @dataclasses.dataclass
@@ -289,15 +292,10 @@ def verdict_cells(study: Study, root, names: list[str], a: str, b: str, per_dire
     i, j = names.index(a), names.index(b)
     first, second = sorted((i, j))
     figure = f"examples/{layer}_{names[first]}_vs_{names[second]}.png"
-    out = []
-    for p, q in ((i, j), (j, i)):
-        for cell in np.argsort(-kl_cells[p, q].ravel())[:per_direction]:
-            iy, ix = divmod(int(cell), grid)
-            out.append({"layer": layer, "grid": grid, "cell": [iy, ix], "direction": f"KL({names[p]}||{names[q]})",
-                        "kl_term": float(kl_cells[p, q, iy, ix]),
-                        "counts": {names[p]: int(counts[p, iy, ix]), names[q]: int(counts[q, iy, ix])},
-                        "figure": figure})
-    return out
+    return [{"layer": layer, "grid": grid, "cell": [iy, ix], "direction": f"KL({names[p]}||{names[q]})",
+             "kl_term": float(kl_cells[p, q, iy, ix]),
+             "counts": {names[p]: int(counts[p, iy, ix]), names[q]: int(counts[q, iy, ix])}, "figure": figure}
+            for p, q, iy, ix in top_kl_cells(kl_cells, (i, j), per_direction)]
 
 
 def kl_rows(study: Study, root, names: list[str]) -> list[dict]:

@@ -67,6 +67,7 @@ log = logging.getLogger("ganscale.metrics")
 NEIGHBOURS_K = 5
 IS_LEFT_OUT = "probe has no class head"  # the Inception Score's reason when the probe gives no logits
 SPIKES_SHOWN = 3
+COPIES_SHARE = 0.05  # memorisation check: 5x the share expected of real images (1%)
 
 
 @dataclasses.dataclass
@@ -332,8 +333,6 @@ def frechet_row(fs: str, a: str, b: str, value: float, boot_a, boot_b, resamplin
         row["matched"] = (un.frechet_matched(xa, xb, resampling, (a, b)) if min(na, nb) <= resampling.rows else
                           {"reason": f"both datasets exceed metrics.bootstrap.rows ({resampling.rows})"})
     row["infinity"] = un.frechet_infinity(xa, xb, resampling, b)
-    if "reason" in row["infinity"]:
-        row["infinity"]["reason"] = row["infinity"]["reason"].replace("the dataset", b)
     return row
 
 
@@ -477,10 +476,10 @@ def image_statistics(study: Study, root, partials: dict, refs: list[str], others
             ids = resampling.subset(name, total)
             per_image[name] = (total, schema.read_ids(group, "image/sharpness", ids),
                                schema.read_ids(group, "image/colour_hist", ids))
+    channel_ids = [CHANNELS.index(ch) for ch in channels]
     for name in (others if refs else []):
         for r in refs:
             (ng, sharp_g, hist_g), (nr, sharp_r, hist_r) = per_image[name], per_image[r]
-            channel_ids = [CHANNELS.index(ch) for ch in channels]
             values = im.histogram_kl(partials[name].colour_hist[channel_ids], partials[r].colour_hist[channel_ids])
             kls = un.histogram_kl_bootstrap(hist_g[:, channel_ids], hist_r[:, channel_ids], resampling, (name, r),
                                             values, (ng, nr))
@@ -528,7 +527,7 @@ def nearest_real(study: Study, compare: Comparisons, subsets: dict, sets: dict) 
     reference, set against each reference image's distance to its nearest *other* reference image.
     A generator that copies its training images sits much closer to them than real images sit to
     each other; a share of generated samples closer than the 1st percentile of real-to-real distances
-    well above 1% says so. Also the sample ids of a few generated images and their nearest real ones."""
+    above COPIES_SHARE says so. Also the sample ids of a few generated images and their nearest real ones."""
     if not compare.references or not compare.others:
         return {}, {}
     ref = compare.references[0]
@@ -559,7 +558,7 @@ def nearest_real(study: Study, compare: Comparisons, subsets: dict, sets: dict) 
             "share_below_real_1st_percentile": closer,
             "median_ratio": float(np.median(nearest) / np.median(real_to_real)),
             "reading": (f"{closer:.1%} of {g}'s samples are closer to a {ref} image than 99% of {ref} images are to "
-                        f"each other: " + ("possible copies, look at them" if closer > 0.05 else
+                        f"each other: " + ("possible copies, look at them" if closer > COPIES_SHARE else
                                            "no sign of memorised images"))}
         rows = np.random.default_rng(study.seed).choice(len(ids), min(shown, len(ids)), replace=False)
         arrays[f"{g}/nearest_real"] = np.concatenate([ids[rows, None], real_ids[neighbours[rows]]], axis=1)

@@ -123,8 +123,19 @@ def bias_corrected(samples: np.ndarray, value: float, scale: float = 1.0, centre
     return float(value - scale * (samples.mean() - centre)) if len(samples) else float("nan")
 
 
-def _scale(n: tuple[int, int], m: tuple[int, int]) -> float:
-    return float(np.sqrt((1 / n[0] + 1 / n[1]) / (1 / m[0] + 1 / m[1])))
+def _scale(sizes: tuple[int, int] | None, rows: tuple[int, int]) -> float:
+    """How much narrower the interval on all `sizes` rows is than on the bootstrap `rows` (1: the same rows)."""
+    if sizes is None:
+        return 1.0
+    return float(np.sqrt((1 / sizes[0] + 1 / sizes[1]) / (1 / rows[0] + 1 / rows[1])))
+
+
+def _centred(g: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    """P_a G P_b^T with P = I - 1 w^T / n: the Gram matrix G of two sets of rows with each set
+    centred on its weighted mean (w: count weights)."""
+    na, nb = wa.sum(), wb.sum()
+    row, col = wa @ g / na, g @ wb / nb
+    return g - row[None, :] - col[:, None] + wa @ col / na
 
 
 # --- Fréchet distance on weighted rows -----------------------------------------------------------
@@ -177,22 +188,12 @@ class FrechetResampler:
         g_aa, g_bb, g_ab = self._grams()
         g_aa, g_bb, g_ab = g_aa[np.ix_(ia, ia)], g_bb[np.ix_(ib, ib)], g_ab[np.ix_(ia, ib)]
         na, nb = wa.sum(), wb.sum()
-        # Xc Xc^T = G - 1 (w^T G)/n - (G w) 1^T/n + (w^T G w)/n^2, and likewise across the sets
-        ga_w, gb_w = g_aa @ wa, g_bb @ wb
-        mean_aa, mean_bb = wa @ ga_w / na ** 2, wb @ gb_w / nb ** 2
-        trace_a = (wa * (np.diag(g_aa) - 2 * ga_w / na + mean_aa)).sum() / (na - 1)
-        trace_b = (wb * (np.diag(g_bb) - 2 * gb_w / nb + mean_bb)).sum() / (nb - 1)
-        row, col = wa @ g_ab / na, g_ab @ wb / nb  # [u_b], [u_a]
-        cross_mean = wa @ col / na
-        centred = g_ab - row[None, :] - col[:, None] + cross_mean
-        m = np.sqrt(wa)[:, None] * centred * np.sqrt(wb)[None, :] / np.sqrt((na - 1) * (nb - 1))
+        trace_a = wa @ np.diag(_centred(g_aa, wa, wa)) / (na - 1)
+        trace_b = wb @ np.diag(_centred(g_bb, wb, wb)) / (nb - 1)
+        m = np.sqrt(wa)[:, None] * _centred(g_ab, wa, wb) * np.sqrt(wb)[None, :] / np.sqrt((na - 1) * (nb - 1))
         trace_sqrt = np.linalg.svd(m, compute_uv=False).sum()
-        mean_term = mean_aa + mean_bb - 2 * cross_mean
+        mean_term = wa @ g_aa @ wa / na ** 2 + wb @ g_bb @ wb / nb ** 2 - 2 * wa @ g_ab @ wb / (na * nb)
         return float(mean_term + trace_a + trace_b - 2 * trace_sqrt)
-
-
-def _width_scale(sizes: tuple[int, int] | None, rows: tuple[int, int]) -> float:
-    return 1.0 if sizes is None else _scale(sizes, rows)
 
 
 def frechet_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[str, str] = ("a", "b"),
@@ -206,7 +207,7 @@ def frechet_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[
     full = centre if value is None else value
     samples = np.array([distance(wa, wb) for wa, wb in zip(resampling.counts(names[0], len(a)),
                                                            resampling.counts(names[1], len(b)))])
-    scale = _width_scale(sizes, (len(a), len(b)))
+    scale = _scale(sizes, (len(a), len(b)))
     lo, hi = interval(samples, full, scale, centre)
     return Estimate(full, (max(lo, 0.0), hi), samples, BASIC, bias_corrected(samples, full, scale, centre))
 
@@ -227,15 +228,12 @@ def frechet_to_stats_bootstrap(x, mu, sigma, resampling: Resampling = Resampling
         i = np.flatnonzero(w)
         w, g, h, t = w[i], gram[np.ix_(i, i)], through[np.ix_(i, i)], towards[i]
         n = w.sum()
-        g_w, h_w = g @ w, h @ w
-        mean_sq = w @ g_w / n ** 2
-        trace_x = (w * (np.diag(g) - 2 * g_w / n + mean_sq)).sum() / (n - 1)
-        centred = h - h_w[None, :] / n - h_w[:, None] / n + w @ h_w / n ** 2
-        inner = np.sqrt(w)[:, None] * centred * np.sqrt(w)[None, :] / (n - 1)
+        trace_x = w @ np.diag(_centred(g, w, w)) / (n - 1)
+        inner = np.sqrt(w)[:, None] * _centred(h, w, w) * np.sqrt(w)[None, :] / (n - 1)
         eig = np.linalg.eigvalsh(inner)
         eig[eig < eig[-1] * len(eig) * np.finfo(float).eps] = 0  # round-off of the zero eigenvalues (n > D)
         trace_sqrt = np.sqrt(eig).sum()
-        mean_term = mean_sq - 2 * (w @ t) / n + mu @ mu
+        mean_term = w @ g @ w / n ** 2 - 2 * (w @ t) / n + mu @ mu
         return float(mean_term + trace_x + trace_sigma - 2 * trace_sqrt)
 
     centre = distance(np.ones(len(x)))
@@ -286,7 +284,7 @@ def frechet_infinity(reference, other, resampling: Resampling = Resampling(), na
     reference, other = fm._as_array(reference, "reference"), fm._as_array(other, "other")
     n = len(other)
     if n < minimum:
-        return {"reason": f"needs at least {minimum} samples of the dataset, has {n}"}
+        return {"reason": f"needs at least {minimum} samples of {name}, has {n}"}
     sizes = np.unique(np.linspace(n // 5, n, points).astype(int))
     rng = resampling._rng(name, n, 4)
     distance = FrechetResampler(reference, other)
@@ -330,7 +328,7 @@ def kid_bootstrap(a, b, resampling: Resampling = Resampling(), names: tuple[str,
     centre = mmd(np.ones(len(x)), np.ones(len(y)))
     samples = np.array([mmd(wa.astype(np.float64), wb.astype(np.float64)) for wa, wb in zip(ca, cb)])
     full = centre if value is None else value
-    scale = _width_scale(sizes, (len(x), len(y)))
+    scale = _scale(sizes, (len(x), len(y)))
     return Estimate(full, interval(samples, full, scale, centre), samples, BASIC,
                     bias_corrected(samples, full, scale, centre))
 
@@ -376,7 +374,7 @@ def prdc_bootstrap(real, fake, resampling: Resampling = Resampling(), names: tup
     centre = measure(np.ones(len(x)), np.ones(len(y)))
     values = centre if values is None else values
     resampled = [measure(wr, wf) for wr, wf in zip(cr, cf)]
-    scale = _width_scale(sizes, (len(x), len(y)))
+    scale = _scale(sizes, (len(x), len(y)))
     out = {}
     for key in centre:
         samples = np.array([r[key] for r in resampled])
@@ -402,7 +400,7 @@ def histogram_kl_bootstrap(hists, reference_hists, resampling: Resampling = Resa
     values = centre if values is None else np.asarray(values)
     resampled = np.stack([im.histogram_kl(np.tensordot(wa, h, 1), np.tensordot(wb, g, 1))
                           for wa, wb in zip(ca, cb)])  # [R, C]
-    scale = _width_scale(sizes, (len(h), len(g)))
+    scale = _scale(sizes, (len(h), len(g)))
     return [Estimate(float(values[c]), interval(resampled[:, c], values[c], scale, centre[c]), resampled[:, c], BASIC,
                      bias_corrected(resampled[:, c], values[c], scale, centre[c]))
             for c in range(len(centre))]
